@@ -1,15 +1,55 @@
 """Series to volume in patient space.
 
-STUB: interface fixed, implementation in progress (see the helper's task).
+:func:`load_series` turns the files of one series into a :class:`Volume`: a float32 array in
+(slices, rows, columns) order with its patient-space geometry (DICOM PS3.3 C.7.6.2, Image Plane
+Module). Slices are ordered by the projection of Image Position (Patient) on the slice normal
+(the cross product of the two Image Orientation (Patient) direction cosines), never by Instance
+Number. Series that cannot be represented on a regular grid (gantry tilt, uneven spacing,
+duplicated positions, mixed orientations or sizes, multi-frame objects) are refused with a
+:class:`VolumeError` whose message is meant for the admin.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
+
+logger = logging.getLogger(__name__)
+
+#: Tolerance on direction cosines (Image Orientation (Patient)) when comparing slices.
+ORIENTATION_TOLERANCE = 1e-4
+#: Relative tolerance on slice gaps; the absolute tolerance is :data:`SPACING_TOLERANCE_MM`.
+SPACING_TOLERANCE_REL = 0.01
+#: Absolute tolerance on slice gaps in mm.
+SPACING_TOLERANCE_MM = 0.01
+#: Largest in-plane shift between consecutive slice origins (mm) that is not called a tilt.
+SHEAR_TOLERANCE_MM = 0.05
+
+#: SOP classes that never hold an image slice (PS3.4 B.5): SEG, SR, RT, presentation states,
+#: key objects, encapsulated documents, raw data, waveforms.
+_NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, fiducials, SEG, surface
+    "1.2.840.10008.5.1.4.1.1.88",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.481",  # RT objects
+    "1.2.840.10008.5.1.4.1.1.11",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104",  # encapsulated PDF / CDA / STL
+    "1.2.840.10008.5.1.4.1.1.9",  # waveforms
+    "1.2.840.10008.5.1.4.1.1.30",  # parametric map
+)
+#: Enhanced (multi-frame) image SOP classes: geometry lives in functional groups.
+_ENHANCED_SOP = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+}
 
 
 class VolumeError(ValueError):
@@ -57,12 +97,251 @@ class Volume:
             + k[:, None] * self.spacing[0] * self.direction[2][None, :]
         )
 
+    def patient_to_index(self, xyz: np.ndarray) -> np.ndarray:
+        """Map (N, 3) patient coordinates (LPS, mm) to (N, 3) fractional voxel indices
+        (slice, row, column); the inverse of :meth:`index_to_patient`."""
+        xyz = np.asarray(xyz, dtype=np.float64) - self.origin[None, :]
+        # direction rows are orthonormal, so the inverse is the transpose
+        c = xyz @ self.direction[0] / self.spacing[2]
+        r = xyz @ self.direction[1] / self.spacing[1]
+        k = xyz @ self.direction[2] / self.spacing[0]
+        return np.stack([k, r, c], axis=1)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns)."""
+        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
+
     @property
     def voxel_volume_ml(self) -> float:
         """Volume of one voxel in mL (mm^3 / 1000)."""
         return float(np.prod(self.spacing)) / 1000.0
 
 
+def _sop_class(ds: pydicom.Dataset) -> str:
+    """SOP Class UID of the data set, falling back to the file meta (some de-identified
+    files carry an empty SOP Class UID in the data set)."""
+    uid = str(ds.get("SOPClassUID", "") or "")
+    if not uid:
+        meta = getattr(ds, "file_meta", None)
+        uid = str(meta.get("MediaStorageSOPClassUID", "") or "") if meta is not None else ""
+    return uid
+
+
+def _is_localizer(ds: pydicom.Dataset) -> bool:
+    image_type = ds.get("ImageType", None)
+    if image_type is None:
+        return False
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
+    value = ds.get(keyword, None)
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.empty(0)
+    if arr.shape != (n,):
+        raise VolumeError(f"{path.name}: {keyword} is missing or malformed ({value!r})")
+    return arr
+
+
+def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
+    """Read the headers (no pixel data) of the image slices among ``paths``.
+
+    Files that are not DICOM, non-image objects (SEG, SR, RT, presentation states, ...), and
+    localizers (Image Type contains ``LOCALIZER``) are left out and logged.
+
+    Parameters
+    ----------
+    paths:
+        Files of one series, in any order.
+
+    Returns
+    -------
+    list of (path, dataset)
+        The image slices, in the order given.
+
+    Raises
+    ------
+    VolumeError
+        If an image object is multi-frame (enhanced), which is not handled yet.
+    """
+    kept: list[tuple[Path, pydicom.Dataset]] = []
+    for p in paths:
+        path = Path(p)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            logger.warning("%s: not readable as DICOM, left out (%s)", path, exc)
+            continue
+        sop = _sop_class(ds)
+        if sop.startswith(_NON_IMAGE_SOP_PREFIXES):
+            logger.info("%s: non-image object (SOP class %s), left out", path.name, sop)
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            logger.info("%s: no image (no Rows/Columns), left out", path.name)
+            continue
+        if _is_localizer(ds):
+            logger.info("%s: localizer, left out", path.name)
+            continue
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if sop in _ENHANCED_SOP or frames > 1:
+            name = _ENHANCED_SOP.get(sop, "multi-frame image")
+            raise VolumeError(
+                f"{path.name}: {name} with {frames} frame(s); multi-frame (enhanced) objects "
+                "are not supported yet - send the series as single-frame images"
+            )
+        kept.append((path, ds))
+    return kept
+
+
 def load_series(paths: list[Path]) -> Volume:
-    """Read the files of one series and assemble a :class:`Volume`. Raises :class:`VolumeError`."""
-    raise NotImplementedError
+    """Read the files of one series and assemble a :class:`Volume`.
+
+    Steps (DICOM PS3.3 C.7.6.2 Image Plane Module, C.11.1 Modality LUT Module):
+
+    1. read headers without pixel data; leave out non-DICOM files, non-image objects and
+       localizers (:func:`read_headers`);
+    2. check the slices form one group: one Series Instance UID, identical Image Orientation
+       (Patient) (within :data:`ORIENTATION_TOLERANCE`), identical Rows, Columns and Pixel
+       Spacing;
+    3. sort by the projection of Image Position (Patient) on the slice normal
+       ``n = row_direction x column_direction``;
+    4. check the slice origins advance along the normal only (no gantry tilt / shear), with
+       uniform gaps (within 1 % or 0.01 mm) and no duplicated positions;
+    5. decode each slice (uncompressed, deflated, RLE, JPEG, JPEG-LS and JPEG 2000 through
+       pydicom and the pylibjpeg plugins) and write ``slope * stored + intercept`` into a
+       preallocated float32 array, one slice at a time.
+
+    Parameters
+    ----------
+    paths:
+        The files of one series, in any order.
+
+    Returns
+    -------
+    Volume
+        ``array`` float32 (slices, rows, columns), in HU for CT; ``spacing`` (slice, row,
+        column) in mm; ``origin`` the first slice's Image Position (Patient) in mm (LPS);
+        ``direction`` (3, 3) with rows (row direction, column direction, slice normal in
+        storage order); ``datasets`` and ``paths`` in slice order.
+
+    Raises
+    ------
+    VolumeError
+        If no image slice is left, the slices belong to several series or differ in
+        orientation, size or pixel spacing, the series is gantry-tilted, its slice spacing is
+        uneven, two slices share a position, an object is multi-frame, or a slice cannot be
+        decoded. The message names the problem for the admin.
+    """
+    slices = read_headers(paths)
+    if not slices:
+        raise VolumeError("no image slices in the series (only non-image objects, localizers or unreadable files)")
+
+    # --- group checks -------------------------------------------------------------------
+    series_uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series_uids) > 1:
+        raise VolumeError(f"files belong to {len(series_uids)} different series (Series Instance UID)")
+
+    first_path, first = slices[0]
+    iop0 = _floats(first, "ImageOrientationPatient", 6, first_path)
+    rows0, cols0 = int(first.Rows), int(first.Columns)
+    ps0 = _floats(first, "PixelSpacing", 2, first_path)
+    positions = np.empty((len(slices), 3), dtype=np.float64)
+    for i, (path, ds) in enumerate(slices):
+        iop = _floats(ds, "ImageOrientationPatient", 6, path)
+        if np.max(np.abs(iop - iop0)) > ORIENTATION_TOLERANCE:
+            raise VolumeError(
+                f"{path.name}: Image Orientation (Patient) {list(iop)} differs from "
+                f"{list(iop0)}; the series mixes orientations"
+            )
+        if int(ds.Rows) != rows0 or int(ds.Columns) != cols0:
+            raise VolumeError(
+                f"{path.name}: image size {ds.Rows}x{ds.Columns} differs from {rows0}x{cols0}"
+            )
+        ps = _floats(ds, "PixelSpacing", 2, path)
+        if np.max(np.abs(ps - ps0)) > 1e-4 * max(1.0, float(ps0.max())):
+            raise VolumeError(f"{path.name}: Pixel Spacing {list(ps)} differs from {list(ps0)}")
+        positions[i] = _floats(ds, "ImagePositionPatient", 3, path)
+
+    row_dir, col_dir = iop0[:3], iop0[3:]
+    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or abs(
+        row_dir @ col_dir
+    ) > 1e-3:
+        raise VolumeError(f"Image Orientation (Patient) {list(iop0)} is not two orthonormal vectors")
+    row_dir = row_dir / np.linalg.norm(row_dir)
+    col_dir = col_dir - (col_dir @ row_dir) * row_dir
+    col_dir = col_dir / np.linalg.norm(col_dir)
+    normal = np.cross(row_dir, col_dir)
+
+    # --- sort along the normal ----------------------------------------------------------
+    proj = positions @ normal
+    order = np.argsort(proj, kind="stable")
+    proj = proj[order]
+    positions = positions[order]
+    slices = [slices[i] for i in order]
+
+    if len(slices) > 1:
+        gaps = np.diff(proj)
+        dup = np.flatnonzero(gaps < SPACING_TOLERANCE_MM)
+        if dup.size:
+            a, b = slices[dup[0]][0].name, slices[dup[0] + 1][0].name
+            raise VolumeError(
+                f"{dup.size + 1} slices share a position (e.g. {a} and {b} at {proj[dup[0]]:.2f} mm "
+                "along the normal); several acquisitions or repeated instances in one series"
+            )
+        steps = np.diff(positions, axis=0)
+        in_plane = steps - np.outer(gaps, normal)
+        shear = np.linalg.norm(in_plane, axis=1)
+        if shear.max() > max(SHEAR_TOLERANCE_MM, 0.01 * float(np.median(gaps))):
+            angle = np.degrees(np.arctan2(np.median(shear), np.median(gaps)))
+            raise VolumeError(
+                f"gantry-tilted or sheared series: slice origins move {shear.max():.2f} mm in the "
+                f"image plane between slices (about {angle:.1f} degrees); not supported yet"
+            )
+        spacing_slice = float(np.median(gaps))
+        tol = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_REL * spacing_slice)
+        if np.max(np.abs(gaps - spacing_slice)) > tol:
+            raise VolumeError(
+                f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
+                f"(median {spacing_slice:.3f} mm); missing slices or an irregular acquisition"
+            )
+        spacing_slice = float((proj[-1] - proj[0]) / (len(proj) - 1))
+    else:
+        ds = slices[0][1]
+        spacing_slice = float(ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0)
+
+    # --- pixel data, slice by slice -----------------------------------------------------
+    array = np.empty((len(slices), rows0, cols0), dtype=np.float32)
+    for k, (path, header) in enumerate(slices):
+        try:
+            ds = pydicom.dcmread(path)
+            pixels = ds.pixel_array
+        except Exception as exc:  # decoders raise many types
+            ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "unknown")
+            raise VolumeError(
+                f"{path.name}: pixel data cannot be decoded (transfer syntax {ts}): {exc}"
+            ) from exc
+        if pixels.shape != (rows0, cols0):
+            raise VolumeError(f"{path.name}: pixel data shape {pixels.shape} is not one {rows0}x{cols0} frame")
+        slope = float(header.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
+        out = array[k]
+        out[...] = pixels
+        if slope != 1.0:
+            out *= np.float32(slope)
+        if intercept != 0.0:
+            out += np.float32(intercept)
+        del ds, pixels
+
+    direction = np.stack([row_dir, col_dir, normal]).astype(np.float64)
+    return Volume(
+        array=array,
+        spacing=(spacing_slice, float(ps0[0]), float(ps0[1])),
+        origin=positions[0].copy(),
+        direction=direction,
+        datasets=[ds for _, ds in slices],
+        paths=[p for p, _ in slices],
+    )
