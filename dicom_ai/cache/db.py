@@ -1,0 +1,178 @@
+"""The index: patient, study, series, instance, and the pipeline's job, result and delivery rows.
+
+Stages hand work to each other through these rows and their ``state`` columns (see GUIDE §1):
+receive writes instances and marks series ``receiving``; schedule marks them ``complete`` and
+creates ``jobs``; the worker turns jobs into ``results`` and ``deliveries``; export works the
+deliveries. SQLite in WAL mode by default; any SQLAlchemy URL (PostgreSQL) for larger sites.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+
+def utcnow() -> dt.datetime:
+    """Timezone-naive UTC now (SQLite stores no zone)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    """A series as received. ``state``: receiving -> complete (jobs created)."""
+
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(String(64), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    completion_signal: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    routing_note: Mapped[str] = mapped_column(Text, default="")
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+    jobs: Mapped[list[Job]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """One stored SOP instance; ``path`` is relative to ``data_dir``."""
+
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(400))
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One model run on one series. ``state``: queued -> running -> done | failed (``reason``)."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    model_path: Mapped[str] = mapped_column(String(400))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    series: Mapped[Series] = relationship(back_populates="jobs")
+    results: Mapped[list[Result]] = relationship(back_populates="job")
+
+
+class Result(Base):
+    """A DICOM object produced by a job (SEG or SR); ``path`` is relative to ``data_dir``."""
+
+    __tablename__ = "results"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    job: Mapped[Job] = relationship(back_populates="results")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="result")
+
+
+class Delivery(Base):
+    """One (result, destination) pair. ``state``: pending -> delivered | failed."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_fk: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_status: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives power loss
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine; for SQLite: WAL, synchronous FULL, 30 s busy timeout, foreign keys."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            json_serializer=json.dumps,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def open_index(url: str) -> sessionmaker:
+    """Open (and create if missing) the index; returns a session factory."""
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)

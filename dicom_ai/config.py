@@ -1,0 +1,236 @@
+"""The node's configuration: one settings object.
+
+Sources, later ones winning:
+
+1. the defaults in this module;
+2. a TOML file (``dicom-ai serve --config FILE``; ``config/dicom-ai.toml`` is the commented default);
+3. environment variables ``DICOM_AI_<SECTION>__<KEY>``, e.g. ``DICOM_AI_NODE__PORT=11113`` or
+   ``DICOM_AI_COMPLETION__STABLE_SECONDS=5``. List sections (``peers``, ``destinations``) take
+   JSON: ``DICOM_AI_PEERS='[{"ae_title": "CT1", "host": "10.0.0.5"}]'``.
+
+A bad file or value raises :class:`ConfigError` whose message names the key, e.g.
+``node.port: Input should be less than or equal to 65535``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # PS3.5 6.2 AE: 16 chars, no backslash
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeSettings(_Section):
+    """``[node]``: this Application Entity."""
+
+    ae_title: str = Field("DICOM_AI", pattern=AE_TITLE_PATTERN)
+    port: int = Field(11112, ge=1, le=65535)
+    bind_address: str = "0.0.0.0"
+    data_dir: Path = Path("var")
+    database_url: str | None = None  # default: sqlite:///<data_dir>/index.sqlite
+    max_pdu: int = Field(131072, ge=0)  # bytes; 0 = unlimited
+    acse_timeout: float = 30.0  # s
+    dimse_timeout: float = 60.0  # s
+    network_timeout: float = 60.0  # s
+    require_called_ae_title: bool = True  # refuse associations addressed to another AE title
+
+    @field_validator("ae_title")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("AE title must not be blank")
+        return v.strip()
+
+
+class Peer(_Section):
+    """``[[peers]]``: a remote AE allowed to open associations (and to be returned results).
+
+    ``host`` is an address or a network in CIDR notation (``10.0.0.0/24``); ``"*"`` for any.
+    ``port`` is only needed when results are returned to this peer.
+    """
+
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    host: str = "*"
+    port: int | None = Field(None, ge=1, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, v: str) -> str:
+        if v != "*":
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or CIDR network: {v!r}") from exc
+        return v
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        """True when the calling AE title and the peer's IP address match this entry."""
+        if ae_title.strip() != self.ae_title.strip():
+            return False
+        if self.host == "*":
+            return True
+        try:
+            return ipaddress.ip_address(address) in ipaddress.ip_network(self.host, strict=False)
+        except ValueError:
+            return False
+
+
+class CompletionSettings(_Section):
+    """``[completion]``: when a series counts as complete."""
+
+    stable_seconds: float = Field(10.0, gt=0)  # no new instance for this long -> complete
+    check_interval_seconds: float = Field(1.0, gt=0)
+
+
+class Destination(_Section):
+    """``[[destinations]]``: where results go. ``kind`` is ``dicom`` (C-STORE) or ``folder``."""
+
+    name: str
+    kind: str = Field("dicom", pattern="^(dicom|folder)$")
+    ae_title: str = Field("ANY-SCP", pattern=AE_TITLE_PATTERN)
+    host: str = "127.0.0.1"
+    port: int = Field(104, ge=1, le=65535)
+    path: Path | None = None  # for kind = "folder"
+    omit_empty_frames: bool = True  # SEG option; some viewers need every frame
+
+
+class DeliverySettings(_Section):
+    """``[delivery]``: retries of result delivery."""
+
+    max_attempts: int = Field(5, ge=1)
+    retry_initial_seconds: float = Field(30.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    """``[worker]``: the inference worker."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class ModelEntry(_Section):
+    """``[[models]]``: a model package to run and when."""
+
+    path: Path
+    enabled: bool = True
+    modalities: list[str] | None = None  # default: the manifest's modality
+    body_parts: list[str] | None = None  # Body Part Examined values; empty list = any
+
+
+class Settings(BaseSettings):
+    """All configuration of one node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DICOM_AI_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    node: NodeSettings = NodeSettings()
+    peers: list[Peer] = []
+    completion: CompletionSettings = CompletionSettings()
+    destinations: list[Destination] = []
+    delivery: DeliverySettings = DeliverySettings()
+    worker: WorkerSettings = WorkerSettings()
+    models: list[ModelEntry] = []
+    config_path: Path | None = Field(None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment beats the file (passed as init kwargs)
+        return env_settings, init_settings
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL of the index."""
+        return self.node.database_url or f"sqlite:///{self.node.data_dir / 'index.sqlite'}"
+
+    def peer_for(self, ae_title: str, address: str) -> Peer | None:
+        """The first ``[[peers]]`` entry allowing this calling AE title from this address."""
+        return next((p for p in self.peers if p.allows(ae_title, address)), None)
+
+    def model_paths(self) -> list[Path]:
+        """Model package folders of the enabled models; the shipped default when none is listed."""
+        if not self.models:
+            return [default_model_path()]
+        return [m.path for m in self.models if m.enabled]
+
+
+def repo_root() -> Path:
+    """The folder holding ``dicom_ai/``, ``models/`` and ``config/`` (an editable install)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def default_model_path() -> Path:
+    """The shipped lung segmentation package."""
+    return repo_root() / "models" / "lung-unet"
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"{key}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from a TOML file (optional), environment variables and overrides.
+
+    Relative paths (``data_dir``, model and folder paths) are relative to the current working
+    directory, as for most daemons (set ``WorkingDirectory`` in the systemd unit).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not TOML, or a key is unknown or has a bad value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such configuration file") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data.update(overrides)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(where + _format_error(exc)) from None
+    settings.config_path = path
+    _resolve_paths(settings, Path.cwd())
+    return settings
+
+
+def _resolve_paths(settings: Settings, base: Path) -> None:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    settings.node.data_dir = resolve(settings.node.data_dir)
+    for model in settings.models:
+        model.path = resolve(model.path)
+    for dest in settings.destinations:
+        if dest.path is not None:
+            dest.path = resolve(dest.path)

@@ -1,0 +1,222 @@
+"""The Application Entity: C-ECHO and C-STORE SCP with a peer policy.
+
+The C-STORE handler does the minimum (GUIDE §1): validate, write the data set as received
+(no re-encoding) durably, index it, answer. Status codes follow PS3.4 Annex B.2.3 and PS3.7 C:
+0x0000 success, 0xA700 out of resources, 0xA900 data set does not match SOP class,
+0xC000-range cannot understand.
+"""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom import uid
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import AllStoragePresentationContexts
+from sqlalchemy.orm import sessionmaker
+
+from dicom_ai.cache.index import InstanceMeta, index_instance
+from dicom_ai.cache.store import FileStore, InvalidUID, check_uid
+from dicom_ai.config import Settings
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+MIN_FREE_BYTES = 200 * 1024 * 1024  # below this free space, refuse with 0xA700
+
+#: Transfer syntaxes accepted for storage (PS3.5 Annex A, 10): uncompressed, deflated, RLE,
+#: JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.RLELossless,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+]
+
+
+def image_storage_sop_classes() -> list[str]:
+    """The image storage SOP classes (PS3.4 B.5) this node accepts."""
+    out = []
+    for cx in AllStoragePresentationContexts:
+        name = UID(cx.abstract_syntax).name
+        if "Image" in name and "Storage" in name:
+            out.append(cx.abstract_syntax)
+    return out
+
+
+def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
+    value = ds.get(keyword, "")
+    return str(value if value is not None else "")[:limit]
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+class StorageSCP:
+    """C-ECHO/C-STORE SCP bound to one :class:`FileStore` and index."""
+
+    def __init__(self, settings: Settings, store: FileStore, sessions: sessionmaker) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = sessions
+        self.ae = AE(ae_title=settings.node.ae_title)
+        self.ae.maximum_pdu_size = settings.node.max_pdu
+        self.ae.acse_timeout = settings.node.acse_timeout
+        self.ae.dimse_timeout = settings.node.dimse_timeout
+        self.ae.network_timeout = settings.node.network_timeout
+        self.ae.maximum_associations = 32
+        self.ae.require_called_aet = settings.node.require_called_ae_title
+        self.ae.add_supported_context(Verification)
+        for uid in image_storage_sop_classes():
+            self.ae.add_supported_context(uid, ACCEPTED_TRANSFER_SYNTAXES)
+        self.server: Any = None
+
+    # -- association policy -------------------------------------------------------------
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = assoc.requestor.primitive.calling_ae_title.strip()
+        address = assoc.requestor.address
+        if self.settings.peer_for(calling, address) is None:
+            log.warning(
+                "association refused: calling AE title %r from %s is not in [[peers]]",
+                calling,
+                address,
+            )
+            assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
+            assoc.is_rejected = True
+            assoc.kill()
+
+    # -- DIMSE ----------------------------------------------------------------------------
+    def _on_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int | tuple[int, Any]:
+        calling = event.assoc.requestor.ae_title.strip()
+        rq = event.request
+        try:
+            raw = event.encoded_dataset(include_meta=True)
+        except Exception as exc:  # noqa: BLE001 - any decoding fault is the sender's
+            log.warning("C-STORE from %s refused (0xC000): cannot read data set: %s", calling, exc)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            ds = pydicom.dcmread(BytesIO(raw), stop_before_pixels=True)
+            meta = self._meta(ds, rq, event.context.transfer_syntax)
+        except _Refusal as refusal:
+            log.warning("C-STORE from %s refused (0x%04X): %s", calling, refusal.status, refusal)
+            return refusal.status
+        except Exception as exc:  # noqa: BLE001
+            log.warning("C-STORE from %s refused (0xC000): cannot parse data set: %s", calling, exc)
+            return STATUS_CANNOT_UNDERSTAND
+        if self.store.free_bytes() - len(raw) < MIN_FREE_BYTES:
+            log.error(
+                "C-STORE %s refused (0xA700): less than %d MiB free in %s",
+                meta.sop_instance_uid,
+                MIN_FREE_BYTES >> 20,
+                self.store.root,
+            )
+            return STATUS_OUT_OF_RESOURCES
+        relpath = self.store.instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+        try:
+            size = self.store.write(relpath, raw)
+            index_instance(self.sessions, meta, relpath, size, calling)
+        except OSError as exc:
+            log.error("C-STORE %s failed (0xA700): %s", meta.sop_instance_uid, exc)
+            return STATUS_OUT_OF_RESOURCES
+        except Exception:
+            log.exception("C-STORE %s failed (0x0110): could not index", meta.sop_instance_uid)
+            return STATUS_PROCESSING_FAILURE
+        return STATUS_SUCCESS
+
+    def _meta(self, ds: pydicom.Dataset, rq: Any, transfer_syntax: str) -> InstanceMeta:
+        sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+        sop_inst = str(ds.get("SOPInstanceUID", "") or "").strip()
+        if sop_class != str(rq.AffectedSOPClassUID) or sop_inst != str(rq.AffectedSOPInstanceUID):
+            raise _Refusal(
+                STATUS_DATASET_MISMATCH,
+                f"data set SOP Class/Instance UID ({sop_class or 'empty'}, {sop_inst or 'empty'}) "
+                f"does not match the request ({rq.AffectedSOPClassUID}, "
+                f"{rq.AffectedSOPInstanceUID})",
+            )
+        try:
+            study_uid = check_uid(_text(ds, "StudyInstanceUID", 200), "Study Instance UID")
+            series_uid = check_uid(_text(ds, "SeriesInstanceUID", 200), "Series Instance UID")
+            sop_inst = check_uid(sop_inst, "SOP Instance UID")
+        except InvalidUID as exc:
+            raise _Refusal(STATUS_DATASET_MISMATCH, str(exc)) from None
+        return InstanceMeta(
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName", 324),
+            study_uid=study_uid,
+            study_date=_text(ds, "StudyDate", 8),
+            accession_number=_text(ds, "AccessionNumber", 16),
+            study_description=_text(ds, "StudyDescription"),
+            series_uid=series_uid,
+            modality=_text(ds, "Modality", 16),
+            body_part=_text(ds, "BodyPartExamined", 64).upper(),
+            series_description=_text(ds, "SeriesDescription"),
+            series_number=_int(ds, "SeriesNumber"),
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_inst,
+            instance_number=_int(ds, "InstanceNumber"),
+            transfer_syntax_uid=str(transfer_syntax),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start serving on ``[node] bind_address:port`` in background threads."""
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        node = self.settings.node
+        self.server = self.ae.start_server(
+            (node.bind_address, node.port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "AE %s listening on %s:%d (%d peers allowed)",
+            node.ae_title,
+            node.bind_address,
+            node.port,
+            len(self.settings.peers),
+        )
+
+    def stop(self) -> None:
+        """Stop accepting, and end open associations (each write is atomic, nothing half-done)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.ae.shutdown()
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
