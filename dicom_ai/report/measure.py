@@ -1,0 +1,145 @@
+"""Per-label measurements on a label mask: voxel count, volume, intensity statistics.
+
+These numbers feed the TID 1500 measurement groups of the SR (PS3.16 TID 1411: Volume,
+mean and standard deviation of the attenuation) and the worklist; they are computed once here
+so that the SR and any other consumer agree to the last digit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dicom_ai.infer.volume import Volume
+from dicom_ai.models.manifest import Label, ModelManifest
+
+
+@dataclass(frozen=True)
+class LabelMeasurement:
+    """Measurements of one label of a label mask.
+
+    Attributes
+    ----------
+    label:
+        The label (from the manifest).
+    voxel_count:
+        Number of voxels with ``mask == label.value``.
+    volume_ml:
+        ``voxel_count`` times the voxel volume, in mL (cm^3).
+    mean:
+        Mean of ``volume.array`` over the label, in the array's unit (HU for CT); ``nan`` if the
+        label is empty.
+    std:
+        Population standard deviation (ddof=0) over the label, same unit; ``nan`` if empty.
+    minimum, maximum:
+        Extremes over the label, same unit; ``nan`` if empty.
+    """
+
+    label: Label
+    voxel_count: int
+    volume_ml: float
+    mean: float
+    std: float
+    minimum: float
+    maximum: float
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the label has no voxel."""
+        return self.voxel_count == 0
+
+
+def check_mask(volume: Volume, mask: np.ndarray, manifest: ModelManifest) -> np.ndarray:
+    """Check that ``mask`` is a label mask on the grid of ``volume`` with the manifest's labels.
+
+    Parameters
+    ----------
+    volume: dicom_ai.infer.volume.Volume
+        The source volume; ``volume.array`` has shape (slices, rows, columns).
+    mask: numpy.ndarray
+        Integer label mask, shape (slices, rows, columns).
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The model manifest whose ``labels`` give the allowed non-zero values.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``mask`` as uint8 (no copy when it already is).
+
+    Raises
+    ------
+    ValueError
+        If the shape differs from ``volume.array``, the values are not integers in 0..255, or a
+        non-zero value is not a label of the manifest.
+    """
+    mask = np.asarray(mask)
+    if mask.shape != volume.array.shape:
+        raise ValueError(
+            f"mask shape {mask.shape} differs from the volume shape {volume.array.shape} "
+            "(slices, rows, columns)"
+        )
+    if mask.dtype != np.uint8:
+        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
+            raise ValueError(f"mask must hold integer labels, got dtype {mask.dtype}")
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise ValueError("mask values must lie in 0..255")
+        mask = mask.astype(np.uint8)
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    known = {label.value for label in manifest.labels}
+    unknown = sorted(int(v) for v in present if v != 0 and int(v) not in known)
+    if unknown:
+        raise ValueError(f"mask holds values {unknown} that are not labels of {manifest.name}")
+    return mask
+
+
+def measure_labels(
+    volume: Volume, mask: np.ndarray, manifest: ModelManifest
+) -> dict[int, LabelMeasurement]:
+    """Measure every label of the manifest on the mask.
+
+    Parameters
+    ----------
+    volume: dicom_ai.infer.volume.Volume
+        Source volume; ``volume.array`` float32 of shape (slices, rows, columns) in HU for CT,
+        ``volume.spacing`` in mm.
+    mask: numpy.ndarray
+        uint8 label mask of shape (slices, rows, columns) on the same grid.
+    manifest: dicom_ai.models.manifest.ModelManifest
+        Gives the labels; every label is measured, also those absent from the mask.
+
+    Returns
+    -------
+    dict[int, LabelMeasurement]
+        Keyed by ``Label.value``, in the order of ``manifest.labels``.
+
+    Raises
+    ------
+    ValueError
+        See :func:`check_mask`.
+    """
+    mask = check_mask(volume, mask, manifest)
+    voxel_ml = volume.voxel_volume_ml
+    result: dict[int, LabelMeasurement] = {}
+    # One pass over the mask for the counts; intensity statistics per label on its voxels only.
+    counts = np.bincount(mask.ravel(), minlength=256)
+    for label in manifest.labels:
+        n = int(counts[label.value])
+        if n:
+            values = volume.array[mask == label.value].astype(np.float64)
+            mean = float(values.mean())
+            std = float(values.std())
+            vmin, vmax = float(values.min()), float(values.max())
+        else:
+            mean = std = vmin = vmax = math.nan
+        result[label.value] = LabelMeasurement(
+            label=label,
+            voxel_count=n,
+            volume_ml=n * voxel_ml,
+            mean=mean,
+            std=std,
+            minimum=vmin,
+            maximum=vmax,
+        )
+    return result

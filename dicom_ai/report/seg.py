@@ -1,0 +1,270 @@
+"""DICOM Segmentation (SEG) of a model's label mask, with highdicom.
+
+One BINARY segment per manifest label (PS3.3 A.51 Segmentation IOD; C.8.20.2 Segmentation
+Image Module; C.8.20.4 Segment Description), each coded with the label's Segmented Property
+Category and Type (SNOMED CT), algorithm type AUTOMATIC with the model as Segmentation Algorithm
+Identification (C.8.20.2 / C.8.20.2.1 Algorithm Family CID 7162), a recommended display colour
+(CIELab), and a Tracking UID shared with the SR measurement group of the segment.
+
+Geometry: frame ``i`` of the mask is written with the Plane Position (Patient), Plane
+Orientation and Pixel Measures of ``volume.datasets[i]`` and references that instance in its
+Derivation Image Sequence (C.7.6.16.2.6), so each frame lands exactly on its source slice.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+
+import dicom_ai
+from dicom_ai.infer.volume import Volume
+from dicom_ai.models.manifest import Code, Label, ModelManifest
+from dicom_ai.report import uids
+from dicom_ai.report.measure import check_mask
+
+#: Manufacturer (0008,0070) of every object this node writes.
+MANUFACTURER = "dicom-ai"
+#: Manufacturer's Model Name (0008,1090).
+MODEL_NAME = "dicom-ai"
+
+_LO_MAX = 64  # LO value length, PS3.5 Table 6.2-1
+_CS_MAX = 16
+
+
+def to_code(code: Code) -> hd.sr.CodedConcept:
+    """Convert a manifest :class:`~dicom_ai.models.manifest.Code` to a highdicom coded concept.
+
+    Parameters
+    ----------
+    code: dicom_ai.models.manifest.Code
+        Code value, coding scheme designator and code meaning (PS3.3 Table 8.8-1).
+
+    Returns
+    -------
+    highdicom.sr.CodedConcept
+    """
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def algorithm_identification(manifest: ModelManifest) -> hd.AlgorithmIdentificationSequence:
+    """Segmentation Algorithm Identification Sequence of the model (PS3.3 C.8.20.4, C.17.3.1).
+
+    Parameters
+    ----------
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The model; ``algorithm_name`` and ``version`` are recorded, the family is
+        (123110, DCM, "Artificial Intelligence") from CID 7162, the source is this software.
+
+    Returns
+    -------
+    highdicom.AlgorithmIdentificationSequence
+    """
+    return hd.AlgorithmIdentificationSequence(
+        name=manifest.algorithm_name[:_LO_MAX],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=manifest.version[:_LO_MAX],
+        source=MANUFACTURER,
+    )
+
+
+def _topic(manifest: ModelManifest) -> str:
+    """A short human word for what is segmented: 'Lung' for left lung + right lung."""
+    meanings = [label.type.meaning.strip() for label in manifest.labels]
+    if len(meanings) == 1:
+        return meanings[0][:1].upper() + meanings[0][1:]
+    last = {m.split()[-1].lower() for m in meanings if m}
+    if len(last) == 1:
+        word = last.pop()
+        return word[:1].upper() + word[1:]
+    return manifest.body_region.strip().title() or "Multi-label"
+
+
+def series_description(manifest: ModelManifest, kind: str = "segmentation") -> str:
+    """Series Description like ``"AI Lung segmentation (dicom-ai-lung 1.0.0)"``, at most 64 chars.
+
+    Parameters
+    ----------
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The model.
+    kind: str, optional
+        What the series holds, e.g. ``"segmentation"`` or ``"measurements"``.
+
+    Returns
+    -------
+    str
+        The model name and version are kept whole; the topic is shortened to fit LO (64 chars).
+    """
+    tail = f" {kind} ({manifest.name} {manifest.version})"
+    topic = _topic(manifest)
+    room = _LO_MAX - len("AI ") - len(tail)
+    if room < len(topic):
+        topic = topic[: max(room, 0)].rstrip()
+    text = f"AI {topic}{tail}" if topic else f"AI{tail}"
+    return text[:_LO_MAX]
+
+
+def content_label(manifest: ModelManifest) -> str:
+    """Content Label (CS, PS3.3 C.10.9): upper-case letters, digits, underscore, at most 16."""
+    text = re.sub(r"[^A-Z0-9_]+", "_", manifest.name.upper()).strip("_")
+    return (text or "AI_SEGMENTATION")[:_CS_MAX].rstrip("_") or "AI_SEGMENTATION"
+
+
+def segment_description(
+    label: Label,
+    segment_number: int,
+    manifest: ModelManifest,
+    tracking_uid: str,
+) -> hd.seg.SegmentDescription:
+    """Segment Sequence item for one label (PS3.3 C.8.20.4).
+
+    Parameters
+    ----------
+    label: dicom_ai.models.manifest.Label
+        The label; ``name`` becomes the Segment Label, ``category`` and ``type`` the Segmented
+        Property Category and Type Code Sequences, ``color`` the Recommended Display CIELab Value.
+    segment_number: int
+        Segment Number (1-based).
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The model, for Segment Algorithm Name/Identification and the Segment Description.
+    tracking_uid: str
+        Tracking UID of the segment (shared with the SR measurement group).
+
+    Returns
+    -------
+    highdicom.seg.SegmentDescription
+    """
+    desc = hd.seg.SegmentDescription(
+        segment_number=segment_number,
+        segment_label=label.name[:_LO_MAX],
+        segmented_property_category=to_code(label.category),
+        segmented_property_type=to_code(label.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification(manifest),
+        tracking_uid=tracking_uid,
+        tracking_id=f"{label.name} ({manifest.name} {manifest.version})"[:_LO_MAX],
+        display_color=hd.color.CIELabColor.from_rgb(*label.color),
+    )
+    # Segment Description (0062,0006), type 3: name the algorithm and its version.
+    desc.SegmentDescription = (
+        f"{label.type.meaning}, automatic, {manifest.name} {manifest.version}"
+    )[:_LO_MAX]
+    return desc
+
+
+def _stack_segments(mask: np.ndarray, labels: list[Label]) -> np.ndarray:
+    """(slices, rows, columns) label mask -> (slices, rows, columns, segments) binary uint8."""
+    out = np.empty((*mask.shape, len(labels)), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        np.equal(mask, label.value, out=out[..., i], casting="unsafe")
+    return out
+
+
+def _check_source(volume: Volume) -> None:
+    if not volume.datasets:
+        raise ValueError("volume.datasets is empty: the SEG must reference its source instances")
+    if len(volume.datasets) != volume.array.shape[0]:
+        raise ValueError(
+            f"volume has {volume.array.shape[0]} slices but {len(volume.datasets)} source headers"
+        )
+    for i, ds in enumerate(volume.datasets):
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "ImagePositionPatient"):
+            if not ds.get(keyword):
+                raise ValueError(f"source header {i} has no {keyword}")
+
+
+def build_seg(
+    volume: Volume,
+    mask: np.ndarray,
+    manifest: ModelManifest,
+    *,
+    omit_empty_frames: bool = True,
+    series_number: int = 901,
+    instance_number: int = 1,
+    device_serial_number: str | None = None,
+) -> hd.seg.Segmentation:
+    """Build a BINARY DICOM Segmentation of ``mask`` on the source series of ``volume``.
+
+    PS3.3 A.51 Segmentation IOD, C.8.20 Segmentation Modules. One segment per label of
+    ``manifest.labels``, numbered 1.. in manifest order (also labels absent from the mask).
+
+    Parameters
+    ----------
+    volume: dicom_ai.infer.volume.Volume
+        Source volume; ``volume.datasets[i]`` is the header (pixel data not needed) of the
+        single-frame instance that holds slice ``i`` of ``volume.array``.
+    mask: numpy.ndarray
+        uint8 label mask of shape (slices, rows, columns) on the grid of ``volume``; each
+        non-zero value is a ``Label.value`` of the manifest.
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The model that produced the mask: labels, codes, colours, name and version.
+    omit_empty_frames: bool, optional
+        Leave out frames without any segmented pixel (smaller object). Some viewers place the
+        frames of a sparse SEG wrongly; pass ``False`` for such destinations.
+    series_number: int, optional
+        Series Number (0020,0011) of the SEG series.
+    instance_number: int, optional
+        Instance Number (0020,0013).
+    device_serial_number: str | None, optional
+        Device Serial Number (0018,1000); the host name of this node by default.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+        The SEG, with Series and SOP Instance UIDs from :mod:`dicom_ai.report.uids` (kind
+        ``"SEG"``), study and patient copied from the source.
+
+    Raises
+    ------
+    ValueError
+        If the mask does not match the volume or the manifest, or the source headers lack the
+        UIDs and geometry the SEG must reference.
+    """
+    mask = check_mask(volume, mask, manifest)
+    _check_source(volume)
+    source = volume.datasets
+    series_uid = str(source[0].SeriesInstanceUID)
+    labels = list(manifest.labels)
+    descriptions = [
+        segment_description(
+            label,
+            number,
+            manifest,
+            uids.tracking_uid(series_uid, manifest.name, manifest.version, label.value),
+        )
+        for number, label in enumerate(labels, start=1)
+    ]
+    pixel_array = _stack_segments(mask, labels)
+    if omit_empty_frames and not pixel_array.any():
+        # highdicom needs at least one frame: keep them all rather than fail on an empty result.
+        omit_empty_frames = False
+    seg = hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.result_series_uid(
+            series_uid, manifest.name, manifest.version, "SEG"
+        ),
+        series_number=series_number,
+        sop_instance_uid=uids.result_instance_uid(
+            series_uid,
+            manifest.name,
+            manifest.version,
+            "SEG",
+            (ds.SOPInstanceUID for ds in source),
+        ),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=dicom_ai.__version__,
+        device_serial_number=(device_serial_number or socket.gethostname() or "unknown")[:_LO_MAX],
+        content_description=f"AI segmentation by {manifest.name} {manifest.version}"[:_LO_MAX],
+        content_label=content_label(manifest),
+        omit_empty_frames=omit_empty_frames,
+        series_description=series_description(manifest, "segmentation"),
+    )
+    return seg

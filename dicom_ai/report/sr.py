@@ -1,0 +1,277 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of a model's segmentation, with highdicom.
+
+Structure (PS3.16 TID 1500 Measurement Report):
+
+* Observation context (TID 1001/1004): one *device* observer, this node: Device Observer UID,
+  Name ``"dicom-ai"``, Manufacturer ``"dicom-ai"``, Model Name ``"<model name> <model version>"``.
+* Procedure reported: from the manifest's modality and body region (CID 100, e.g.
+  (24627-2, LN, "CT Chest")).
+* One TID 1411 *Volumetric ROI Measurements* group per SEG segment:
+
+  - Tracking Identifier and Tracking UID (TID 4108), the same UID as the SEG segment's
+    Tracking UID;
+  - Referenced Segment (121214, DCM): SEG SOP Class/Instance UID, segment number, and the source
+    series (Source series for segmentation, 121232 DCM);
+  - Finding Category / Finding (121071, DCM) = the label's Segmented Property Category / Type;
+    Finding Site (363698007, SCT) = the label's type when it is an anatomical structure;
+  - Algorithm identification (TID 4019): model name and version;
+  - Measurements (TID 1419): Volume (118565006, SCT) in mL (UCUM ``ml``); for CT, Attenuation
+    Coefficient (112031, DCM; CID 7469) in HU (UCUM ``[hnsf'U]``) with Derivation Mean
+    (373098007, SCT) and a second one with Derivation Standard Deviation (386136009, SCT;
+    CID 7464). An empty segment gets its volume (0 mL) only.
+
+Evidence (Current Requested Procedure Evidence Sequence, PS3.3 C.17.2): the source images and
+the SEG; patient and study are copied from the source, so the SR joins the source study.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+
+import dicom_ai
+from dicom_ai.infer.volume import Volume
+from dicom_ai.models.manifest import Label, ModelManifest
+from dicom_ai.report import uids
+from dicom_ai.report.measure import LabelMeasurement, measure_labels
+from dicom_ai.report.seg import MANUFACTURER, MODEL_NAME, series_description, to_code
+
+#: Concept name of the mean/std intensity measurement: (112031, DCM, "Attenuation Coefficient"),
+#: a member of CID 7469 "Generic Intensity and Size Measurements".
+ATTENUATION = codes.DCM.AttenuationCoefficient
+#: (118565006, SCT, "Volume").
+VOLUME = codes.SCT.Volume
+#: UCUM ``ml``.
+UNIT_ML = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
+#: UCUM ``[hnsf'U]``.
+UNIT_HU = codes.UCUM.HounsfieldUnit
+#: (373098007, SCT, "Mean") and (386136009, SCT, "Standard Deviation"), CID 7464.
+MEAN = codes.SCT.Mean
+STANDARD_DEVIATION = codes.SCT.StandardDeviation
+
+#: Segmented property categories for which the type is also an anatomic location (finding site):
+#: Anatomical Structure (old and new SNOMED CT concept ids) and Body Substance.
+_ANATOMIC_CATEGORIES = {("SCT", "123037004"), ("SCT", "91723000"), ("SCT", "91720002")}
+
+_LO_MAX = 64
+
+
+def procedure_code(manifest: ModelManifest) -> hd.sr.CodedConcept:
+    """Procedure Reported (121058, DCM) for the manifest's modality and body region (CID 100).
+
+    Parameters
+    ----------
+    manifest: dicom_ai.models.manifest.ModelManifest
+        ``modality`` (e.g. ``"CT"``) and ``body_region`` (e.g. ``"CHEST"``).
+
+    Returns
+    -------
+    highdicom.sr.CodedConcept
+        (24627-2, LN, "CT Chest") for CT of the chest, otherwise the "unspecified body region"
+        LOINC code of the modality, or (363679005, SCT, "Imaging procedure").
+    """
+    modality = manifest.modality.upper()
+    region = manifest.body_region.upper()
+    if modality == "CT" and region == "CHEST":
+        return hd.sr.CodedConcept("24627-2", "LN", "CT Chest")
+    if modality == "CT":
+        return hd.sr.CodedConcept.from_code(codes.LN.CTUnspecifiedBodyRegion)
+    if modality == "MR":
+        return hd.sr.CodedConcept.from_code(codes.LN.MRIUnspecifiedBodyRegion)
+    return hd.sr.CodedConcept.from_code(codes.SCT.ImagingProcedure)
+
+
+def observation_context(manifest: ModelManifest, device_uid: str) -> hd.sr.ObservationContext:
+    """Observation context with this node as the device observer (PS3.16 TID 1001, TID 1004).
+
+    Parameters
+    ----------
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The model, recorded as the device's Model Name (``"<name> <version>"``).
+    device_uid: str
+        Device Observer UID (121012, DCM) of this node.
+
+    Returns
+    -------
+    highdicom.sr.ObservationContext
+    """
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.cid270.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=device_uid,
+                name=MODEL_NAME,
+                manufacturer_name=MANUFACTURER,
+                model_name=f"{manifest.name} {manifest.version}"[:_LO_MAX],
+            ),
+        )
+    )
+
+
+def _finding_sites(label: Label) -> list[hd.sr.FindingSite] | None:
+    if (label.category.scheme, label.category.value) in _ANATOMIC_CATEGORIES:
+        return [hd.sr.FindingSite(anatomic_location=to_code(label.type))]
+    return None
+
+
+def _measurements(
+    m: LabelMeasurement, algorithm: hd.sr.AlgorithmIdentification, is_ct: bool
+) -> list[hd.sr.Measurement]:
+    out = [
+        hd.sr.Measurement(
+            name=VOLUME, value=float(m.volume_ml), unit=UNIT_ML, algorithm_id=algorithm
+        )
+    ]
+    if is_ct and not m.is_empty and math.isfinite(m.mean):
+        out.append(
+            hd.sr.Measurement(
+                name=ATTENUATION,
+                value=float(m.mean),
+                unit=UNIT_HU,
+                derivation=MEAN,
+                algorithm_id=algorithm,
+            )
+        )
+        out.append(
+            hd.sr.Measurement(
+                name=ATTENUATION,
+                value=float(m.std),
+                unit=UNIT_HU,
+                derivation=STANDARD_DEVIATION,
+                algorithm_id=algorithm,
+            )
+        )
+    return out
+
+
+def _segment_numbers(seg: hd.seg.Segmentation, manifest: ModelManifest) -> dict[int, int]:
+    """Map ``Label.value`` -> SEG Segment Number, matching by Tracking UID (then by label)."""
+    series_uid = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    by_tracking = {
+        str(item.get("TrackingUID", "")): int(item.SegmentNumber) for item in seg.SegmentSequence
+    }
+    by_label = {str(item.SegmentLabel): int(item.SegmentNumber) for item in seg.SegmentSequence}
+    numbers: dict[int, int] = {}
+    for label in manifest.labels:
+        tuid = uids.tracking_uid(series_uid, manifest.name, manifest.version, label.value)
+        number = by_tracking.get(str(tuid), by_label.get(label.name[:_LO_MAX]))
+        if number is None:
+            raise ValueError(f"the SEG has no segment for label {label.value} ({label.name})")
+        numbers[label.value] = number
+    return numbers
+
+
+def build_sr(
+    volume: Volume,
+    mask: np.ndarray,
+    seg: hd.seg.Segmentation,
+    manifest: ModelManifest,
+    *,
+    series_number: int = 902,
+    instance_number: int = 1,
+    device_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build a TID 1500 Measurement Report with one volumetric group per SEG segment.
+
+    PS3.3 A.35.13 Comprehensive 3D SR IOD; PS3.16 TID 1500, TID 1411, TID 1419.
+
+    Parameters
+    ----------
+    volume: dicom_ai.infer.volume.Volume
+        Source volume: ``array`` (slices, rows, columns) in HU for CT, ``spacing`` in mm,
+        ``datasets`` the source headers (evidence, patient and study).
+    mask: numpy.ndarray
+        uint8 label mask (slices, rows, columns) on the grid of ``volume``, the one the SEG was
+        built from.
+    seg: highdicom.seg.Segmentation
+        The SEG built by :func:`dicom_ai.report.seg.build_seg` from the same mask.
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The model: labels, codes, name and version.
+    series_number: int, optional
+        Series Number (0020,0011) of the SR series.
+    instance_number: int, optional
+        Instance Number (0020,0013).
+    device_uid: str | None, optional
+        Device Observer UID of this node; derived from the host name by default
+        (:func:`dicom_ai.report.uids.device_uid`).
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        Completion flag COMPLETE, verification UNVERIFIED; Series and SOP Instance UIDs from
+        :mod:`dicom_ai.report.uids` (kind ``"SR"``).
+
+    Raises
+    ------
+    ValueError
+        If the mask does not fit the volume or manifest (see
+        :func:`dicom_ai.report.measure.check_mask`), or the SEG lacks a segment of a label.
+    """
+    source = volume.datasets
+    if not source:
+        raise ValueError("volume.datasets is empty: the SR needs the source headers as evidence")
+    series_uid = str(source[0].SeriesInstanceUID)
+    measurements = measure_labels(volume, mask, manifest)
+    numbers = _segment_numbers(seg, manifest)
+    is_ct = str(source[0].get("Modality", manifest.modality)).upper() == "CT"
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=manifest.algorithm_name[:_LO_MAX], version=manifest.version[:_LO_MAX]
+    )
+
+    groups = []
+    for label in manifest.labels:
+        m = measurements[label.value]
+        tracking = hd.sr.TrackingIdentifier(
+            uid=uids.tracking_uid(series_uid, manifest.name, manifest.version, label.value),
+            identifier=f"{label.name} ({manifest.name} {manifest.version})"[:_LO_MAX],
+        )
+        referenced_segment = hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=numbers[label.value],
+            source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+        )
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_segment=referenced_segment,
+                finding_category=to_code(label.category),
+                finding_type=to_code(label.type),
+                finding_sites=_finding_sites(label),
+                algorithm_id=algorithm,
+                measurements=_measurements(m, algorithm, is_ct),
+            )
+        )
+
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(
+            manifest, device_uid or uids.device_uid(socket.gethostname() or MODEL_NAME)
+        ),
+        procedure_reported=procedure_code(manifest),
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*source, seg],
+        content=report,
+        series_instance_uid=uids.result_series_uid(
+            series_uid, manifest.name, manifest.version, "SR"
+        ),
+        series_number=series_number,
+        sop_instance_uid=uids.result_instance_uid(
+            series_uid,
+            manifest.name,
+            manifest.version,
+            "SR",
+            (ds.SOPInstanceUID for ds in source),
+        ),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=series_description(manifest, "measurements"),
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=dicom_ai.__version__,
+    )

@@ -1,0 +1,186 @@
+"""Deterministic UIDs for result objects (SEG, SR) and their tracking identifiers.
+
+Re-running the same model version on the same source series must *replace* its earlier
+results in the PACS, not add duplicates; so the Series Instance UID and SOP Instance UID of a
+result are derived from what the result depends on, not drawn at random
+(PS3.5 Chapter 9 and Annex B: a UID derived from a hash under an organisational root).
+
+* :func:`result_series_uid` depends on the source series, the model (name and version) and the
+  kind of object (``"SEG"``, ``"SR"``, ...). A re-run after late instances arrived lands in the
+  *same* result series.
+* :func:`result_instance_uid` additionally depends on the set of source SOP Instance UIDs
+  (order does not matter). A re-run on the same instances yields the same SOP Instance UID
+  (the receiving archive replaces the object); a re-run after late instances arrived yields a
+  *new* SOP Instance UID in the same series.
+
+The inputs are serialised unambiguously (JSON array) before hashing, because
+:func:`pydicom.uid.generate_uid` concatenates its ``entropy_srcs`` without a separator
+(``["ab", "c"]`` and ``["a", "bc"]`` would otherwise collide).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
+
+#: Bump only if the derivation itself changes; every UID changes with it.
+_SCHEME = "dicom-ai/result-uid/1"
+
+
+def _derive(parts: list[str], prefix: str) -> UID:
+    return generate_uid(prefix=prefix, entropy_srcs=[json.dumps([_SCHEME, *parts])])
+
+
+def _check_kind(kind: str) -> str:
+    if not kind or not kind.strip():
+        raise ValueError("kind must be a non-empty string such as 'SEG' or 'SR'")
+    return kind.strip().upper()
+
+
+def result_series_uid(
+    source_series_uid: str,
+    model_name: str,
+    model_version: str,
+    kind: str,
+    *,
+    prefix: str = PYDICOM_ROOT_UID,
+) -> UID:
+    """Series Instance UID of a result series (PS3.3 C.7.3.1).
+
+    Parameters
+    ----------
+    source_series_uid: str
+        Series Instance UID of the source (input) series.
+    model_name: str
+        Name of the model (``ModelManifest.name``).
+    model_version: str
+        Version of the model (``ModelManifest.version``).
+    kind: str
+        Kind of result object, e.g. ``"SEG"`` or ``"SR"`` (case-insensitive); one series per kind.
+    prefix: str, optional
+        UID root (at most 54 characters, ending in ``"."``); defaults to pydicom's root.
+
+    Returns
+    -------
+    pydicom.uid.UID
+        A UID of at most 64 characters, the same for the same arguments.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is empty or ``prefix`` is not a valid UID prefix.
+    """
+    return _derive(
+        ["series", str(source_series_uid), model_name, model_version, _check_kind(kind)], prefix
+    )
+
+
+def result_instance_uid(
+    source_series_uid: str,
+    model_name: str,
+    model_version: str,
+    kind: str,
+    source_sop_instance_uids: Iterable[str],
+    *,
+    prefix: str = PYDICOM_ROOT_UID,
+) -> UID:
+    """SOP Instance UID of a result object (PS3.3 C.12.1).
+
+    Parameters
+    ----------
+    source_series_uid: str
+        Series Instance UID of the source series.
+    model_name: str
+        Name of the model.
+    model_version: str
+        Version of the model.
+    kind: str
+        Kind of result object, e.g. ``"SEG"`` or ``"SR"`` (case-insensitive).
+    source_sop_instance_uids: Iterable[str]
+        SOP Instance UIDs of the source instances the result was computed from. Order and
+        repetitions do not matter (the set is sorted before hashing).
+    prefix: str, optional
+        UID root (at most 54 characters, ending in ``"."``); defaults to pydicom's root.
+
+    Returns
+    -------
+    pydicom.uid.UID
+        A UID of at most 64 characters: the same for the same model version and the same set of
+        source instances, a different one when an instance is added or removed.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is empty, ``source_sop_instance_uids`` is empty or ``prefix`` is invalid.
+    """
+    instances = sorted({str(uid) for uid in source_sop_instance_uids})
+    if not instances:
+        raise ValueError("source_sop_instance_uids must not be empty")
+    return _derive(
+        [
+            "instance",
+            str(source_series_uid),
+            model_name,
+            model_version,
+            _check_kind(kind),
+            *instances,
+        ],
+        prefix,
+    )
+
+
+def tracking_uid(
+    source_series_uid: str,
+    model_name: str,
+    model_version: str,
+    label_value: int,
+    *,
+    prefix: str = PYDICOM_ROOT_UID,
+) -> UID:
+    """Tracking UID of one segmented finding (PS3.3 C.8.20.4 Tracking UID; PS3.16 TID 4108).
+
+    The same UID is written into the SEG segment and into the SR measurement group of that
+    segment, so the two can be linked; it is stable over re-runs of the same model version.
+
+    Parameters
+    ----------
+    source_series_uid: str
+        Series Instance UID of the source series.
+    model_name: str
+        Name of the model.
+    model_version: str
+        Version of the model.
+    label_value: int
+        Value of the label in the label mask (``Label.value``).
+    prefix: str, optional
+        UID root; defaults to pydicom's root.
+
+    Returns
+    -------
+    pydicom.uid.UID
+        A UID of at most 64 characters.
+    """
+    return _derive(
+        ["tracking", str(source_series_uid), model_name, model_version, str(int(label_value))],
+        prefix,
+    )
+
+
+def device_uid(node_name: str, *, prefix: str = PYDICOM_ROOT_UID) -> UID:
+    """Device Observer UID of this node (PS3.16 TID 1004, EV (121012, DCM)).
+
+    Parameters
+    ----------
+    node_name: str
+        A name that identifies this node (e.g. its AE title or host name).
+    prefix: str, optional
+        UID root; defaults to pydicom's root.
+
+    Returns
+    -------
+    pydicom.uid.UID
+        The same UID for the same node name.
+    """
+    return _derive(["device", node_name], prefix)
