@@ -1,0 +1,204 @@
+"""The ``dicom-ai`` command: run the node, talk DICOM, look at jobs, train and evaluate models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicom_ai.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="dicom-ai: a DICOM node that runs AI models and returns DICOM SEG and SR.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+jobs_app = typer.Typer(help="Inference jobs.", no_args_is_help=True)
+studies_app = typer.Typer(help="Studies in the cache.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: train, evaluate, list.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(studies_app, name="studies")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file.")]
+AetOpt = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
+AecOpt = Annotated[str, typer.Option("--aec", help="The peer's (called) AE title.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(config: ConfigOpt = None) -> None:
+    """Run the node in the foreground until SIGINT/SIGTERM."""
+    from dicom_ai.logconf import setup_logging
+    from dicom_ai.node import Node
+
+    settings = _settings(config)
+    setup_logging()
+    try:
+        Node(settings).serve_forever()
+    except OSError as exc:
+        err.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def echo(
+    host: str,
+    port: int,
+    aet: AetOpt = "DICOM_AI_SCU",
+    aec: AecOpt = "ANY-SCP",
+    timeout: float = 10.0,
+) -> None:
+    """C-ECHO a DICOM node (verification, PS3.4 A)."""
+    from dicom_ai.export.scu import AssociationFailed
+    from dicom_ai.export.scu import echo as c_echo
+
+    try:
+        status = c_echo(host, port, aet=aet, aec=aec, timeout=timeout)
+    except AssociationFailed as exc:
+        err.print(f"[red]C-ECHO failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"C-ECHO {aec}@{host}:{port}: status 0x{status:04X}")
+    raise typer.Exit(0 if status == 0 else 1)
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
+    host: Annotated[str, typer.Option("--host", "-h")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p")] = 11112,
+    aet: AetOpt = "DICOM_AI_SCU",
+    aec: AecOpt = "DICOM_AI",
+) -> None:
+    """Send DICOM files by C-STORE, proposing only their SOP classes."""
+    from dicom_ai.export.scu import AssociationFailed, expand_paths, store_files
+
+    files = expand_paths(paths)
+    if not files:
+        err.print("[red]no files to send[/red]")
+        raise typer.Exit(2)
+    failed = 0
+    with Progress(TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err) as progress:
+        task = progress.add_task("send", total=len(files))
+
+        def on_sent(outcome) -> None:
+            nonlocal failed
+            if not outcome.ok:
+                failed += 1
+                progress.console.print(f"[yellow]{outcome.path}: {outcome.message}[/yellow]")
+            progress.advance(task)
+
+        try:
+            outcomes = store_files(files, host, port, aet=aet, aec=aec, on_sent=on_sent)
+        except AssociationFailed as exc:
+            err.print(f"[red]send failed:[/red] {exc}")
+            raise typer.Exit(1) from None
+    sent = sum(o.ok for o in outcomes)
+    console.print(f"sent {sent} of {len(files)} files to {aec}@{host}:{port}")
+    raise typer.Exit(0 if sent == len(files) else 1)
+
+
+def _index(config: Path | None):
+    from dicom_ai.cache.db import open_index
+
+    settings = _settings(config)
+    return settings, open_index(settings.database_url)
+
+
+@jobs_app.command("list")
+def jobs_list(config: ConfigOpt = None, limit: int = 50) -> None:
+    """List the most recent jobs with their state."""
+    from sqlalchemy import select
+
+    from dicom_ai.cache.db import Job
+
+    _, sessions = _index(config)
+    table = Table("id", "state", "model", "series", "created (UTC)", "s", "findings / reason")
+    with sessions() as s:
+        for job in s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)):
+            detail = job.reason or ", ".join(
+                f"{k} {v.get('volume_ml', '')} mL" for k, v in (job.findings or {}).items()
+            )
+            table.add_row(str(job.id), job.state, f"{job.model_name} {job.model_version}",
+                          job.series.series_instance_uid[-24:], f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+                          str((job.timings or {}).get("total", "")), detail)
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
+    """Everything about one job: series, routing, timings, findings, results and deliveries."""
+    from dicom_ai.cache.db import Job
+
+    _, sessions = _index(config)
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            err.print(f"no job {job_id}")
+            raise typer.Exit(1)
+        series = job.series
+        console.print(f"[bold]job {job.id}[/bold]: {job.state}" + (f" — {job.reason}" if job.reason else ""))
+        console.print(f"model: {job.model_name} {job.model_version} ({job.model_path})")
+        console.print(f"series: {series.series_instance_uid} ({series.modality}, {len(series.instances)} instances, "
+                      f"'{series.description}') from {series.calling_ae_title}")
+        console.print(f"completed: {series.completed_at} by {series.completion_signal}; routing: {series.routing_note}")
+        console.print(f"created {job.created_at}, started {job.started_at}, finished {job.finished_at}, attempts {job.attempts}")
+        if job.timings:
+            console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in job.timings.items()))
+        for name, f in (job.findings or {}).items():
+            console.print(f"finding: {name}: {f.get('volume_ml')} mL, mean {f.get('mean_hu')} HU")
+        for r in job.results:
+            console.print(f"result {r.kind}: {r.sop_instance_uid} ({r.path})")
+            for d in r.deliveries:
+                console.print(f"  -> {d.destination}: {d.state}, attempts {d.attempts}, {d.last_status}")
+
+
+@studies_app.command("list")
+def studies_list(config: ConfigOpt = None) -> None:
+    """List studies with their series and instance counts."""
+    from sqlalchemy import select
+
+    from dicom_ai.cache.db import Study
+
+    _, sessions = _index(config)
+    table = Table("patient", "study date", "study UID", "series", "instances", "series states")
+    with sessions() as s:
+        for st in s.scalars(select(Study).order_by(Study.id.desc())):
+            table.add_row(st.patient.patient_id, st.study_date, st.study_instance_uid, str(len(st.series)),
+                          str(sum(len(se.instances) for se in st.series)),
+                          ", ".join(sorted({se.state for se in st.series})))
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(config: ConfigOpt = None) -> None:
+    """List the enabled models."""
+    from dicom_ai.schedule.routing import enabled_models
+
+    settings = _settings(config)
+    table = Table("name", "version", "task", "modality", "labels", "path")
+    for m in enabled_models(settings):
+        table.add_row(m.manifest.name, m.manifest.version, m.manifest.task, ",".join(m.modalities),
+                      ", ".join(l.name for l in m.manifest.labels), str(m.path))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

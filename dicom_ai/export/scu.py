@@ -1,0 +1,171 @@
+"""C-STORE SCU: send files to a DICOM AE, proposing only what is being sent.
+
+Used by the outbox (results to PACS) and by ``dicom-ai send``. For each SOP class in the files
+one presentation context is proposed with the file's own transfer syntax plus Explicit and
+Implicit VR Little Endian; a compressed file whose syntax the peer did not accept is decoded
+and sent uncompressed (PS3.4 B.4.1, PS3.5 10).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
+
+
+class AssociationFailed(ConnectionError):
+    """The association could not be established (refused, rejected or timed out)."""
+
+
+@dataclass
+class SendOutcome:
+    """Result of one C-STORE: ``status`` is the DIMSE status, or None if nothing came back."""
+
+    path: Path
+    status: int | None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """0x0000 and the 0xB000-range warnings count as stored (PS3.4 B.2.3)."""
+        return self.status is not None and (self.status == 0 or (self.status & 0xF000) == 0xB000)
+
+
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, and every file under the folders given (sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        else:
+            out.append(p)
+    return out
+
+
+def _headers(paths: list[Path]) -> list[tuple[Path, str, str]]:
+    out = []
+    for p in paths:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+            sop_class = str(ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("not sent: %s is not a readable DICOM file: %s", p, exc)
+            continue
+        out.append((p, sop_class, ts))
+    return out
+
+
+def echo(host: str, port: int, *, aet: str, aec: str, timeout: float = 10.0) -> int:
+    """C-ECHO; returns the DIMSE status. Raises :class:`AssociationFailed`."""
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=aec)
+    if not assoc.is_established:
+        raise AssociationFailed(f"association with {aec}@{host}:{port} not established")
+    try:
+        status = assoc.send_c_echo()
+        if not status:
+            raise AssociationFailed("no C-ECHO response")
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def store_files(
+    paths: list[Path],
+    host: str,
+    port: int,
+    *,
+    aet: str,
+    aec: str,
+    timeout: float = 30.0,
+    on_sent: Callable[[SendOutcome], None] | None = None,
+) -> list[SendOutcome]:
+    """Send DICOM files by C-STORE over one association per 128 SOP class/syntax pairs.
+
+    Raises
+    ------
+    AssociationFailed
+        If an association is refused or cannot be opened; outcomes already obtained are lost
+        to the caller only in that case (the outbox retries the whole batch).
+    """
+    items = _headers(paths)
+    outcomes: list[SendOutcome] = []
+    # one association per chunk of distinct SOP classes
+    classes = sorted({sop for _, sop, _ in items})
+    for start in range(0, len(classes), MAX_CONTEXTS):
+        chunk = set(classes[start : start + MAX_CONTEXTS])
+        batch = [it for it in items if it[1] in chunk]
+        outcomes.extend(_store_batch(batch, host, port, aet, aec, timeout, on_sent))
+    return outcomes
+
+
+def _store_batch(batch, host, port, aet, aec, timeout, on_sent) -> list[SendOutcome]:
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    syntaxes: dict[str, list[str]] = {}
+    for _, sop, ts in batch:
+        lst = syntaxes.setdefault(sop, [])
+        for t in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if t not in lst:
+                lst.append(t)
+    for sop, lst in syntaxes.items():
+        ae.add_requested_context(sop, lst)
+    assoc = ae.associate(host, port, ae_title=aec)
+    if not assoc.is_established:
+        raise AssociationFailed(
+            f"association with {aec}@{host}:{port} not established "
+            f"({'rejected' if assoc.is_rejected else 'aborted or no answer'})"
+        )
+    outcomes = []
+    try:
+        for path, sop, ts in batch:
+            accepted = {
+                cx.transfer_syntax[0]
+                for cx in assoc.accepted_contexts
+                if cx.abstract_syntax == sop
+            }
+            outcome = _store_one(assoc, path, sop, ts, accepted)
+            outcomes.append(outcome)
+            if on_sent:
+                on_sent(outcome)
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcomes
+
+
+def _store_one(assoc, path: Path, sop: str, ts: str, accepted: set[str]) -> SendOutcome:
+    if not accepted:
+        return SendOutcome(path, None, f"peer accepted no context for {UID(sop).name}")
+    try:
+        if ts in accepted:
+            status = assoc.send_c_store(path)  # sent as stored, no decode
+        else:
+            ds = pydicom.dcmread(path)
+            if UID(ts).is_compressed:
+                ds.decompress()
+            target = ExplicitVRLittleEndian if ExplicitVRLittleEndian in accepted else sorted(accepted)[0]
+            ds.file_meta.TransferSyntaxUID = target
+            status = assoc.send_c_store(ds)
+    except Exception as exc:  # noqa: BLE001
+        return SendOutcome(path, None, f"{type(exc).__name__}: {exc}")
+    if not status or "Status" not in status:
+        return SendOutcome(path, None, "no response (association aborted or timed out)")
+    code = int(status.Status)
+    return SendOutcome(path, code, f"0x{code:04X}")

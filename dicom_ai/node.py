@@ -1,0 +1,117 @@
+"""The node: receiver, scheduler, worker process and outbox in one foreground service.
+
+``dicom-ai serve`` builds a :class:`Node` and calls :meth:`Node.serve_forever`; SIGINT or SIGTERM
+stop it cleanly: no new associations, open ones ended, scheduler ticks finished, the worker
+process asked to stop (a job it cannot finish in time is requeued at the next start). Every
+file is written atomically, so nothing is ever half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicom_ai.cache.db import open_index
+from dicom_ai.cache.store import FileStore
+from dicom_ai.config import Settings
+from dicom_ai.export.outbox import deliver_due
+from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes
+from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
+from dicom_ai.schedule.routing import enabled_models
+from dicom_ai.worker import start_worker
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One running dicom-ai node."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = FileStore(settings.node.data_dir)
+        self.sessions = open_index(settings.database_url)
+        self.models = enabled_models(settings)
+        self.scp = StorageSCP(settings, self.store, self.sessions)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._image_classes = set(image_storage_sop_classes())
+        self._stopped = threading.Event()
+        self.worker = None
+        self._worker_stop = None
+
+    def _completion_tick(self) -> None:
+        try:
+            schedule_complete_series(
+                self.sessions,
+                self.models,
+                self.settings.completion.stable_seconds,
+                self._image_classes,
+            )
+        except Exception:
+            log.exception("completion tick failed")
+
+    def _outbox_tick(self) -> None:
+        try:
+            deliver_due(self.sessions, self.store, self.settings)
+        except Exception:
+            log.exception("outbox tick failed")
+
+    def start(self) -> None:
+        """Recover state left by a previous run, then start every part."""
+        removed = self.store.remove_stale_temporaries()
+        requeued = recover_after_restart(self.sessions)
+        if removed or requeued:
+            log.info("recovered: %d temporary files removed, %d jobs requeued", removed, requeued)
+        self.worker, self._worker_stop = start_worker(self.settings)
+        interval = self.settings.completion.check_interval_seconds
+        self.scheduler.add_job(self._completion_tick, "interval", seconds=interval, max_instances=1,
+                               coalesce=True, id="completion")
+        self.scheduler.add_job(self._outbox_tick, "interval", seconds=interval, max_instances=1,
+                               coalesce=True, id="outbox")
+        self.scheduler.start()
+        self.scp.start()
+        log.info(
+            "node %s ready: data in %s, models: %s, destinations: %s",
+            self.settings.node.ae_title,
+            self.settings.node.data_dir,
+            ", ".join(m.label for m in self.models) or "none",
+            ", ".join(d.name for d in self.settings.destinations) or "none",
+        )
+
+    def stop(self, worker_grace: float = 30.0) -> None:
+        """Stop every part; idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("stopping")
+        self.scp.stop()
+        self.scheduler.shutdown(wait=True)
+        if self.worker is not None:
+            self._worker_stop.set()
+            self.worker.join(worker_grace)
+            if self.worker.is_alive():
+                log.warning("worker did not stop in %.0f s; terminating (its job is requeued at next start)", worker_grace)
+                self.worker.terminate()
+                self.worker.join(5)
+        log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Start, then block until SIGINT/SIGTERM, then stop."""
+        done = threading.Event()
+
+        def _on_signal(signum, _frame):
+            log.info("signal %s received", signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        self.start()
+        try:
+            while not done.wait(1.0):
+                if self.worker is not None and not self.worker.is_alive():
+                    log.error("worker process died (exit code %s); restarting it", self.worker.exitcode)
+                    self.worker, self._worker_stop = start_worker(self.settings)
+        finally:
+            self.stop()

@@ -1,0 +1,172 @@
+"""The inference worker: a separate process that turns queued jobs into results.
+
+It runs outside the association threads (GUIDE §1: torch must not stall a modality's transfer).
+For each job: the series' instances -> :func:`~dicom_ai.infer.volume.load_series` -> model ->
+label mask -> DICOM SEG and SR (:mod:`dicom_ai.report`) written atomically under
+``results/<job id>/`` -> result rows and one pending delivery per destination, in one
+transaction. A job that cannot run fails with a reason an admin can read; the queue goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import sessionmaker
+
+from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
+from dicom_ai.cache.store import FileStore
+from dicom_ai.config import Settings
+from dicom_ai.export.outbox import create_deliveries
+
+log = logging.getLogger(__name__)
+
+
+def claim_next_job(sessions: sessionmaker) -> int | None:
+    """Atomically move the oldest queued job to ``running``; returns its id or None."""
+    with sessions.begin() as session:
+        job_id = session.scalar(
+            select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
+        )
+        if job_id is None:
+            return None
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(state="running", started_at=utcnow(), attempts=Job.attempts + 1, reason="")
+        ).rowcount
+        return job_id if claimed else None
+
+
+class JobRunner:
+    """Runs jobs; keeps loaded models in memory between jobs."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker, store: FileStore) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self._models: dict[str, Any] = {}
+
+    def model(self, path: str):
+        from dicom_ai.infer.runtime import SegmentationModel
+
+        if path not in self._models:
+            device = None if self.settings.worker.device == "auto" else self.settings.worker.device
+            self._models[path] = SegmentationModel.load(Path(path), device=device)
+        return self._models[path]
+
+    def run(self, job_id: int) -> None:
+        """Run one claimed job to ``done`` or ``failed``; never raises."""
+        t0 = time.perf_counter()
+        try:
+            self._run(job_id, t0)
+        except Exception as exc:  # noqa: BLE001 - a bad series must not stop the queue
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("job %d failed: %s", job_id, reason)
+            with self.sessions.begin() as session:
+                job = session.get(Job, job_id)
+                job.state = "failed"
+                job.reason = reason[:2000]
+                job.finished_at = utcnow()
+
+    def _run(self, job_id: int, t0: float) -> None:
+        from dicom_ai.infer.volume import load_series
+        from dicom_ai.report.measure import measure_labels
+        from dicom_ai.report.preview import write_preview_png
+        from dicom_ai.report.seg import build_seg
+        from dicom_ai.report.sr import build_sr
+
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            series = session.get(Series, job.series_fk)
+            paths = [self.store.abspath(i.path) for i in series.instances]
+            model_path = job.model_path
+            series_uid = series.series_instance_uid
+        log.info("job %d: %s on series %s (%d files)", job_id, Path(model_path).name, series_uid, len(paths))
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        volume = load_series(paths)
+        timings["load"] = time.perf_counter() - t
+        model = self.model(model_path)
+        manifest = model.manifest
+        mask, model_timings = model.predict(volume)
+        timings.update(model_timings)
+        t = time.perf_counter()
+        omit = all(d.omit_empty_frames for d in self.settings.destinations) if self.settings.destinations else True
+        seg = build_seg(volume, mask, manifest, omit_empty_frames=omit)
+        sr = build_sr(volume, mask, seg, manifest)
+        outputs = []
+        for kind, obj in (("SEG", seg), ("SR", sr)):
+            buf = io.BytesIO()
+            obj.save_as(buf, enforce_file_format=True)
+            rel = self.store.result_relpath(job_id, kind)
+            self.store.write(rel, buf.getbuffer())
+            outputs.append((kind, obj, rel))
+        measurements = measure_labels(volume, mask, manifest)
+        findings = {
+            m.label.name: {"volume_ml": round(m.volume_ml, 1), "mean_hu": None if m.is_empty else round(m.mean, 1)}
+            for m in measurements.values()
+        }
+        try:
+            write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
+        except Exception as exc:  # noqa: BLE001 - a preview is a convenience
+            log.warning("job %d: preview not written: %s", job_id, exc)
+        timings["report"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        with self.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            for kind, obj, rel in outputs:
+                result = Result(
+                    job=job,
+                    kind=kind,
+                    sop_class_uid=str(obj.SOPClassUID),
+                    sop_instance_uid=str(obj.SOPInstanceUID),
+                    series_instance_uid=str(obj.SeriesInstanceUID),
+                    path=rel,
+                )
+                session.add(result)
+                create_deliveries(session, result, self.settings)
+            job.state = "done"
+            job.finished_at = utcnow()
+            job.timings = {k: round(v, 3) for k, v in timings.items()}
+            job.findings = findings
+        log.info(
+            "job %d done in %.1f s: %s",
+            job_id,
+            timings["total"],
+            ", ".join(f"{k} {v['volume_ml']:.0f} mL" for k, v in findings.items()),
+        )
+
+
+def worker_main(settings_json: str, stop: Any) -> None:
+    """Entry point of the worker process: poll for queued jobs until ``stop`` is set."""
+    from dicom_ai.logconf import setup_logging
+
+    settings = Settings.model_validate_json(settings_json)
+    setup_logging()
+    sessions = open_index(settings.database_url)
+    runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir))
+    log.info("worker started")
+    while not stop.is_set():
+        job_id = claim_next_job(sessions)
+        if job_id is None:
+            stop.wait(settings.worker.poll_seconds)
+            continue
+        runner.run(job_id)
+    log.info("worker stopped")
+
+
+def start_worker(settings: Settings) -> tuple[mp.Process, Any]:
+    """Start the worker process (spawned: a clean interpreter, torch imported only there)."""
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    proc = ctx.Process(
+        target=worker_main, args=(settings.model_dump_json(),), kwargs={"stop": stop}, name="dicom-ai-worker", daemon=False
+    )
+    proc.start()
+    return proc, stop
