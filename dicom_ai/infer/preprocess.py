@@ -1,0 +1,249 @@
+"""Torch preprocessing: canonical orientation, resampling to the model grid, intensity window.
+
+The canonical grid of every model is axial in DICOM patient coordinates (LPS, PS3.3 C.7.6.2.1.1):
+array axes (slices, rows, columns) run towards patient +z (Superior), +y (Posterior) and +x
+(Left). A series is brought there by an axis permutation and flips chosen from its direction
+cosines (no interpolation), then resampled to the model spacing with trilinear interpolation
+(``torch.nn.functional.interpolate``) on the device. The same functions are used by training
+(:mod:`dicom_ai.train`) and inference (:mod:`dicom_ai.infer.runtime`), so both see the same grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dicom_ai.infer.volume import Volume
+
+#: Patient axis (0 = x, 1 = y, 2 = z in LPS) held by each canonical array axis (slices, rows, columns).
+CANONICAL_PATIENT_AXES = (2, 1, 0)
+
+
+@dataclass(frozen=True)
+class CanonicalTransform:
+    """How to bring a (slices, rows, columns) source array to the canonical axial grid.
+
+    Attributes
+    ----------
+    perm:
+        For each canonical axis (slices -> +z, rows -> +y, columns -> +x), the source array axis
+        that becomes it (``array.permute(perm)``).
+    flip:
+        Canonical axes to reverse after the permutation.
+    source_shape:
+        Shape of the source array, (slices, rows, columns).
+    source_spacing:
+        Spacing of the source array in mm, (slices, rows, columns).
+    """
+
+    perm: tuple[int, int, int]
+    flip: tuple[int, ...]
+    source_shape: tuple[int, int, int]
+    source_spacing: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Canonical shape (z, y, x) in voxels."""
+        return tuple(self.source_shape[a] for a in self.perm)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Canonical spacing (z, y, x) in mm."""
+        return tuple(float(self.source_spacing[a]) for a in self.perm)  # type: ignore[return-value]
+
+    @property
+    def inverse_perm(self) -> tuple[int, int, int]:
+        """Permutation that undoes :attr:`perm`."""
+        return tuple(int(i) for i in np.argsort(self.perm))  # type: ignore[return-value]
+
+
+def canonical_transform(volume: Volume) -> CanonicalTransform:
+    """Choose the axis permutation and flips that make ``volume`` canonical (axial, LPS).
+
+    Each source axis is matched to the patient axis its direction cosine is closest to (the
+    assignment maximising the summed absolute cosines over all six permutations, so oblique
+    series get a consistent choice); an axis whose cosine points to the negative patient
+    direction is flipped.
+
+    Parameters
+    ----------
+    volume:
+        The source volume; ``direction`` rows are (row direction, column direction, normal).
+
+    Returns
+    -------
+    CanonicalTransform
+    """
+    # direction vector of each source array axis: slices -> normal, rows -> column direction
+    # (IOP[3:6]), columns -> row direction (IOP[0:3])
+    axis_dirs = np.stack([volume.direction[2], volume.direction[1], volume.direction[0]])
+    best, best_score = None, -1.0
+    for perm in itertools.permutations(range(3)):
+        score = sum(abs(axis_dirs[perm[c], CANONICAL_PATIENT_AXES[c]]) for c in range(3))
+        if score > best_score + 1e-9:
+            best, best_score = perm, score
+    assert best is not None
+    flip = tuple(c for c in range(3) if axis_dirs[best[c], CANONICAL_PATIENT_AXES[c]] < 0)
+    return CanonicalTransform(
+        perm=tuple(int(a) for a in best),  # type: ignore[arg-type]
+        flip=flip,
+        source_shape=volume.shape,
+        source_spacing=tuple(float(s) for s in volume.spacing),  # type: ignore[arg-type]
+    )
+
+
+def to_canonical(t: torch.Tensor, tf: CanonicalTransform) -> torch.Tensor:
+    """Permute and flip the last three axes of ``t`` from source to canonical order.
+
+    Parameters
+    ----------
+    t:
+        Tensor of shape (..., slices, rows, columns) on the source grid.
+    tf:
+        From :func:`canonical_transform`.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (..., z, y, x).
+    """
+    lead = t.ndim - 3
+    t = t.permute(*range(lead), *(lead + a for a in tf.perm))
+    if tf.flip:
+        t = torch.flip(t, dims=[lead + c for c in tf.flip])
+    return t
+
+
+def from_canonical(t: torch.Tensor, tf: CanonicalTransform) -> torch.Tensor:
+    """Undo :func:`to_canonical`: (..., z, y, x) back to (..., slices, rows, columns)."""
+    lead = t.ndim - 3
+    if tf.flip:
+        t = torch.flip(t, dims=[lead + c for c in tf.flip])
+    return t.permute(*range(lead), *(lead + a for a in tf.inverse_perm))
+
+
+def resampled_shape(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], target: tuple[float, float, float]
+) -> tuple[int, int, int]:
+    """Shape of the grid covering the same extent at ``target`` spacing (mm), at least 1 voxel."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))  # type: ignore[return-value]
+
+
+def resample(t: torch.Tensor, size: tuple[int, int, int], mode: str = "trilinear") -> torch.Tensor:
+    """Resample the last three axes of ``t`` to ``size`` with ``F.interpolate``.
+
+    Parameters
+    ----------
+    t:
+        (D, H, W), (C, D, H, W) or (N, C, D, H, W).
+    size:
+        Output (D, H, W) in voxels.
+    mode:
+        ``"trilinear"`` for intensities/probabilities, ``"nearest-exact"`` for labels.
+
+    Returns
+    -------
+    torch.Tensor
+        Same number of dimensions as ``t``; labels come back in their input dtype.
+    """
+    ndim = t.ndim
+    x = t.reshape((1,) * (5 - ndim) + tuple(t.shape))
+    dtype = x.dtype
+    if not x.is_floating_point():
+        x = x.float()
+    if tuple(x.shape[-3:]) != tuple(size):
+        kwargs = {"align_corners": False} if mode == "trilinear" else {}
+        x = F.interpolate(x, size=tuple(size), mode=mode, **kwargs)
+    x = x.to(dtype) if not dtype.is_floating_point else x
+    return x.reshape(tuple(t.shape[:-3]) + tuple(size))
+
+
+def apply_window(t: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """Clip to ``window`` (low, high) in HU and scale linearly to [0, 1]."""
+    low, high = float(window[0]), float(window[1])
+    return (t.clamp(low, high) - low) / (high - low)
+
+
+def preprocess_volume(
+    volume: Volume,
+    spacing: tuple[float, float, float],
+    window: tuple[float, float],
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, CanonicalTransform]:
+    """Volume to the model input: canonical orientation, model spacing, window scaled to [0, 1].
+
+    Parameters
+    ----------
+    volume:
+        Source volume (HU for CT).
+    spacing:
+        Model spacing in mm, canonical (z, y, x) order.
+    window:
+        (low, high) in HU.
+    device:
+        Torch device for the work.
+
+    Returns
+    -------
+    image:
+        float32 tensor (1, 1, z, y, x) on ``device``, values in [0, 1].
+    transform:
+        The canonical transform, needed to map results back.
+    """
+    tf = canonical_transform(volume)
+    t = torch.from_numpy(volume.array).to(device=device, dtype=torch.float32)
+    t = to_canonical(t, tf)
+    size = resampled_shape(tf.shape, tf.spacing, spacing)
+    t = resample(t[None, None], size, mode="trilinear")
+    t = apply_window(t, window)
+    return t.contiguous(), tf
+
+
+def upsample_argmax(
+    logits: torch.Tensor, size: tuple[int, int, int], slab: int = 16
+) -> torch.Tensor:
+    """Trilinear upsampling of class scores to ``size`` followed by argmax, in slabs of slices.
+
+    Equivalent to ``F.interpolate(logits, size, mode="trilinear", align_corners=False)``
+    followed by ``argmax`` over classes, but done separably (in-plane bilinear per needed
+    model slice, then linear along the slices) for ``slab`` output slices at a time, so memory
+    stays bounded by ``C x slab x H x W`` floats instead of the whole upsampled volume.
+
+    Parameters
+    ----------
+    logits:
+        (C, d, h, w) class scores (float16/float32) on the model grid.
+    size:
+        Output (D, H, W) in voxels.
+    slab:
+        Output slices per step.
+
+    Returns
+    -------
+    torch.Tensor
+        uint8 labels (D, H, W) on the same device.
+    """
+    C, d, h, w = logits.shape
+    D, H, W = size
+    out = torch.empty((D, H, W), dtype=torch.uint8, device=logits.device)
+    scale = d / D
+    for z0 in range(0, D, slab):
+        z1 = min(D, z0 + slab)
+        zo = torch.arange(z0, z1, device=logits.device, dtype=torch.float32)
+        src = ((zo + 0.5) * scale - 0.5).clamp(0, d - 1)
+        lo = src.floor().long()
+        hi = (lo + 1).clamp(max=d - 1)
+        frac = (src - lo.float()).view(1, -1, 1, 1)
+        first, last = int(lo.min()), int(hi.max())
+        part = logits[:, first : last + 1].float()  # (C, n, h, w)
+        if (h, w) != (H, W):
+            part = F.interpolate(part.permute(1, 0, 2, 3), size=(H, W), mode="bilinear", align_corners=False)
+            part = part.permute(1, 0, 2, 3)
+        a = part[:, lo - first]
+        b = part[:, hi - first]
+        out[z0:z1] = torch.argmax(a * (1 - frac) + b * frac, dim=0).to(torch.uint8)
+    return out
