@@ -1,0 +1,120 @@
+"""``dicom-ai serve`` as a real subprocess for integration tests (loopback, temporary folders)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import peers
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write a small TOML file from ``{section: {key: value}}`` / ``{section: [{...}]}``."""
+    lines: list[str] = []
+    for section, body in config.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+        else:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class NodeProcess:
+    """Start ``dicom-ai serve --config`` and stop it with SIGTERM; log kept in ``workdir``."""
+
+    def __init__(self, workdir: Path, *, destinations: list[dict] | None = None,
+                 stable_seconds: float = 2.0, peers_: list[dict] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = peers.free_port()
+        self.ae_title = "DICOM_AI"
+        config: dict[str, Any] = {
+            "node": {"ae_title": self.ae_title, "port": self.port, "bind_address": "127.0.0.1",
+                     "data_dir": str(self.workdir / "var")},
+            "peers": peers_ if peers_ is not None else [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
+            "completion": {"stable_seconds": stable_seconds, "check_interval_seconds": 0.5},
+            "delivery": {"max_attempts": 3, "retry_initial_seconds": 1, "retry_max_seconds": 2},
+            "worker": {"poll_seconds": 0.5},
+        }
+        if destinations:
+            config["destinations"] = destinations
+        config.update(extra or {})
+        self.config_path = write_config(self.workdir / "dicom-ai.toml", config)
+        self.log_path = self.workdir / "node.log"
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``dicom-ai ARGS --config <this node's config>``."""
+        return subprocess.run(
+            [sys.executable, "-m", "dicom_ai.cli", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+    def start(self, timeout: float = 60.0) -> NodeProcess:
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, COLUMNS="200")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_ai.cli", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dicom-ai serve exited {self.proc.returncode}:\n{self.log_tail()}")
+            if peers.echoscu("127.0.0.1", self.port, aec=self.ae_title, aet="STORESCU").returncode == 0:
+                return self
+            time.sleep(0.3)
+        raise RuntimeError(f"dicom-ai serve did not answer C-ECHO in {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for_log(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_path.read_text(errors="replace"):
+                return True
+            time.sleep(0.5)
+        return False

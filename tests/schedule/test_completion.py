@@ -1,0 +1,71 @@
+import datetime as dt
+from pathlib import Path
+
+from dicom_ai.cache.db import Job, Series, open_index
+from dicom_ai.cache.index import InstanceMeta, index_instance
+from dicom_ai.models.manifest import Code, Label, ModelManifest, NetworkSpec
+from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
+from dicom_ai.schedule.routing import RoutableModel, match
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _model(min_slices=3, body_parts=()):
+    code = Code(value="1", scheme="SCT", meaning="x")
+    manifest = ModelManifest(
+        name="m", version="1", spacing=(1, 1, 1), window=(-1000, 400), patch_size=(8, 8, 8),
+        network=NetworkSpec(), labels=[Label(value=1, name="a", category=code, type=code)],
+        min_slices=min_slices,
+    )
+    return RoutableModel(Path("/m"), manifest, ("CT",), tuple(body_parts))
+
+
+def _meta(i, series="1.2.3.4", modality="CT"):
+    return InstanceMeta("P1", "Doe^J", "1.2.3", "20250101", "A1", "chest", series, modality, "CHEST",
+                        "axial", 1, CT, f"1.2.3.4.{i}", i, "1.2.840.10008.1.2")
+
+
+def test_match_reasons():
+    m = _model(body_parts=["CHEST"])
+    assert match(m, "CT", "CHEST", 10) is None
+    assert match(m, "CT", "", 10) is None
+    assert "modality MR" in match(m, "MR", "CHEST", 10)
+    assert "body part HEAD" in match(m, "CT", "HEAD", 10)
+    assert "fewer than 3" in match(m, "CT", "CHEST", 2)
+
+
+def test_series_completes_after_stable_seconds_and_gets_one_job(tmp_path):
+    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    for i in range(5):
+        index_instance(sessions, _meta(i), f"x/{i}.dcm", 10, "STORESCU")
+    model = _model()
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert schedule_complete_series(sessions, [model], 10, {CT}, now=now) == []
+    created = schedule_complete_series(sessions, [model], 10, {CT}, now=now + dt.timedelta(seconds=11))
+    assert len(created) == 1
+    with sessions() as s:
+        series = s.query(Series).one()
+        assert series.state == "complete" and series.completion_signal == "stable_seconds"
+        assert "queued job" in series.routing_note
+    # nothing new: no second job
+    assert schedule_complete_series(sessions, [model], 10, {CT}, now=now + dt.timedelta(seconds=30)) == []
+    # a late instance re-opens the series; it completes again and is re-run
+    index_instance(sessions, _meta(9), "x/9.dcm", 10, "STORESCU")
+    with sessions() as s:
+        assert s.query(Series).one().state == "receiving"
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(seconds=11)
+    assert len(schedule_complete_series(sessions, [model], 10, {CT}, now=later)) == 0  # job 1 still queued
+    with sessions.begin() as s:
+        s.query(Job).update({"state": "running"})
+    assert recover_after_restart(sessions) == 1
+    with sessions() as s:
+        assert s.query(Job).one().state == "queued"
+
+
+def test_non_matching_series_records_why(tmp_path):
+    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    index_instance(sessions, _meta(1, modality="MR"), "x/1.dcm", 10, "STORESCU")
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(seconds=11)
+    assert schedule_complete_series(sessions, [_model()], 10, {CT}, now=later) == []
+    with sessions() as s:
+        assert "modality MR" in s.query(Series).one().routing_note
