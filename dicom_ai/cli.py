@@ -111,6 +111,18 @@ def send(
     raise typer.Exit(0 if sent == len(files) else 1)
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's cache, results and preview.")] = Path("demo-out"),
+) -> None:
+    """Run the bundled real chest CT through the node (Orthanc as the PACS when installed)."""
+    from dicom_ai.demo import run_demo
+    from dicom_ai.logconf import setup_logging
+
+    setup_logging("WARNING")
+    raise typer.Exit(run_demo(out, console))
+
+
 def _index(config: Path | None):
     from dicom_ai.cache.db import open_index
 
@@ -194,6 +206,44 @@ def models_list(config: ConfigOpt = None) -> None:
         table.add_row(m.manifest.name, m.manifest.version, m.manifest.task, ",".join(m.modalities),
                       ", ".join(l.name for l in m.manifest.labels), str(m.path))
     console.print(table)
+
+
+@models_app.command("train")
+def models_train(
+    output_dir: Annotated[Path, typer.Argument(help="Model package folder to write.")],
+    data_root: Annotated[Optional[Path], typer.Option(help="Real data; default ../shared/data.")] = None,
+    holdout: Annotated[list[str], typer.Option(help="Series left out: lidc, crlm, totalseg.")] = [],
+    seed: int = 0,
+    iterations: int = 700,
+    max_minutes: float = 25.0,
+) -> None:
+    """Train the lung U-Net on the real CTs and write a model package (reproduces models/lung-unet)."""
+    import json
+
+    from dicom_ai.logconf import setup_logging
+    from dicom_ai.train.loop import train_lung_model
+
+    setup_logging()
+    result = train_lung_model(output_dir, data_root=data_root, holdout=holdout or None, seed=seed,
+                              max_minutes=max_minutes, iterations=iterations)
+    console.print_json(json.dumps(result, default=str))
+
+
+@models_app.command("evaluate")
+def models_evaluate(
+    package_dir: Annotated[Path, typer.Argument(help="Model package folder.")],
+    series: Annotated[Path, typer.Argument(help="DICOM series folder or NIfTI CT.")],
+    reference: Annotated[str, typer.Option(help="'classical', a label map .nii.gz or .npy")] = "classical",
+    device: Optional[str] = None,
+) -> None:
+    """Run a model on a series and print Dice per label against a reference."""
+    import json
+
+    from dicom_ai.train.evaluate import evaluate_model
+
+    ref = reference if reference == "classical" else Path(reference)
+    result = evaluate_model(package_dir, series, ref, device=device)
+    console.print_json(json.dumps(result, default=str))
 
 
 def main() -> None:  # pragma: no cover
