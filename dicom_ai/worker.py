@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing as mp
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ class JobRunner:
             log.warning("job %d: preview not written: %s", job_id, exc)
         timings["report"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
+        timings["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with self.sessions.begin() as session:
             job = session.get(Job, job_id)
             for kind, obj, rel in outputs:
