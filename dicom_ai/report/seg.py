@@ -155,12 +155,17 @@ def segment_description(
     return desc
 
 
-def _stack_segments(mask: np.ndarray, labels: list[Label]) -> np.ndarray:
-    """(slices, rows, columns) label mask -> (slices, rows, columns, segments) binary uint8."""
-    out = np.empty((*mask.shape, len(labels)), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        np.equal(mask, label.value, out=out[..., i], casting="unsafe")
-    return out
+def _to_segment_numbers(mask: np.ndarray, labels: list[Label]) -> np.ndarray:
+    """Label values -> segment numbers 1..n (manifest order), same shape and dtype (uint8).
+
+    The *label-map* style input of highdicom (one array, value = segment number) keeps memory
+    at one byte per voxel whatever the number of labels; a stacked (slices, rows, columns,
+    segments) array would need one byte per voxel *per label*.
+    """
+    lut = np.zeros(256, dtype=np.uint8)
+    for number, label in enumerate(labels, start=1):
+        lut[label.value] = number
+    return lut[mask]
 
 
 def _check_source(volume: Volume) -> None:
@@ -237,7 +242,7 @@ def build_seg(
         )
         for number, label in enumerate(labels, start=1)
     ]
-    pixel_array = _stack_segments(mask, labels)
+    pixel_array = _to_segment_numbers(mask, labels)
     if omit_empty_frames and not pixel_array.any():
         # highdicom needs at least one frame: keep them all rather than fail on an empty result.
         omit_empty_frames = False

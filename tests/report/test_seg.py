@@ -196,7 +196,7 @@ def test_full_series_round_trip(tmp_path, lidc_volume, lidc_mask, manifest) -> N
         out = read_back_mask(path, lidc_volume, manifest, omit_empty_frames=omit)
         assert np.array_equal(out, lidc_mask)
     print(
-        f"\nfull LIDC SEG: omit_empty_frames=True {sizes[True][0]} bytes ({sizes[True][1]} frames), "
-        f"False {sizes[False][0]} bytes ({sizes[False][1]} frames)"
+        f"\nfull LIDC SEG: omit_empty_frames=True {sizes[True][0]} bytes "
+        f"({sizes[True][1]} frames), False {sizes[False][0]} bytes ({sizes[False][1]} frames)"
     )
     assert sizes[True][0] <= sizes[False][0]
