@@ -107,7 +107,7 @@ def write_preview_png(
     manifest: dicom_ai.models.manifest.ModelManifest
         Labels (names, colours), model name and version.
     path: pathlib.Path | str
-        Where to write the PNG; its folder must exist.
+        Where to write the PNG; missing parent folders are created.
     n_slices: int, optional
         Number of slices in the montage, spread over the slices that hold a segment.
 
@@ -162,5 +162,6 @@ def write_preview_png(
             font=font,
         )
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
     return path

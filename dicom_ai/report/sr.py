@@ -174,6 +174,7 @@ def build_sr(
     series_number: int = 902,
     instance_number: int = 1,
     device_uid: str | None = None,
+    measurements: dict[int, LabelMeasurement] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build a TID 1500 Measurement Report with one volumetric group per SEG segment.
 
@@ -198,6 +199,9 @@ def build_sr(
     device_uid: str | None, optional
         Device Observer UID of this node; derived from the host name by default
         (:func:`dicom_ai.report.uids.device_uid`).
+    measurements: dict[int, LabelMeasurement] | None, optional
+        The result of :func:`dicom_ai.report.measure.measure_labels` for this volume and mask,
+        when the caller has it already; computed here otherwise.
 
     Returns
     -------
@@ -215,7 +219,11 @@ def build_sr(
     if not source:
         raise ValueError("volume.datasets is empty: the SR needs the source headers as evidence")
     series_uid = str(source[0].SeriesInstanceUID)
-    measurements = measure_labels(volume, mask, manifest)
+    if measurements is None:
+        measurements = measure_labels(volume, mask, manifest)
+    missing = [label.value for label in manifest.labels if label.value not in measurements]
+    if missing:
+        raise ValueError(f"measurements lack labels {missing}")
     numbers = _segment_numbers(seg, manifest)
     is_ct = str(source[0].get("Modality", manifest.modality)).upper() == "CT"
     algorithm = hd.sr.AlgorithmIdentification(

@@ -120,3 +120,13 @@ def test_empty_segment_gets_zero_volume_only(tmp_path, small_volume, small_mask,
     left = groups[1].get_measurements()
     assert [m.name.value for m in left] == ["118565006"]
     assert left[0].value == 0.0
+
+
+def test_precomputed_measurements_are_used(small_volume, small_mask, manifest) -> None:
+    seg = build_seg(small_volume, small_mask, manifest)
+    given = measure_labels(small_volume, small_mask, manifest)
+    a = build_sr(small_volume, small_mask, seg, manifest)
+    b = build_sr(small_volume, small_mask, seg, manifest, measurements=given)
+    assert a.ContentSequence == b.ContentSequence
+    with pytest.raises(ValueError, match="lack labels"):
+        build_sr(small_volume, small_mask, seg, manifest, measurements={1: given[1]})
