@@ -220,7 +220,8 @@ def build_seg(
     -------
     highdicom.seg.Segmentation
         The SEG, with Series and SOP Instance UIDs from :mod:`dicom_ai.report.uids` (kind
-        ``"SEG"``), study and patient copied from the source.
+        ``"SEG"``; the SOP Instance UID also differs between ``omit_empty_frames`` True and
+        False, the series is the same), study and patient copied from the source.
 
     Raises
     ------
@@ -261,6 +262,8 @@ def build_seg(
             manifest.version,
             "SEG",
             (ds.SOPInstanceUID for ds in source),
+            # the two encodings differ in content, so they must not share a UID
+            variant="" if omit_empty_frames else "all-frames",
         ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,

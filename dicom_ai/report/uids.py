@@ -84,6 +84,7 @@ def result_instance_uid(
     kind: str,
     source_sop_instance_uids: Iterable[str],
     *,
+    variant: str = "",
     prefix: str = PYDICOM_ROOT_UID,
 ) -> UID:
     """SOP Instance UID of a result object (PS3.3 C.12.1).
@@ -101,6 +102,10 @@ def result_instance_uid(
     source_sop_instance_uids: Iterable[str]
         SOP Instance UIDs of the source instances the result was computed from. Order and
         repetitions do not matter (the set is sorted before hashing).
+    variant: str, optional
+        Distinguishes encodings of the same result that differ in content (e.g. a SEG with and
+        without its empty frames): one SOP Instance UID must never name two different objects.
+        The empty default leaves the UID as without it.
     prefix: str, optional
         UID root (at most 54 characters, ending in ``"."``); defaults to pydicom's root.
 
@@ -118,15 +123,9 @@ def result_instance_uid(
     instances = sorted({str(uid) for uid in source_sop_instance_uids})
     if not instances:
         raise ValueError("source_sop_instance_uids must not be empty")
+    kind_part = _check_kind(kind) if not variant else f"{_check_kind(kind)}#{variant}"
     return _derive(
-        [
-            "instance",
-            str(source_series_uid),
-            model_name,
-            model_version,
-            _check_kind(kind),
-            *instances,
-        ],
+        ["instance", str(source_series_uid), model_name, model_version, kind_part, *instances],
         prefix,
     )
 

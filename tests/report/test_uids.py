@@ -66,6 +66,12 @@ def test_no_collision_by_concatenation() -> None:
     assert first != result_series_uid(SERIES, "a", "bc", "SEG")
 
 
+def test_variant() -> None:
+    plain = result_instance_uid(SERIES, "m", "1.0", "SEG", INSTANCES)
+    assert plain == result_instance_uid(SERIES, "m", "1.0", "SEG", INSTANCES, variant="")
+    assert plain != result_instance_uid(SERIES, "m", "1.0", "SEG", INSTANCES, variant="x")
+
+
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError):
         result_series_uid(SERIES, "m", "1.0", " ")
@@ -89,6 +95,11 @@ def test_seg_and_sr_uids_deterministic(lidc_volume, lidc_mask) -> None:
     assert sr1.SOPInstanceUID == sr2.SOPInstanceUID
     assert sr1.SeriesInstanceUID == sr2.SeriesInstanceUID
     assert sr1.SeriesInstanceUID != seg1.SeriesInstanceUID
+
+    # With and without empty frames: different objects, different UIDs, one series.
+    seg_all = build_seg(vol_a, mask_a, manifest, omit_empty_frames=False)
+    assert seg_all.SOPInstanceUID != seg1.SOPInstanceUID
+    assert seg_all.SeriesInstanceUID == seg1.SeriesInstanceUID
 
     # A late slice arrived: the series grows by one instance.
     vol_b = sub_volume(lidc_volume, 120, 127)
