@@ -81,6 +81,7 @@ class JobRunner:
         from dicom_ai.report.preview import write_preview_png
         from dicom_ai.report.seg import build_seg
         from dicom_ai.report.sr import build_sr
+        from dicom_ai.report.uids import device_uid
 
         with self.sessions() as session:
             job = session.get(Job, job_id)
@@ -99,8 +100,11 @@ class JobRunner:
         timings.update(model_timings)
         t = time.perf_counter()
         omit = all(d.omit_empty_frames for d in self.settings.destinations) if self.settings.destinations else True
-        seg = build_seg(volume, mask, manifest, omit_empty_frames=omit)
-        sr = build_sr(volume, mask, seg, manifest)
+        node_uid = device_uid(self.settings.node.ae_title)
+        measurements = measure_labels(volume, mask, manifest)
+        seg = build_seg(volume, mask, manifest, omit_empty_frames=omit,
+                        device_serial_number=self.settings.node.ae_title)
+        sr = build_sr(volume, mask, seg, manifest, device_uid=node_uid, measurements=measurements)
         outputs = []
         for kind, obj in (("SEG", seg), ("SR", sr)):
             buf = io.BytesIO()
@@ -108,7 +112,6 @@ class JobRunner:
             rel = self.store.result_relpath(job_id, kind)
             self.store.write(rel, buf.getbuffer())
             outputs.append((kind, obj, rel))
-        measurements = measure_labels(volume, mask, manifest)
         findings = {
             m.label.name: {"volume_ml": round(m.volume_ml, 1), "mean_hu": None if m.is_empty else round(m.mean, 1)}
             for m in measurements.values()

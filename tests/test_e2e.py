@@ -41,10 +41,8 @@ def _check_results(pacs, got, tmp_path: Path, source_dir: Path) -> dict[str, flo
 
             sr = hd.sr.srread(path)
             for group in sr.content.get_volumetric_roi_measurement_groups():
-                name = group.finding_type.meaning if hasattr(group, "finding_type") else ""
-                for m in group.get_measurements():
-                    if m.unit.value == "ml":
-                        volumes[str(group.tracking_identifier or name)] = m.value
+                (volume,) = [m for m in group.get_measurements() if m.unit.value == "ml"]
+                volumes[group.finding_type.meaning] = volume.value
     return volumes
 
 
