@@ -21,6 +21,7 @@ from pynetdicom.sop_class import Verification
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
+CONTEXTS_PER_CLASS = 3  # the file's syntax, Explicit and Implicit VR LE: each its own context
 
 
 class AssociationFailed(ConnectionError):
@@ -106,8 +107,9 @@ def store_files(
     outcomes: list[SendOutcome] = []
     # one association per chunk of distinct SOP classes
     classes = sorted({sop for _, sop, _ in items})
-    for start in range(0, len(classes), MAX_CONTEXTS):
-        chunk = set(classes[start : start + MAX_CONTEXTS])
+    per_assoc = MAX_CONTEXTS // CONTEXTS_PER_CLASS
+    for start in range(0, len(classes), per_assoc):
+        chunk = set(classes[start : start + per_assoc])
         batch = [it for it in items if it[1] in chunk]
         outcomes.extend(_store_batch(batch, host, port, aet, aec, timeout, on_sent))
     return outcomes
@@ -116,14 +118,14 @@ def store_files(
 def _store_batch(batch, host, port, aet, aec, timeout, on_sent) -> list[SendOutcome]:
     ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    syntaxes: dict[str, list[str]] = {}
+    # one context per (SOP class, transfer syntax): the peer then accepts each syntax it can,
+    # and every file goes as stored when its own syntax is among them
+    pairs: dict[tuple[str, str], None] = {}
     for _, sop, ts in batch:
-        lst = syntaxes.setdefault(sop, [])
         for t in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if t not in lst:
-                lst.append(t)
-    for sop, lst in syntaxes.items():
-        ae.add_requested_context(sop, lst)
+            pairs[(sop, t)] = None
+    for sop, t in pairs:
+        ae.add_requested_context(sop, t)
     assoc = ae.associate(host, port, ae_title=aec)
     if not assoc.is_established:
         raise AssociationFailed(
@@ -134,9 +136,7 @@ def _store_batch(batch, host, port, aet, aec, timeout, on_sent) -> list[SendOutc
     try:
         for path, sop, ts in batch:
             accepted = {
-                cx.transfer_syntax[0]
-                for cx in assoc.accepted_contexts
-                if cx.abstract_syntax == sop
+                cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == sop
             }
             outcome = _store_one(assoc, path, sop, ts, accepted)
             outcomes.append(outcome)
@@ -157,11 +157,15 @@ def _store_one(assoc, path: Path, sop: str, ts: str, accepted: set[str]) -> Send
         if ts in accepted:
             status = assoc.send_c_store(path)  # sent as stored, no decode
         else:
+            # transcode: decompress, then the uncompressed syntax the peer took
             ds = pydicom.dcmread(path)
             if UID(ts).is_compressed:
                 ds.decompress()
-            target = ExplicitVRLittleEndian if ExplicitVRLittleEndian in accepted else sorted(accepted)[0]
+            target = UID(ExplicitVRLittleEndian if ExplicitVRLittleEndian in accepted else sorted(accepted)[0])
+            if target.is_compressed:
+                return SendOutcome(path, None, f"peer accepts {UID(sop).name} only as {target.name}")
             ds.file_meta.TransferSyntaxUID = target
+            ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian)
             status = assoc.send_c_store(ds)
     except Exception as exc:  # noqa: BLE001
         return SendOutcome(path, None, f"{type(exc).__name__}: {exc}")

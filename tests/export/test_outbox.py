@@ -1,0 +1,99 @@
+"""Outbox and C-STORE SCU: transcoding, folder delivery, retries then failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+import peers
+from dicom_ai.cache.db import Delivery, Job, Result, Series, open_index
+from dicom_ai.cache.index import InstanceMeta, index_instance
+from dicom_ai.cache.store import FileStore
+from dicom_ai.config import load_settings
+from dicom_ai.export.outbox import backoff_seconds, deliver_due
+from dicom_ai.export.scu import store_files
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "demo" / "ct_chest_LIDC-IDRI-0314" / "image"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_backoff_doubles_and_caps():
+    assert [backoff_seconds(n, 30, 3600) for n in (1, 2, 3, 8, 20)] == [30, 60, 120, 3600, 3600]
+
+
+def test_compressed_file_transcoded_for_a_peer_that_takes_only_implicit_le():
+    received: list[pydicom.Dataset] = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        received[-1].file_meta = event.file_meta
+        return 0x0000
+
+    scp = AE(ae_title="STRICT")
+    scp.add_supported_context(CT, [ImplicitVRLittleEndian])
+    port = peers.free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        src = sorted(DEMO.glob("*.dcm"))[0]
+        outcomes = store_files([src], "127.0.0.1", port, aet="DICOM_AI", aec="STRICT")
+    finally:
+        server.shutdown()
+    assert [o.ok for o in outcomes] == [True], outcomes
+    original = pydicom.dcmread(src)
+    assert original.file_meta.TransferSyntaxUID.is_compressed
+    assert received[0].file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    np.testing.assert_array_equal(received[0].pixel_array, original.pixel_array)
+
+
+def _one_result(sessions, store: FileStore, destinations: list[str]) -> None:
+    meta = InstanceMeta("P", "N", "1.2.3", "", "", "", "1.2.3.4", "CT", "", "", 1, CT, "1.2.3.4.5", 1,
+                        "1.2.840.10008.1.2")
+    index_instance(sessions, meta, "x.dcm", 1, "A")
+    src = sorted(DEMO.glob("*.dcm"))[0]
+    rel = store.result_relpath(1, "SEG")
+    store.write(rel, src.read_bytes())
+    with sessions.begin() as s:
+        job = Job(series=s.query(Series).one(), model_name="m", model_version="1", model_path="/m", state="done")
+        result = Result(job=job, kind="SEG", sop_class_uid=CT, sop_instance_uid="1.2.3.4.5.6",
+                        series_instance_uid="1.2.3.4.5", path=rel)
+        s.add(result)
+        for name in destinations:
+            s.add(Delivery(result=result, destination=name))
+
+
+def test_folder_delivered_and_dead_peer_retried_then_failed(tmp_path):
+    settings = load_settings(
+        None,
+        node={"data_dir": str(tmp_path / "var")},
+        destinations=[
+            {"name": "folder", "kind": "folder", "path": str(tmp_path / "out")},
+            {"name": "dead", "ae_title": "NOBODY", "host": "127.0.0.1", "port": peers.free_port()},
+        ],
+        delivery={"max_attempts": 3, "retry_initial_seconds": 60, "retry_max_seconds": 600},
+    )
+    store = FileStore(settings.node.data_dir)
+    sessions = open_index(settings.database_url)
+    _one_result(sessions, store, ["folder", "dead"])
+    assert deliver_due(sessions, store, settings) == 1
+    assert (tmp_path / "out" / "1.2.3.4.5.6.dcm").read_bytes() == sorted(DEMO.glob("*.dcm"))[0].read_bytes()
+    with sessions() as s:
+        dead = s.query(Delivery).filter_by(destination="dead").one()
+        assert dead.state == "pending" and dead.attempts == 1 and "not established" in dead.last_status
+        wait = (dead.next_attempt_at - dt.datetime.now(dt.UTC).replace(tzinfo=None)).total_seconds()
+        assert 50 < wait <= 60
+    assert deliver_due(sessions, store, settings) == 0  # not due yet: nothing tried
+    for attempt in (2, 3):
+        with sessions.begin() as s:
+            s.query(Delivery).update({"next_attempt_at": dt.datetime(2000, 1, 1)})
+        deliver_due(sessions, store, settings)
+    with sessions() as s:
+        dead = s.query(Delivery).filter_by(destination="dead").one()
+        assert dead.state == "failed" and dead.attempts == 3
+        assert s.query(Delivery).filter_by(destination="folder").one().attempts == 1
