@@ -11,7 +11,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 TMP_PREFIX = ".tmp-"
@@ -38,17 +41,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(dest: Path, data: bytes | memoryview) -> int:
-    """Write ``data`` to ``dest`` atomically and durably: temporary name, fsync, rename, fsync dir.
-
-    Returns the number of bytes written. On any error no file is left behind and an existing
-    ``dest`` is untouched.
-    """
+@contextmanager
+def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
+    """Yield a temporary file beside ``dest``; on success fsync it, rename it to ``dest`` and
+    fsync the folder; on any error remove it and leave ``dest`` untouched."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
@@ -56,23 +57,23 @@ def atomic_write(dest: Path, data: bytes | memoryview) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(dest.parent)
+
+
+def atomic_write(dest: Path, data: bytes | memoryview) -> int:
+    """Write ``data`` to ``dest`` atomically and durably: temporary name, fsync, rename, fsync dir.
+
+    Returns the number of bytes written. On any error no file is left behind and an existing
+    ``dest`` is untouched.
+    """
+    with _atomic_file(dest) as fh:
+        fh.write(data)
     return len(data)
 
 
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copy a file atomically and durably (see :func:`atomic_write`)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
+    with _atomic_file(dest) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 class FileStore:
