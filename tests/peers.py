@@ -146,7 +146,9 @@ def storescu(
     Folders are scanned recursively (``+sd +r``). ``propose`` is a key of :data:`PROPOSE`
     (``"j2k"``, ``"jpeg-lossless"``, ``"jpegls"``, ...): DCMTK proposes uncompressed syntaxes only
     unless told. ``required_only`` adds ``-R`` (propose only the files' SOP classes, needed for SEG
-    and SR). Does not raise on a failed send: check ``returncode`` and ``stdout``/``stderr``.
+    and SR). DCMTK 3.6.7 cannot decompress JPEG-LS or JPEG 2000 files on the fly, so such files
+    are sent only with the matching ``propose`` (and only to a peer that accepts that syntax).
+    Does not raise on a failed send: check ``returncode`` and ``stdout``/``stderr``.
     """
     exe = _require(dcmtk_tool("storescu"), "DCMTK storescu")
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
