@@ -103,9 +103,12 @@ def test_orthanc_start_failure_reports_log(tmp_path: Path) -> None:
     peers_require_orthanc()
     bad = peers.Orthanc(workdir=tmp_path / "bad", config={"StorageDirectory": "/proc/no/such/dir"},
                         startup_timeout=10)
-    with pytest.raises(peers.OrthancError, match="log tail"):
-        bad.start()
-    assert bad.proc is None
+    try:
+        with pytest.raises(peers.OrthancError, match="log tail"):
+            bad.start()
+        assert bad.proc is None
+    finally:
+        bad.stop()  # never leave an Orthanc behind, even if start() unexpectedly succeeded
 
 
 def test_dciodvfy_on_lidc_slice(lidc_series: list[Path]) -> None:
