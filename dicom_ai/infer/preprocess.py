@@ -245,5 +245,18 @@ def upsample_argmax(
             part = part.permute(1, 0, 2, 3)
         a = part[:, lo - first]
         b = part[:, hi - first]
-        out[z0:z1] = torch.argmax(a * (1 - frac) + b * frac, dim=0).to(torch.uint8)
+        out[z0:z1] = _argmax_classes(a * (1 - frac) + b * frac)
     return out
+
+
+def _argmax_classes(scores: torch.Tensor) -> torch.Tensor:
+    """Argmax over the first axis of (C, ...) as uint8, by elementwise comparisons (much faster
+    on CPU than ``torch.argmax(dim=0)``, which reduces over a strided axis); ties keep the
+    lowest index, as ``torch.argmax`` does."""
+    best = scores[0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8, device=scores.device)
+    for c in range(1, scores.shape[0]):
+        better = scores[c] > best
+        index[better] = c
+        best = torch.maximum(best, scores[c])
+    return index

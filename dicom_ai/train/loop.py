@@ -264,7 +264,7 @@ def train_lung_model(
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 25 == 0 or step == iterations - 1:
             logger.info(
                 "step %d/%d loss %.4f (mean of last 25 %.4f) lr %.2e %.0f s",
