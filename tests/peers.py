@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -116,6 +117,21 @@ def orthanc_binary() -> str | None:
 def dciodvfy_binary() -> str | None:
     """Return the path of dicom3tools' ``dciodvfy``, or None."""
     return shutil.which("dciodvfy")
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM the child when the thread that started it dies.
+
+    A test run that is killed (Ctrl-C twice, CI timeout) then leaves no Orthanc behind. Start
+    peers from a thread that lives as long as they should (the main thread in pytest).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _require(path: str | None, name: str) -> str:
@@ -392,6 +408,7 @@ class Orthanc:
                     stdin=subprocess.DEVNULL,
                     env=tcp_nodelay_env(),
                     start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )
             try:
                 self._wait_ready()
