@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -119,7 +120,8 @@ def demo(
     from dicom_ai.demo import run_demo
     from dicom_ai.logconf import setup_logging
 
-    setup_logging("WARNING")
+    os.environ.setdefault("DICOM_AI_LOG_LEVEL", "WARNING")  # inherited by the worker process
+    setup_logging()
     raise typer.Exit(run_demo(out, console))
 
 

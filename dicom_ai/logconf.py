@@ -13,3 +13,4 @@ def setup_logging(level: str | None = None) -> None:
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs every module it copies at INFO
