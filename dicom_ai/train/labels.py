@@ -110,7 +110,7 @@ def _find_trachea_seed(air: np.ndarray, hu: np.ndarray, spacing: tuple[float, fl
     """Seed mask of the trachea: in the upper slices, a small round dark 2D region near the midline."""
     area_mm2 = spacing[1] * spacing[2]
     Z = air.shape[0]
-    # search from the top (superior = high z index) down through the upper third
+    # search from the top (superior = high z index) down through the upper half
     for z in range(Z - 1, int(Z * 0.5), -1):
         lab, n = ndi.label(air[z])
         if n == 0:
