@@ -2,8 +2,9 @@
 # Install dicom-ai and what it needs on a fresh Debian 12 machine.
 #   deploy/install-debian.sh          the node (DCMTK for the modality side, Orthanc as a demo PACS)
 #   deploy/install-debian.sh --test   the same plus the test tools (dicom3tools' dciodvfy, pytest)
-# Python packages go into the current Python environment (a virtualenv if one is active),
-# pinned by constraints.txt (torch 2.13.0 CPU build).
+# Python packages go into the virtualenv .venv of the repository (created if missing; Debian's
+# own Python refuses system-wide pip installs), pinned by constraints.txt (torch 2.13.0 CPU).
+# Afterwards: .venv/bin/dicom-ai ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,16 +18,22 @@ if [ "${1:-}" = "--test" ]; then
   apt_pkgs+=(dicom3tools)
   extra=".[test]"
 fi
+if ! "$PY" -m venv --help >/dev/null 2>&1; then apt_pkgs+=(python3-venv); fi
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+  echo "apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
-  # the Debian orthanc package starts a system service on 4242/8042 where it can; tests use their own ports
+  # the Debian orthanc package starts a system service on 4242/8042 where it can; dicom-ai's
+  # demo and tests start their own Orthanc on free loopback ports
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-"$PY" -m pip install -q -c constraints.txt -e "$extra"
-echo "dicom-ai installed: $("$PY" -m dicom_ai.cli --help >/dev/null && echo ok)"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+echo "pip install -c constraints.txt -e '$extra' into .venv"
+.venv/bin/python -m pip install -q -c constraints.txt -e "$extra"
+.venv/bin/dicom-ai --help >/dev/null
+echo "dicom-ai installed: .venv/bin/dicom-ai"
