@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 log = logging.getLogger(__name__)
+
+# send files as stored: the request's UIDs come from the file meta and the data set is streamed
+# from the file without decoding (pynetdicom >= 2.1)
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
 CONTEXTS_PER_CLASS = 3  # the file's syntax, Explicit and Implicit VR LE: each its own context

@@ -97,43 +97,24 @@ def test_path_traversal_uids_refused(scp, lidc_series, field):
     assert not Path("/tmp/evil").exists()
 
 
-def _send_raw(scp: StorageSCP, path: Path, sop_class: str, sop_instance: str) -> int:
-    """C-STORE a file's data set as it is, with the given affected UIDs in the request."""
-    from io import BytesIO
+def test_totalsegmentator_blank_uids_refused(scp, shared_data, monkeypatch):
+    """The TotalSegmentator files have empty SOP Class/Instance UIDs in the data set: 0xA900.
 
-    from pydicom.filewriter import dcmwrite
-    from pynetdicom.dimse_primitives import C_STORE
+    pynetdicom's chunked mode takes the request's UIDs from the file meta and streams the data
+    set as it is in the file, as a careless sender would.
+    """
+    from pynetdicom import _config
 
-    ds = pydicom.dcmread(path)
-    ts = ds.file_meta.TransferSyntaxUID
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    src = sorted((shared_data / "totalsegmentator_examples" / "example_ct_dicom").iterdir())[0]
+    ts = pydicom.dcmread(src, stop_before_pixels=True).file_meta.TransferSyntaxUID
     ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(sop_class, [ts])
+    ae.add_requested_context(CT, [ts])
     assoc = ae.associate("127.0.0.1", scp.settings.node.port, ae_title="DICOM_AI")
     assert assoc.is_established
     try:
-        cx = assoc.accepted_contexts[0]
-        buf = BytesIO()
-        dcmwrite(buf, ds, write_like_original=True)
-        raw = buf.getvalue()
-        # drop preamble and file meta: the data set as encoded in the file
-        meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
-        req = C_STORE()
-        req.MessageID = 1
-        req.AffectedSOPClassUID = sop_class
-        req.AffectedSOPInstanceUID = sop_instance
-        req.Priority = 2
-        req.DataSet = BytesIO(raw[meta_end:])
-        assoc.dimse.send_msg(req, cx.context_id)
-        _, rsp = assoc.dimse.get_msg(block=True)
-        return int(rsp.Status)
+        status = assoc.send_c_store(src)
     finally:
         assoc.release()
-
-
-def test_totalsegmentator_blank_uids_refused(scp, shared_data):
-    """The TotalSegmentator files have empty SOP Class/Instance UIDs in the data set: 0xA900."""
-    src = sorted((shared_data / "totalsegmentator_examples" / "example_ct_dicom").iterdir())[0]
-    meta = pydicom.dcmread(src, stop_before_pixels=True).file_meta
-    status = _send_raw(scp, src, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID)
-    assert status == 0xA900
+    assert int(status.Status) == 0xA900
     assert _files(scp.store.root) == []
