@@ -128,7 +128,7 @@ class ModelEntry(_Section):
     path: Path
     enabled: bool = True
     modalities: list[str] | None = None  # default: the manifest's modality
-    body_parts: list[str] | None = None  # Body Part Examined values; empty list = any
+    body_parts: list[str] | None = None  # Body Part Examined values; None = from the manifest body_region, [] = any
 
 
 class Settings(BaseSettings):

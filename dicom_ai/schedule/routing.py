@@ -1,8 +1,11 @@
 """Which model runs on which series.
 
 A series is offered to every enabled model; a model fires when the series' modality is one it
-accepts, its Body Part Examined is one the model entry lists (or the entry lists none, or the
-series leaves it empty), and it has at least the model's minimum number of image instances.
+accepts, its Body Part Examined (0018,0015) is one accepted for the model's body region (or
+the series leaves it empty), and it has at least the model's minimum number of image instances.
+The accepted Body Part Examined values come from :data:`REGION_BODY_PARTS` (defined terms of
+PS3.16 CID 4031 and what scanners write) unless the ``[[models]]`` entry lists its own
+``body_parts`` (an empty list accepts any).
 The reason a model did not fire is recorded on the series (``routing_note``).
 """
 
@@ -16,6 +19,22 @@ from dicom_ai.config import ModelEntry, Settings
 from dicom_ai.models.manifest import ModelManifest, load_manifest
 
 log = logging.getLogger(__name__)
+
+
+#: Body Part Examined values that cover a model's ``body_region``.
+REGION_BODY_PARTS: dict[str, tuple[str, ...]] = {
+    "CHEST": ("CHEST", "LUNG", "THORAX", "CHESTABDOMEN", "CHESTABDPELVIS", "CHEST_TO_PELVIS",
+              "TORSO", "WHOLEBODY", "PARTIALBODY"),
+    "ABDOMEN": ("ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS", "CHEST_TO_PELVIS",
+                "TORSO", "WHOLEBODY", "PARTIALBODY"),
+    "HEAD": ("HEAD", "BRAIN", "SKULL", "HEADNECK", "WHOLEBODY"),
+}
+
+
+def body_parts_for(region: str) -> tuple[str, ...]:
+    """Body Part Examined values accepted for a model's body region."""
+    region = region.upper()
+    return REGION_BODY_PARTS.get(region, (region,))
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,10 @@ def enabled_models(settings: Settings) -> list[RoutableModel]:
             log.error("model package %s not usable, skipped: %s", entry.path, exc)
             continue
         modalities = tuple(m.upper() for m in (entry.modalities or [manifest.modality]))
-        body_parts = tuple(b.upper() for b in (entry.body_parts or []))
+        if entry.body_parts is None:
+            body_parts = body_parts_for(manifest.body_region)
+        else:
+            body_parts = tuple(b.upper() for b in entry.body_parts)
         out.append(RoutableModel(entry.path, manifest, modalities, body_parts))
     return out
 

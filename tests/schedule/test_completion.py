@@ -34,6 +34,20 @@ def test_match_reasons():
     assert "fewer than 3" in match(m, "CT", "CHEST", 2)
 
 
+def test_body_region_from_the_manifest(tmp_path):
+    from dicom_ai.config import ModelEntry, load_settings
+    from dicom_ai.schedule.routing import enabled_models
+
+    lung = Path(__file__).resolve().parents[2] / "models" / "lung-unet"
+    default, anything = enabled_models(
+        load_settings(None, models=[ModelEntry(path=lung), ModelEntry(path=lung, body_parts=[])])
+    )
+    for body_part in ("CHEST", "PARTIALBODY", ""):
+        assert match(default, "CT", body_part, 100) is None
+    assert "body part EXTREMITY" in match(default, "CT", "EXTREMITY", 100)
+    assert match(anything, "CT", "EXTREMITY", 100) is None
+
+
 def test_series_completes_after_stable_seconds_and_gets_one_job(tmp_path):
     sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
     for i in range(5):
