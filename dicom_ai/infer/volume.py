@@ -151,7 +151,9 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     """Read the headers (no pixel data) of the image slices among ``paths``.
 
     Files that are not DICOM, non-image objects (SEG, SR, RT, presentation states, ...), and
-    localizers (Image Type contains ``LOCALIZER``) are left out and logged.
+    localizers (Image Type contains ``LOCALIZER``) are left out and logged. Images whose Image
+    Type is ``DERIVED`` are kept: reformatted or re-exported CT series (e.g. the CRLM-CT-1006
+    series, ``DERIVED\SECONDARY\PROCESSED``) are what some sites send.
 
     Parameters
     ----------
