@@ -28,12 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     tr = sub.add_parser("train", help="train the lung U-Net and write a model package")
-    tr.add_argument("output_dir", type=Path)
-    tr.add_argument("--data-root", type=Path, default=default_data_root())
-    tr.add_argument("--holdout", action="append", choices=sorted(LUNG_SERIES), default=[])
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--iterations", type=int, default=700)
-    tr.add_argument("--max-minutes", type=float, default=25.0)
+    tr.add_argument("output_dir", type=Path, help="model package folder to write (manifest.json, model.pt)")
+    tr.add_argument("--data-root", type=Path, default=default_data_root(), help="real data folder (default: %(default)s)")
+    tr.add_argument(
+        "--holdout", action="append", choices=sorted(LUNG_SERIES), default=[], help="leave a series out (repeatable)"
+    )
+    tr.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    tr.add_argument("--iterations", type=int, default=700, help="optimiser steps (default: %(default)s)")
+    tr.add_argument("--max-minutes", type=float, default=25.0, help="wall-clock safety stop (default: %(default)s)")
 
     ev = sub.add_parser("evaluate", help="Dice per label of a model package on one series")
     ev.add_argument("package_dir", type=Path)
