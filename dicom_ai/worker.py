@@ -94,7 +94,9 @@ class JobRunner:
         t = time.perf_counter()
         volume = load_series(paths)
         timings["load"] = time.perf_counter() - t
-        model = self.model(model_path)
+        t = time.perf_counter()
+        model = self.model(model_path)  # kept loaded: only the first job of a model pays this
+        timings["model_load"] = time.perf_counter() - t
         manifest = model.manifest
         mask, model_timings = model.predict(volume)
         timings.update(model_timings)
@@ -116,11 +118,13 @@ class JobRunner:
             m.label.name: {"volume_ml": round(m.volume_ml, 1), "mean_hu": None if m.is_empty else round(m.mean, 1)}
             for m in measurements.values()
         }
+        timings["report"] = time.perf_counter() - t
+        t = time.perf_counter()
         try:
             write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
         except Exception as exc:  # noqa: BLE001 - a preview is a convenience
             log.warning("job %d: preview not written: %s", job_id, exc)
-        timings["report"] = time.perf_counter() - t
+        timings["preview"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         timings["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with self.sessions.begin() as session:
