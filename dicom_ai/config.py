@@ -46,6 +46,7 @@ class NodeSettings(_Section):
     dimse_timeout: float = 60.0  # s
     network_timeout: float = 60.0  # s
     require_called_ae_title: bool = True  # refuse associations addressed to another AE title
+    min_free_mb: int = Field(500, ge=0)  # below this free space in data_dir: refuse with 0xA700
 
     @field_validator("ae_title")
     @classmethod

@@ -32,8 +32,6 @@ STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
-MIN_FREE_BYTES = 200 * 1024 * 1024  # below this free space, refuse with 0xA700
-
 #: Transfer syntaxes accepted for storage (PS3.5 Annex A, 10): uncompressed, deflated, RLE,
 #: JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K.
 ACCEPTED_TRANSFER_SYNTAXES = [
@@ -134,11 +132,12 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001
             log.warning("C-STORE from %s refused (0xC000): cannot parse data set: %s", calling, exc)
             return STATUS_CANNOT_UNDERSTAND
-        if self.store.free_bytes() - len(raw) < MIN_FREE_BYTES:
+        reserve = self.settings.node.min_free_mb * 1024 * 1024
+        if self.store.free_bytes() - len(raw) < reserve:
             log.error(
-                "C-STORE %s refused (0xA700): less than %d MiB free in %s",
+                "C-STORE %s refused (0xA700): less than [node] min_free_mb = %d MiB free in %s",
                 meta.sop_instance_uid,
-                MIN_FREE_BYTES >> 20,
+                self.settings.node.min_free_mb,
                 self.store.root,
             )
             return STATUS_OUT_OF_RESOURCES

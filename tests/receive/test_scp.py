@@ -17,18 +17,23 @@ from dicom_ai.receive.scp import StorageSCP
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.fixture
-def scp(tmp_path: Path):
+def _scp(tmp_path: Path, **node):
     settings = load_settings(
         None,
         node={"ae_title": "DICOM_AI", "port": peers.free_port(), "bind_address": "127.0.0.1",
-              "data_dir": str(tmp_path / "var")},
+              "data_dir": str(tmp_path / "var"), **node},
         peers=[{"ae_title": "STORESCU", "host": "127.0.0.1"}, {"ae_title": "NET", "host": "127.0.0.0/8"}],
     )
     store = FileStore(settings.node.data_dir)
     sessions = open_index(settings.database_url)
     server = StorageSCP(settings, store, sessions)
     server.start()
+    return server
+
+
+@pytest.fixture
+def scp(tmp_path: Path):
+    server = _scp(tmp_path)
     yield server
     server.stop()
 
@@ -118,3 +123,21 @@ def test_totalsegmentator_blank_uids_refused(scp, shared_data, monkeypatch):
         assoc.release()
     assert int(status.Status) == 0xA900
     assert _files(scp.store.root) == []
+
+
+def test_disk_reserve_refuses_with_a700_and_writes_nothing(tmp_path, dcmtk, shared_data, caplog):
+    import shutil
+
+    free_mb = shutil.disk_usage(tmp_path).free >> 20
+    server = _scp(tmp_path, min_free_mb=free_mb + 1024)  # a reserve above what is free
+    try:
+        src = sorted((shared_data / "ct_abdomen_CRLM-CT-1006" / "image").iterdir())[0]
+        out = peers.storescu("127.0.0.1", server.settings.node.port, src, aec="DICOM_AI", extra_args=["-v"])
+        assert out.returncode != 0
+        assert "Refused: OutOfResources" in out.stdout + out.stderr, out.stdout + out.stderr  # 0xA7xx
+        assert _files(server.store.root) == []
+        with server.sessions() as s:
+            assert s.query(Instance).count() == 0
+        assert any("0xA700" in r.getMessage() and "min_free_mb" in r.getMessage() for r in caplog.records)
+    finally:
+        server.stop()
