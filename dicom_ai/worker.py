@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing as mp
+import os
 import resource
 import time
 from pathlib import Path
@@ -160,8 +161,12 @@ def worker_main(settings_json: str, stop: Any) -> None:
     setup_logging()
     sessions = open_index(settings.database_url)
     runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir))
+    parent = os.getppid()
     log.info("worker started")
     while not stop.is_set():
+        if os.getppid() != parent:  # the node was killed: its successor starts its own worker
+            log.warning("node process gone; worker exits")
+            break
         job_id = claim_next_job(sessions)
         if job_id is None:
             stop.wait(settings.worker.poll_seconds)

@@ -74,7 +74,7 @@ class NodeProcess:
         env = dict(os.environ, COLUMNS="200")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicom_ai.cli", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -98,6 +98,13 @@ class NodeProcess:
         code = self.proc.returncode
         self.proc = None
         return code
+
+    def kill(self) -> None:
+        """SIGKILL the node and its worker (the whole process group), as a crash would."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
 
     def log_tail(self, n: int = 60) -> str:
         try:
