@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # PS3.5 6.2 AE: 16 chars, no backslash
@@ -89,6 +89,26 @@ class Peer(_Section):
             return False
 
 
+class TLSSettings(_Section):
+    """``[tls]``: DICOM TLS (PS3.15 B.1 / BCP 195) on the SCP port; TLS 1.2 or newer."""
+
+    enabled: bool = False
+    certificate: Path | None = None  # our certificate chain, PEM
+    private_key: Path | None = None  # its private key, PEM, unencrypted
+    ca_certificates: Path | None = None  # CA bundle (PEM) that peers' certificates must chain to
+    require_peer_certificate: bool = True  # refuse peers without a valid certificate
+
+    @model_validator(mode="after")
+    def _complete(self) -> TLSSettings:
+        if self.enabled:
+            missing = [k for k in ("certificate", "private_key") if getattr(self, k) is None]
+            if self.require_peer_certificate and self.ca_certificates is None:
+                missing.append("ca_certificates")
+            if missing:
+                raise ValueError(f"TLS enabled but {', '.join(missing)} not set")
+        return self
+
+
 class CompletionSettings(_Section):
     """``[completion]``: when a series counts as complete."""
 
@@ -141,6 +161,7 @@ class Settings(BaseSettings):
 
     node: NodeSettings = NodeSettings()
     peers: list[Peer] = []
+    tls: TLSSettings = TLSSettings()
     completion: CompletionSettings = CompletionSettings()
     destinations: list[Destination] = []
     delivery: DeliverySettings = DeliverySettings()
@@ -232,6 +253,10 @@ def _resolve_paths(settings: Settings, base: Path) -> None:
     settings.node.data_dir = resolve(settings.node.data_dir)
     for model in settings.models:
         model.path = resolve(model.path)
+    for key in ("certificate", "private_key", "ca_certificates"):
+        value = getattr(settings.tls, key)
+        if value is not None:
+            setattr(settings.tls, key, resolve(value))
     for dest in settings.destinations:
         if dest.path is not None:
             dest.path = resolve(dest.path)

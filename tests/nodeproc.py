@@ -69,7 +69,8 @@ class NodeProcess:
             capture_output=True, text=True, timeout=timeout, check=False,
         )
 
-    def start(self, timeout: float = 60.0) -> NodeProcess:
+    def start(self, timeout: float = 60.0, ready=None) -> NodeProcess:
+        """Start and wait until ``ready()`` (default: a C-ECHO from STORESCU succeeds)."""
         log = open(self.log_path, "ab")
         env = dict(os.environ, COLUMNS="200")
         self.proc = subprocess.Popen(
@@ -80,7 +81,10 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dicom-ai serve exited {self.proc.returncode}:\n{self.log_tail()}")
-            if peers.echoscu("127.0.0.1", self.port, aec=self.ae_title, aet="STORESCU").returncode == 0:
+            if ready is not None:
+                if ready():
+                    return self
+            elif peers.echoscu("127.0.0.1", self.port, aec=self.ae_title, aet="STORESCU").returncode == 0:
                 return self
             time.sleep(0.3)
         raise RuntimeError(f"dicom-ai serve did not answer C-ECHO in {timeout} s:\n{self.log_tail()}")

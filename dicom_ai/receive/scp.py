@@ -9,6 +9,7 @@ The C-STORE handler does the minimum (GUIDE §1): validate, write the data set a
 from __future__ import annotations
 
 import logging
+import ssl
 from io import BytesIO
 from typing import Any
 
@@ -188,6 +189,25 @@ class StorageSCP:
         )
 
     # -- lifecycle -------------------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server TLS context of ``[tls]``, or None when TLS is off.
+
+        Raises
+        ------
+        OSError, ssl.SSLError
+            If a certificate, key or CA file cannot be read.
+        """
+        tls = self.settings.tls
+        if not tls.enabled:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
+        ctx.load_cert_chain(tls.certificate, tls.private_key)
+        if tls.ca_certificates:
+            ctx.load_verify_locations(cafile=tls.ca_certificates)
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_peer_certificate else ssl.CERT_OPTIONAL
+        return ctx
+
     def start(self) -> None:
         """Start serving on ``[node] bind_address:port`` in background threads."""
         handlers = [
@@ -196,14 +216,27 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
         ]
         node = self.settings.node
+        context = self.ssl_context()
         self.server = self.ae.start_server(
-            (node.bind_address, node.port), block=False, evt_handlers=handlers
+            (node.bind_address, node.port), block=False, evt_handlers=handlers, ssl_context=context
         )
+        if context is not None:
+            accept = self.server.get_request
+
+            def get_request():  # the TLS handshake happens here; say why it failed
+                try:
+                    return accept()
+                except ssl.SSLError as exc:
+                    log.warning("connection refused: TLS handshake failed: %s", exc.reason or exc)
+                    raise
+
+            self.server.get_request = get_request
         log.info(
-            "AE %s listening on %s:%d (%d peers allowed)",
+            "AE %s listening on %s:%d%s (%d peers allowed)",
             node.ae_title,
             node.bind_address,
             node.port,
+            " with TLS" if context else "",
             len(self.settings.peers),
         )
 
