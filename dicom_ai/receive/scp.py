@@ -101,16 +101,20 @@ class StorageSCP:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         calling = assoc.requestor.primitive.calling_ae_title.strip()
+        called = assoc.requestor.primitive.called_ae_title.strip()
         address = assoc.requestor.address
+        # A-ASSOCIATE-RJ: permanent (1), service user (1), reason 3 calling / 7 called AE title
+        # not recognised (PS3.8 9.3.4)
         if self.settings.peer_for(calling, address) is None:
-            log.warning(
-                "association refused: calling AE title %r from %s is not in [[peers]]",
-                calling,
-                address,
-            )
-            assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
-            assoc.is_rejected = True
-            assoc.kill()
+            reason, why = 0x03, f"calling AE title {calling!r} from {address} is not in [[peers]]"
+        elif self.settings.node.require_called_ae_title and called != self.settings.node.ae_title:
+            reason, why = 0x07, f"called AE title {called!r} (from {calling!r} at {address}) is not ours"
+        else:
+            return
+        log.warning("association refused: %s", why)
+        assoc.acse.send_reject(0x01, 0x01, reason)
+        assoc.is_rejected = True
+        assoc.kill()
 
     # -- DIMSE ----------------------------------------------------------------------------
     def _on_echo(self, event: evt.Event) -> int:

@@ -79,14 +79,16 @@ def test_storescu_series_stored_and_indexed(scp, dcmtk, shared_data):
         assert s.query(Instance).count() == 51
 
 
-@pytest.mark.parametrize("aet, aec, reason", [
-    ("INTRUDER", "DICOM_AI", "Calling AE Title Not Recognized"),
-    ("STORESCU", "SOMEONE_ELSE", "Called AE Title Not Recognized"),
+@pytest.mark.parametrize("aet, aec, reason, logged", [
+    ("INTRUDER", "DICOM_AI", "Calling AE Title Not Recognized", "calling AE title 'INTRUDER' from 127.0.0.1"),
+    ("STORESCU", "SOMEONE_ELSE", "Called AE Title Not Recognized", "called AE title 'SOMEONE_ELSE'"),
 ])
-def test_unknown_peers_rejected_at_association(scp, dcmtk, aet, aec, reason, caplog):
+def test_unknown_peers_rejected_at_association(scp, dcmtk, aet, aec, reason, logged, caplog):
     out = peers.echoscu("127.0.0.1", scp.settings.node.port, aec=aec, aet=aet)
     assert out.returncode != 0
     assert reason in out.stderr + out.stdout
+    refusals = [r.getMessage() for r in caplog.records if "association refused" in r.getMessage()]
+    assert len(refusals) == 1 and logged in refusals[0], refusals
 
 
 def test_subnet_peer_allowed(scp, dcmtk):
