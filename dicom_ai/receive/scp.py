@@ -24,13 +24,17 @@ from sqlalchemy.orm import sessionmaker
 from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.cache.store import FileStore, InvalidUID, check_uid
 from dicom_ai.config import Settings
+from dicom_ai.receive.validate import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    Refusal,
+    check_pixel_data,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
 #: Transfer syntaxes accepted for storage (PS3.5 Annex A, 10): uncompressed, deflated, RLE,
@@ -129,9 +133,10 @@ class StorageSCP:
             log.warning("C-STORE from %s refused (0xC000): cannot read data set: %s", calling, exc)
             return STATUS_CANNOT_UNDERSTAND
         try:
-            ds = pydicom.dcmread(BytesIO(raw), stop_before_pixels=True)
+            ds = pydicom.dcmread(BytesIO(raw))
             meta = self._meta(ds, rq, event.context.transfer_syntax)
-        except _Refusal as refusal:
+            check_pixel_data(ds, event.context.transfer_syntax)
+        except Refusal as refusal:
             log.warning("C-STORE from %s refused (0x%04X): %s", calling, refusal.status, refusal)
             return refusal.status
         except Exception as exc:  # noqa: BLE001
@@ -162,7 +167,7 @@ class StorageSCP:
         sop_class = str(ds.get("SOPClassUID", "") or "").strip()
         sop_inst = str(ds.get("SOPInstanceUID", "") or "").strip()
         if sop_class != str(rq.AffectedSOPClassUID) or sop_inst != str(rq.AffectedSOPInstanceUID):
-            raise _Refusal(
+            raise Refusal(
                 STATUS_DATASET_MISMATCH,
                 f"data set SOP Class/Instance UID ({sop_class or 'empty'}, {sop_inst or 'empty'}) "
                 f"does not match the request ({rq.AffectedSOPClassUID}, "
@@ -173,7 +178,7 @@ class StorageSCP:
             series_uid = check_uid(_text(ds, "SeriesInstanceUID", 200), "Series Instance UID")
             sop_inst = check_uid(sop_inst, "SOP Instance UID")
         except InvalidUID as exc:
-            raise _Refusal(STATUS_DATASET_MISMATCH, str(exc)) from None
+            raise Refusal(STATUS_DATASET_MISMATCH, str(exc)) from None
         return InstanceMeta(
             patient_id=_text(ds, "PatientID"),
             patient_name=_text(ds, "PatientName", 324),
@@ -250,9 +255,3 @@ class StorageSCP:
             self.server.shutdown()
             self.server = None
         self.ae.shutdown()
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
