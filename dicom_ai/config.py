@@ -136,6 +136,14 @@ class DeliverySettings(_Section):
     retry_max_seconds: float = Field(3600.0, gt=0)
 
 
+class RetentionSettings(_Section):
+    """``[retention]``: when old series leave the cache (never one with work pending)."""
+
+    max_age_days: float = Field(30.0, ge=0)  # 0: no age limit
+    max_disk_percent: float = Field(85.0, ge=0, le=100)  # 0 or 100: no disk limit
+    check_interval_minutes: float = Field(10.0, gt=0)
+
+
 class WorkerSettings(_Section):
     """``[worker]``: the inference worker."""
 
@@ -165,6 +173,7 @@ class Settings(BaseSettings):
     completion: CompletionSettings = CompletionSettings()
     destinations: list[Destination] = []
     delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
     worker: WorkerSettings = WorkerSettings()
     models: list[ModelEntry] = []
     config_path: Path | None = Field(None, exclude=True)

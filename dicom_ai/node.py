@@ -15,6 +15,7 @@ import threading
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_ai.cache.db import open_index
+from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import deliver_due
@@ -58,6 +59,14 @@ class Node:
         except Exception:
             log.exception("outbox tick failed")
 
+    def _retention_tick(self) -> None:
+        r = self.settings.retention
+        try:
+            apply_retention(self.sessions, self.store, max_age_days=r.max_age_days,
+                            max_disk_percent=r.max_disk_percent)
+        except Exception:
+            log.exception("retention tick failed")
+
     def start(self) -> None:
         """Recover state left by a previous run, then start every part."""
         removed = self.store.remove_stale_temporaries()
@@ -70,6 +79,9 @@ class Node:
                                coalesce=True, id="completion")
         self.scheduler.add_job(self._outbox_tick, "interval", seconds=interval, max_instances=1,
                                coalesce=True, id="outbox")
+        self.scheduler.add_job(self._retention_tick, "interval",
+                               minutes=self.settings.retention.check_interval_minutes,
+                               max_instances=1, coalesce=True, id="retention")
         self.scheduler.start()
         self.scp.start()
         log.info(
