@@ -1,0 +1,106 @@
+"""Index speed at 100,000 instances, beside the same operations at 1,000 (a measurement).
+
+Builds two SQLite indexes (bulk insert: 1,000 and 100,000 instances, 100 per series), then times
+on each the operations the node does: indexing one more instance the way the C-STORE handler does
+(`index_instance`, a commit with synchronous=FULL each), the scheduler's completion query, the
+retention candidate query, a study listing and an instance lookup by SOP Instance UID. Prints the
+median and p95 per operation and the 100k / 1k ratio.
+
+    python benchmarks/index.py [--large 100000] [--samples 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import insert, select
+
+from dicom_ai.cache.db import Instance, Patient, Series, Study, open_index, utcnow
+from dicom_ai.cache.index import InstanceMeta, index_instance
+from dicom_ai.cache.retention import removable_series
+from dicom_ai.schedule.completion import schedule_complete_series
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+PER_SERIES = 100
+
+
+def build(path: Path, n: int):
+    sessions = open_index(f"sqlite:///{path}")
+    n_series = n // PER_SERIES
+    old = utcnow() - dt.timedelta(days=1)
+    with sessions.begin() as s:
+        s.execute(insert(Patient), [{"id": 1, "patient_id": "P", "patient_name": "N"}])
+        s.execute(insert(Study), [{"id": k + 1, "study_instance_uid": f"1.2.{k}", "patient_fk": 1}
+                                  for k in range(n_series)])
+        s.execute(insert(Series), [{"id": k + 1, "series_instance_uid": f"1.3.{k}", "study_fk": k + 1,
+                                    "modality": "CT", "state": "complete", "last_received_at": old}
+                                   for k in range(n_series)])
+        s.execute(insert(Instance), [{"sop_instance_uid": f"1.4.{i}", "sop_class_uid": CT,
+                                      "series_fk": i // PER_SERIES + 1, "transfer_syntax_uid": "1.2.840.10008.1.2",
+                                      "path": f"x/{i}", "size": 1, "received_at": old} for i in range(n)])
+    return sessions
+
+
+def timed(fn, samples: int) -> list[float]:
+    out = []
+    for i in range(samples):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def measure(sessions, samples: int) -> dict[str, list[float]]:
+    def add(i):
+        meta = InstanceMeta("P", "N", "1.9", "", "", "", "1.9.1", "CT", "", "", 1, CT, f"1.9.1.{i}", i,
+                            "1.2.840.10008.1.2")
+        index_instance(sessions, meta, f"y/{i}", 1, "A")
+
+    def lookup(i):
+        with sessions() as s:
+            s.scalar(select(Instance).where(Instance.sop_instance_uid == f"1.4.{i * 7}"))
+
+    def studies(_):
+        with sessions() as s:
+            s.execute(select(Study.study_instance_uid).order_by(Study.id.desc()).limit(50)).all()
+
+    return {
+        "index one instance (C-STORE path)": timed(add, samples),
+        "completion tick (no series due)": timed(
+            lambda i: schedule_complete_series(sessions, [], 3600, {CT}), samples),
+        "retention candidates": timed(lambda i: removable_series(sessions), max(samples // 10, 5)),
+        "list 50 latest studies": timed(studies, samples),
+        "find instance by SOP Instance UID": timed(lookup, samples),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", type=int, default=1000)
+    ap.add_argument("--large", type=int, default=100_000)
+    ap.add_argument("--samples", type=int, default=200)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dicom-ai-index-") as tmp:
+        results = {}
+        for n in (args.small, args.large):
+            t = time.perf_counter()
+            sessions = build(Path(tmp) / f"i{n}.sqlite", n)
+            print(f"built {n:,} instances in {time.perf_counter() - t:.1f} s")
+            results[n] = measure(sessions, args.samples)
+    print(f"\n{'operation':38s} {'1k p50 ms':>10s} {'100k p50 ms':>12s} {'100k p95 ms':>12s} {'ratio p50':>10s}")
+    for op in results[args.small]:
+        small = statistics.median(results[args.small][op]) * 1000
+        large_all = sorted(results[args.large][op])
+        large = statistics.median(large_all) * 1000
+        p95 = large_all[int(0.95 * (len(large_all) - 1))] * 1000
+        print(f"{op:38s} {small:10.2f} {large:12.2f} {p95:12.2f} {large / small:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
