@@ -70,3 +70,24 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path, dcmtk, li
             assert s.query(Instance).count() == len(lidc_series)
     finally:
         node.stop()
+
+
+def test_job_running_at_sigkill_is_resumed_after_restart(tmp_path, dcmtk, lidc_series):
+    out_dir = tmp_path / "out"
+    node = NodeProcess(tmp_path / "node", stable_seconds=1,
+                       destinations=[{"name": "folder", "kind": "folder", "path": str(out_dir)}])
+    node.start()
+    assert peers.storescu("127.0.0.1", node.port, peers.LIDC_SERIES, aec=node.ae_title).returncode == 0
+    assert node.wait_for_log("job 1: ", 60), node.log_tail()  # the worker has claimed the job
+    node.kill()
+    node.start()
+    try:
+        assert node.wait_for_log("1 jobs requeued", 10), node.log_tail()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(list(out_dir.glob("*.dcm"))) < 2:
+            time.sleep(1)
+        assert len(list(out_dir.glob("*.dcm"))) == 2, node.log_tail()
+        shown = node.cli("jobs", "show", "1").stdout
+        assert "job 1: done" in shown and "attempts 2" in shown, shown
+    finally:
+        node.stop()
