@@ -1,0 +1,338 @@
+"""Ingest throughput: dicom-ai vs DCMTK storescp vs Orthanc on the same series (a measurement).
+
+Sends the 275-slice LIDC-IDRI-0314 chest CT (``peers.LIDC_SERIES``, implicit VR little endian,
+~145 MB) over loopback with DCMTK ``storescu`` to three receivers, one after another in the same
+run:
+
+* **dicom-ai** (``dicom-ai serve`` via ``tests/nodeproc.NodeProcess``, ``stable_seconds`` 3600 so
+  no inference job starts during the measurement; writes each instance atomically with fsync);
+* **DCMTK storescp** (defaults, files written to ``-od``; ``--fork`` for the 4-association case
+  so it serves them concurrently; note that storescp does *not* fsync);
+* **Orthanc** (``peers.Orthanc``, default settings: ``SyncStorageArea`` is not set, and its
+  default is ``true`` since Orthanc 1.7.4 -- the installed 1.10.1 prints ``"SyncStorageArea" :
+  true`` with ``Orthanc --config=FILE`` -- so it fsyncs every file).
+
+Each receiver gets 1 association (one ``storescu`` over all files) and 4 concurrent associations
+(the files split into 4 contiguous groups, 4 ``storescu`` processes started together; the time
+runs from the first start to the last exit). Every transfer gets fresh storage and a freshly
+started receiver. The receiver's start-up is not timed: it is started, must answer C-ECHO (DCMTK
+``echoscu``), and its process tree must be idle (no CPU for 0.5 s, so e.g. dicom-ai's worker
+process has finished importing) before the clock starts. After each transfer the script checks
+that all instances arrived (storescp: files in ``-od``; Orthanc: ``/statistics`` CountInstances;
+dicom-ai: ``*.dcm`` under ``<data_dir>/instances``) and stops with an error otherwise.
+
+All DCMTK processes and Orthanc run with ``TCP_NODELAY=1`` (GUIDE §6: Debian's DCMTK otherwise
+leaves Nagle on and stalls ~45 ms per message). ``storescu`` is always DCMTK's
+(``peers.dcmtk_tool``), never pynetdicom's same-named script.
+
+Each measurement is repeated ``--runs`` times (runs interleave the receivers, so slow drift of
+the machine hits all of them alike); the table shows the median wall time as instances/s and
+MB/s (file bytes sent / wall time, MB = 10^6 bytes), and dicom-ai's instances/s divided by the
+other receiver's for the same number of associations. Put ``--tmp`` on a real disk: on tmpfs
+fsync costs nothing and Orthanc/dicom-ai look faster than they would be.
+
+    python benchmarks/ingest.py [--runs 3] [--tmp DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import peers  # noqa: E402
+from nodeproc import NodeProcess  # noqa: E402
+
+HOST = "127.0.0.1"
+SENDER_AET = "STORESCU"  # the calling AE title NodeProcess allows
+RECEIVERS = ("dicom-ai", "storescp", "Orthanc")
+ASSOCIATIONS = (1, 4)
+
+# A started receiver: (port, called AE title, function returning the number of stored instances).
+Target = tuple[int, str, Callable[[], int]]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _tree_cpu_seconds(root_pid: int) -> float:
+    """CPU time (user + system) used so far by ``root_pid`` and its live descendants."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+    tree = {root_pid}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, window: float = 0.5, timeout: float = 60.0) -> None:
+    """Wait until the process tree of ``pid`` used < 2 % of a CPU over ``window`` seconds."""
+    deadline = time.monotonic() + timeout
+    before = _tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        after = _tree_cpu_seconds(pid)
+        if after - before < 0.02 * window:
+            return
+        before = after
+    raise RuntimeError(f"receiver (pid {pid}) still busy {timeout:.0f} s after start-up")
+
+
+def wait_echo(port: int, aec: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    """Wait until ``aec`` at ``HOST:port`` answers C-ECHO (DCMTK echoscu)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with status {proc.returncode} before answering C-ECHO")
+        if peers.echoscu(HOST, port, aec=aec, aet=SENDER_AET, timeout=10).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{aec} on port {port} did not answer C-ECHO within {timeout:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the process group we started (the receiver and its children), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def split(files: list[Path], n: int) -> list[list[Path]]:
+    """``files`` in ``n`` contiguous groups of nearly equal size."""
+    size, extra = divmod(len(files), n)
+    groups, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        groups.append(files[start:end])
+        start = end
+    return groups
+
+
+# --------------------------------------------------------------------------------------------
+# Receivers: context managers yielding a started, idle receiver
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def dicom_ai(workdir: Path, associations: int) -> Iterator[Target]:
+    node = NodeProcess(workdir, stable_seconds=3600)
+    try:
+        node.start()
+        assert node.proc is not None
+        wait_idle(node.proc.pid)
+        instances = workdir / "var" / "instances"
+        yield node.port, node.ae_title, lambda: sum(1 for _ in instances.rglob("*.dcm"))
+    except BaseException:
+        print(f"--- dicom-ai log tail:\n{node.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        node.stop()
+
+
+@contextmanager
+def storescp(workdir: Path, associations: int) -> Iterator[Target]:
+    exe = peers.dcmtk_tool("storescp")
+    if exe is None:
+        raise FileNotFoundError("DCMTK storescp not found")
+    out_dir = workdir / "received"
+    out_dir.mkdir(parents=True)
+    aet = "STORESCP"
+    proc: subprocess.Popen | None = None
+    try:
+        for attempt in range(3):  # a port taken between free_port() and bind: try another
+            port = peers.free_port()
+            args = [exe, "-aet", aet, "-od", str(out_dir)]
+            if associations > 1:
+                args.append("--fork")
+            with open(workdir / "storescp.log", "ab") as log:
+                proc = subprocess.Popen(
+                    args + [str(port)], stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=peers.tcp_nodelay_env(), start_new_session=True,
+                )
+            try:
+                wait_echo(port, aet, proc)
+                break
+            except RuntimeError:
+                stop_process(proc)
+                if attempt == 2:
+                    raise
+        assert proc is not None
+        wait_idle(proc.pid)
+        yield port, aet, lambda: sum(1 for p in out_dir.iterdir() if p.is_file())
+    except BaseException:
+        log_text = (workdir / "storescp.log").read_text(errors="replace") if (workdir / "storescp.log").exists() else ""
+        print(f"--- storescp log tail:\n{log_text[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        if proc is not None:
+            stop_process(proc)
+
+
+@contextmanager
+def orthanc(workdir: Path, associations: int) -> Iterator[Target]:
+    pacs = peers.Orthanc(workdir=workdir / "orthanc")  # default settings: SyncStorageArea true
+    try:
+        pacs.start()
+        wait_echo(pacs.dicom_port, pacs.aet, pacs.proc)
+        assert pacs.proc is not None
+        wait_idle(pacs.proc.pid)
+        yield pacs.dicom_port, pacs.aet, lambda: int(pacs.get("/statistics")["CountInstances"])
+    except BaseException:
+        print(f"--- Orthanc log tail:\n{pacs.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        pacs.stop()
+
+
+START = {"dicom-ai": dicom_ai, "storescp": storescp, "Orthanc": orthanc}
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+
+
+def send(port: int, aec: str, groups: list[list[Path]], logdir: Path) -> float:
+    """Start one DCMTK storescu per group at once; return seconds from first start to last exit."""
+    exe = peers.dcmtk_tool("storescu")
+    if exe is None:
+        raise FileNotFoundError("DCMTK storescu not found")
+    env = peers.tcp_nodelay_env()
+    logs = [open(logdir / f"storescu-{i}.log", "wb") for i in range(len(groups))]
+    procs: list[subprocess.Popen] = []
+    try:
+        t0 = time.perf_counter()
+        for group, log in zip(groups, logs):
+            procs.append(subprocess.Popen(
+                [exe, "-aec", aec, "-aet", SENDER_AET, HOST, str(port), *map(str, group)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            ))
+        for p in procs:
+            p.wait(600)
+        wall = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        detail = "\n".join(
+            f"storescu {i} exited {procs[i].returncode}:\n"
+            + (logdir / f"storescu-{i}.log").read_text(errors="replace")[-2000:]
+            for i in failed
+        )
+        raise RuntimeError(detail)
+    return wall
+
+
+def measure(receiver: str, associations: int, files: list[Path], workdir: Path) -> float:
+    """One transfer into a fresh receiver with fresh storage; returns the wall time in seconds."""
+    workdir.mkdir(parents=True)
+    try:
+        with START[receiver](workdir, associations) as (port, aec, count):
+            if count() != 0:
+                raise RuntimeError(f"{receiver}: storage not empty before the transfer")
+            wall = send(port, aec, split(files, associations), workdir)
+            stored = count()
+            if stored != len(files):
+                raise RuntimeError(
+                    f"{receiver}, {associations} association(s): {stored} of {len(files)} "
+                    f"instances stored"
+                )
+            return wall
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median)")
+    ap.add_argument("--tmp", type=Path, default=None,
+                    help="parent folder for receivers' storage (default: the system temp folder)")
+    args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+
+    files = sorted(p for p in peers.LIDC_SERIES.iterdir() if p.is_file())
+    if not files:
+        raise SystemExit(f"no files in {peers.LIDC_SERIES}")
+    total_bytes = sum(p.stat().st_size for p in files)
+    for p in files:  # read once so the first measurement does not pay for a cold page cache
+        p.read_bytes()
+
+    walls: dict[tuple[str, int], list[float]] = {(r, a): [] for r in RECEIVERS for a in ASSOCIATIONS}
+    tmp = Path(tempfile.mkdtemp(prefix="dicom-ai-ingest-", dir=args.tmp))
+    try:
+        for run in range(args.runs):
+            for a in ASSOCIATIONS:
+                for r in RECEIVERS:
+                    wall = measure(r, a, files, tmp / f"{r}-{a}-{run}")
+                    walls[r, a].append(wall)
+                    print(f"  run {run + 1}/{args.runs}  {r:9s} {a} assoc  {wall:7.2f} s  "
+                          f"{len(files) / wall:7.1f} inst/s", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rate = {k: len(files) / statistics.median(v) for k, v in walls.items()}
+    print(f"LIDC-IDRI-0314: {len(files)} instances, {total_bytes / 1e6:.1f} MB, DCMTK storescu "
+          f"over loopback, TCP_NODELAY=1, median of {args.runs} run(s), {os.cpu_count()} CPU(s)")
+    header = (f"{'receiver':10s} {'assoc':>5s} {'inst/s':>8s} {'MB/s':>7s} "
+              f"{'dicom-ai/this':>13s}  wall s (each run)")
+    print(header)
+    print("-" * len(header))
+    for a in ASSOCIATIONS:
+        for r in RECEIVERS:
+            wall = statistics.median(walls[r, a])
+            ratio = "-" if r == "dicom-ai" else f"{rate['dicom-ai', a] / rate[r, a]:.2f}"
+            each = " ".join(f"{w:.2f}" for w in walls[r, a])
+            print(f"{r:10s} {a:5d} {rate[r, a]:8.1f} {total_bytes / 1e6 / wall:7.1f} "
+                  f"{ratio:>13s}  {each}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
