@@ -33,6 +33,7 @@ from dicom_ai.receive.validate import (
 
 log = logging.getLogger(__name__)
 
+TLS_HANDSHAKE_TIMEOUT = 10.0  # s a peer may take to complete the TLS handshake
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0x0110
@@ -230,14 +231,22 @@ class StorageSCP:
             (node.bind_address, node.port), block=False, evt_handlers=handlers, ssl_context=context
         )
         if context is not None:
-            accept = self.server.get_request
+            server = self.server
 
-            def get_request():  # the TLS handshake happens here; say why it failed
+            def get_request():
+                # pynetdicom's own version handshakes with no time limit in the accept loop:
+                # one client stalling its handshake would hold every other connection
+                sock, address = server.socket.accept()
+                sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
                 try:
-                    return accept()
-                except ssl.SSLError as exc:
-                    log.warning("connection refused: TLS handshake failed: %s", exc.reason or exc)
+                    tls_sock = context.wrap_socket(sock, server_side=True)
+                except OSError as exc:  # ssl.SSLError and timeouts
+                    sock.close()
+                    reason = getattr(exc, "reason", None) or exc
+                    log.warning("connection from %s refused: TLS handshake failed: %s", address[0], reason)
                     raise
+                tls_sock.settimeout(None)
+                return tls_sock, address
 
             self.server.get_request = get_request
         log.info(

@@ -64,6 +64,20 @@ def test_tls_peer_with_valid_certificate_stores_others_refused(tmp_path, pki, dc
         assert len(_stored(node)) == 3
         assert node.wait_for_log("TLS handshake failed: CERTIFICATE_VERIFY_FAILED", 10), node.log_tail()
         assert node.wait_for_log("TLS handshake failed: WRONG_VERSION_NUMBER", 10)  # plain DICOM
+
+        # a client that connects and never says hello holds the others up for at most the
+        # handshake timeout (10 s), not forever
+        import socket
+
+        staller = socket.create_connection(("127.0.0.1", node.port))
+        try:
+            again = peers.storescu("127.0.0.1", node.port, [str(lidc_series[5])], aec="DICOM_AI",
+                                   extra_args=["+tls", str(pki / "client.key"), str(pki / "client.pem"),
+                                               "+cf", str(pki / "ca.pem")], timeout=60)
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert len(_stored(node)) == 4
+        finally:
+            staller.close()
     finally:
         node.stop()
 
