@@ -199,12 +199,6 @@ class Settings(BaseSettings):
         """The first ``[[peers]]`` entry allowing this calling AE title from this address."""
         return next((p for p in self.peers if p.allows(ae_title, address)), None)
 
-    def model_paths(self) -> list[Path]:
-        """Model package folders of the enabled models; the shipped default when none is listed."""
-        if not self.models:
-            return [default_model_path()]
-        return [m.path for m in self.models if m.enabled]
-
 
 def repo_root() -> Path:
     """The folder holding ``dicom_ai/``, ``models/`` and ``config/`` (an editable install)."""

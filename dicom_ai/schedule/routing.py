@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_ai.config import ModelEntry, Settings
+from dicom_ai.config import ModelEntry, Settings, default_model_path
 from dicom_ai.models.manifest import ModelManifest, load_manifest
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RoutableModel:
 
 def enabled_models(settings: Settings) -> list[RoutableModel]:
     """The enabled models of the configuration (the shipped lung model when none is listed)."""
-    entries = settings.models or [ModelEntry(path=p) for p in settings.model_paths()]
+    entries = settings.models or [ModelEntry(path=default_model_path())]
     out = []
     for entry in entries:
         if not entry.enabled:
