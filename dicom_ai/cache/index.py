@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Instance, Patient, Series, Study, utcnow
@@ -62,7 +63,44 @@ def _get_or_create_series(session: Session, meta: InstanceMeta, calling_ae: str)
         calling_ae_title=calling_ae,
     )
     session.add(series)
+    session.flush()
     return series
+
+
+# Built once: the per-instance path runs these on every C-STORE, and building statements costs
+# more than running them.
+_SERIES_ID = select(Series.id).where(Series.series_instance_uid == bindparam("series_uid"))
+_UPDATE_INSTANCE = (
+    update(Instance)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+    .values(
+        series_fk=bindparam("series_id"),
+        sop_class_uid=bindparam("sop_class_uid"),
+        instance_number=bindparam("instance_number"),
+        transfer_syntax_uid=bindparam("transfer_syntax_uid"),
+        path=bindparam("path"),
+        size=bindparam("size"),
+        received_at=bindparam("now"),
+    )
+)
+_INSERT_INSTANCE = Instance.__table__.insert().values(
+    sop_instance_uid=bindparam("uid"),
+    series_fk=bindparam("series_id"),
+    sop_class_uid=bindparam("sop_class_uid"),
+    instance_number=bindparam("instance_number"),
+    transfer_syntax_uid=bindparam("transfer_syntax_uid"),
+    path=bindparam("path"),
+    size=bindparam("size"),
+    received_at=bindparam("now"),
+)
+_REOPEN_SERIES = (
+    update(Series)
+    .where(Series.id == bindparam("series_id"), Series.state != "receiving")
+    .values(state="receiving", completion_signal=None)
+)
+_TOUCH_SERIES = (
+    update(Series).where(Series.id == bindparam("series_id")).values(last_received_at=bindparam("now"))
+)
 
 
 def index_instance(
@@ -72,25 +110,39 @@ def index_instance(
 
     A series already processed goes back to ``receiving`` (a late instance), so it is looked at
     again by the scheduler. Returns True when the instance was new.
+
+    This runs once per C-STORE, before the response: once the series exists it is a few
+    prepared statements on a plain connection and one commit, with no ORM object loaded.
     """
-    now = utcnow()
-    with _write_lock, sessions.begin() as session:
-        series = _get_or_create_series(session, meta, calling_ae)
-        inst = session.scalar(
-            select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid)
-        )
-        new = inst is None
+    params = {
+        "uid": meta.sop_instance_uid,
+        "series_uid": meta.series_uid,
+        "sop_class_uid": meta.sop_class_uid,
+        "instance_number": meta.instance_number,
+        "transfer_syntax_uid": meta.transfer_syntax_uid,
+        "path": relpath,
+        "size": size,
+        "now": utcnow(),
+    }
+    engine = sessions.kw["bind"]
+    try:
+        return _index_once(engine, meta, calling_ae, params)
+    except IntegrityError:
+        # another receiver process created the same patient, study, series or instance between
+        # our look-up and our insert; a second pass finds its rows
+        return _index_once(engine, meta, calling_ae, params)
+
+
+def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dict) -> bool:
+    with _write_lock, engine.begin() as conn:
+        series_id = conn.scalar(_SERIES_ID, params)
+        if series_id is None:  # first instance of the series: create its rows
+            with Session(bind=conn) as session:
+                series_id = _get_or_create_series(session, meta, calling_ae).id
+        params["series_id"] = series_id
+        new = conn.execute(_UPDATE_INSTANCE, params).rowcount == 0
         if new:
-            inst = Instance(sop_instance_uid=meta.sop_instance_uid, series=series)
-            session.add(inst)
-        inst.sop_class_uid = meta.sop_class_uid
-        inst.instance_number = meta.instance_number
-        inst.transfer_syntax_uid = meta.transfer_syntax_uid
-        inst.path = relpath
-        inst.size = size
-        inst.received_at = now
-        series.last_received_at = now
-        if new and series.state != "receiving":
-            series.state = "receiving"
-            series.completion_signal = None
-        return new
+            conn.execute(_INSERT_INSTANCE, params)
+            conn.execute(_REOPEN_SERIES, params)  # a late instance re-opens its series
+        conn.execute(_TOUCH_SERIES, params)
+    return new
