@@ -9,7 +9,10 @@ The C-STORE handler does the minimum (GUIDE §1): validate, write the data set a
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import threading
+import time
 from io import BytesIO
 from typing import Any
 
@@ -17,6 +20,8 @@ import pydicom
 from pydicom import uid
 from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy.orm import sessionmaker
@@ -58,6 +63,109 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     uid.HTJ2KLosslessRPCL,
     uid.HTJ2K,
 ]
+
+
+class LowLatencyDUL(DULServiceProvider):
+    """pynetdicom's DICOM upper layer, polling faster while PDUs are arriving.
+
+    pynetdicom's reactor sleeps ``_run_loop_delay`` (1 ms) whenever a pass finds nothing to do,
+    which is every time it has read all a sender has written so far: a C-STORE of a 512 x 512
+    slice pays that sleep several times, which halves the rate of one association (measured:
+    320 vs 570 instances/s with a handler that does nothing). This subclass polls every 0.1 ms
+    for ``BUSY_WINDOW`` s after the last PDU arrived, and at pynetdicom's 1 ms otherwise, so an
+    idle association costs no more CPU than before (4 % of a core).
+    """
+
+    BUSY_WINDOW = 0.05  # s after the last PDU during which the fast poll is used
+    FAST_DELAY = 0.0001  # s
+    IDLE_DELAY = 0.001  # s, pynetdicom's own
+
+    _busy_until = 0.0
+
+    @property
+    def _run_loop_delay(self) -> float:
+        return self.FAST_DELAY if time.monotonic() < self._busy_until else self.IDLE_DELAY
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        pass  # pynetdicom's __init__ sets its fixed default; the property decides instead
+
+    def _is_transport_event(self) -> bool:
+        ready = super()._is_transport_event()
+        if ready:
+            self._busy_until = time.monotonic() + self.BUSY_WINDOW
+        return ready
+
+
+def _use_low_latency_dul(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: swap the new association's DUL for :class:`LowLatencyDUL` before it runs."""
+    dul = event.assoc.dul
+    if type(dul) is DULServiceProvider and hasattr(dul, "_is_transport_event"):
+        dul.__class__ = LowLatencyDUL
+
+
+def open_listener(bind_address: str, port: int, backlog: int = 64) -> socket.socket:
+    """Bind and listen on ``bind_address:port``; the socket the receiver processes share.
+
+    Raises
+    ------
+    OSError
+        If the address is in use or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+    return socket.create_server((bind_address, port), family=family, backlog=backlog)
+
+
+class AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server with two changes.
+
+    * It can serve a listening socket opened elsewhere (:func:`open_listener`) and shared by
+      several receiver processes: the kernel queues connections on the one socket and whichever
+      process is free accepts the next (the socket is non-blocking here, so a process that loses
+      the race just goes back to waiting).
+    * With TLS, the handshake gets ``TLS_HANDSHAKE_TIMEOUT`` s: pynetdicom's own ``get_request``
+      handshakes with no limit in the accept loop, where one client stalling its handshake would
+      hold every other connection.
+    """
+
+    def __init__(self, *args: Any, listening_socket: socket.socket | None = None, **kwargs: Any):
+        self._shared_socket = listening_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self._shared_socket is None:
+            super().server_bind()
+            return
+        self.socket.close()  # the one socketserver made; we serve the shared one
+        self.socket = self._shared_socket
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._shared_socket is None:
+            super().server_activate()  # the shared socket is already listening
+
+    def server_close(self) -> None:
+        if self._shared_socket is None:
+            super().server_close()
+        else:
+            self.socket.close()  # no shutdown(): that would stop the other processes listening
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()  # BlockingIOError if another process took it
+        context = self.ssl_context
+        if context is None:
+            return sock, address
+        sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
+        try:
+            tls_sock = context.wrap_socket(sock, server_side=True)
+        except OSError as exc:  # ssl.SSLError and timeouts
+            sock.close()
+            reason = getattr(exc, "reason", None) or exc
+            log.warning("connection from %s refused: TLS handshake failed: %s", address[0], reason)
+            raise
+        tls_sock.settimeout(None)
+        return tls_sock, address
 
 
 def image_storage_sop_classes() -> list[str]:
@@ -115,6 +223,7 @@ class StorageSCP:
         elif self.settings.node.require_called_ae_title and called != self.settings.node.ae_title:
             reason, why = 0x07, f"called AE title {called!r} (from {calling!r} at {address}) is not ours"
         else:
+            log.info("association from %s at %s accepted", calling, address)
             return
         log.warning("association refused: %s", why)
         assoc.acse.send_reject(0x01, 0x01, reason)
@@ -218,37 +327,35 @@ class StorageSCP:
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_peer_certificate else ssl.CERT_OPTIONAL
         return ctx
 
-    def start(self) -> None:
-        """Start serving on ``[node] bind_address:port`` in background threads."""
+    def start(self, listening_socket: socket.socket | None = None) -> None:
+        """Start serving in background threads, on ``listening_socket`` (shared with other
+        receiver processes, see :func:`open_listener`) or else on a socket of its own bound to
+        ``[node] bind_address:port``.
+
+        Raises
+        ------
+        OSError
+            If the port cannot be bound, or a TLS certificate, key or CA file cannot be read.
+        """
         handlers = [
+            (evt.EVT_CONN_OPEN, _use_low_latency_dul),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
         node = self.settings.node
         context = self.ssl_context()
-        self.server = self.ae.start_server(
-            (node.bind_address, node.port), block=False, evt_handlers=handlers, ssl_context=context
+        self.server = self.ae.make_server(
+            (node.bind_address, node.port),
+            evt_handlers=handlers,
+            ssl_context=context,
+            server_class=AssociationServer,
+            listening_socket=listening_socket,
         )
-        if context is not None:
-            server = self.server
-
-            def get_request():
-                # pynetdicom's own version handshakes with no time limit in the accept loop:
-                # one client stalling its handshake would hold every other connection
-                sock, address = server.socket.accept()
-                sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
-                try:
-                    tls_sock = context.wrap_socket(sock, server_side=True)
-                except OSError as exc:  # ssl.SSLError and timeouts
-                    sock.close()
-                    reason = getattr(exc, "reason", None) or exc
-                    log.warning("connection from %s refused: TLS handshake failed: %s", address[0], reason)
-                    raise
-                tls_sock.settimeout(None)
-                return tls_sock, address
-
-            self.server.get_request = get_request
+        threading.Thread(
+            target=self.server.serve_forever, name="association-server", daemon=True
+        ).start()
+        self.ae._servers.append(self.server)  # so ae.shutdown() also ends this server
         log.info(
             "AE %s listening on %s:%d%s (%d peers allowed)",
             node.ae_title,
