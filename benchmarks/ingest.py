@@ -5,7 +5,9 @@ Sends the 275-slice LIDC-IDRI-0314 chest CT (``peers.LIDC_SERIES``, implicit VR 
 run:
 
 * **dicom-ai** (``dicom-ai serve`` via ``tests/nodeproc.NodeProcess``, ``stable_seconds`` 3600 so
-  no inference job starts during the measurement; writes each instance atomically with fsync);
+  no inference job starts during the measurement; default ``receivers``, i.e. one receiver
+  process per core sharing the port; writes each instance atomically with fsync and commits
+  its index row, SQLite ``synchronous=FULL``, before answering);
 * **DCMTK storescp** (defaults, files written to ``-od``; ``--fork`` for the 4-association case
   so it serves them concurrently; note that storescp does *not* fsync);
 * **Orthanc** (``peers.Orthanc``, default settings: ``SyncStorageArea`` is not set, and its

@@ -15,6 +15,7 @@ A bad file or value raises :class:`ConfigError` whose message names the key, e.g
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,13 @@ class NodeSettings(_Section):
     network_timeout: float = 60.0  # s
     require_called_ae_title: bool = True  # refuse associations addressed to another AE title
     min_free_mb: int = Field(500, ge=0)  # below this free space in data_dir: refuse with 0xA700
+    # processes accepting associations on the one port (each runs its own C-STORE handlers,
+    # all share the index); 0 = one per CPU core, at most 4
+    receivers: int = Field(0, ge=0, le=32)
+
+    def receiver_count(self) -> int:
+        """The number of receiver processes ``receivers`` asks for (0 resolved to the cores)."""
+        return self.receivers or max(1, min(4, os.cpu_count() or 1))
 
     @field_validator("ae_title")
     @classmethod

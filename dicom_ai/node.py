@@ -19,7 +19,8 @@ from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import deliver_due
-from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes
+from dicom_ai.receive.process import start_receiver
+from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes, open_listener
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
 from dicom_ai.schedule.routing import enabled_models
 from dicom_ai.worker import start_worker
@@ -41,6 +42,8 @@ class Node:
         self._stopped = threading.Event()
         self.worker = None
         self._worker_stop = None
+        self.listener = None
+        self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
 
     def _completion_tick(self) -> None:
         try:
@@ -83,10 +86,15 @@ class Node:
                                minutes=self.settings.retention.check_interval_minutes,
                                max_instances=1, coalesce=True, id="retention")
         self.scheduler.start()
-        self.scp.start()
+        node = self.settings.node
+        self.listener = open_listener(node.bind_address, node.port)
+        self.scp.start(self.listener)
+        for number in range(1, node.receiver_count()):
+            self.receivers[number] = start_receiver(self.settings, self.listener, number)
         log.info(
-            "node %s ready: data in %s, models: %s, destinations: %s",
+            "node %s ready: %d receiver processes, data in %s, models: %s, destinations: %s",
             self.settings.node.ae_title,
+            1 + len(self.receivers),
             self.settings.node.data_dir,
             ", ".join(m.label for m in self.models) or "none",
             ", ".join(d.name for d in self.settings.destinations) or "none",
@@ -99,6 +107,14 @@ class Node:
         self._stopped.set()
         log.info("stopping")
         self.scp.stop()
+        for proc, stop in self.receivers.values():
+            stop.set()
+        for proc, _stop in self.receivers.values():
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+        if self.listener is not None:
+            self.listener.close()
         self.scheduler.shutdown(wait=True)
         if self.worker is not None:
             self._worker_stop.set()
@@ -125,5 +141,9 @@ class Node:
                 if self.worker is not None and not self.worker.is_alive():
                     log.error("worker process died (exit code %s); restarting it", self.worker.exitcode)
                     self.worker, self._worker_stop = start_worker(self.settings)
+                for number, (proc, _stop) in list(self.receivers.items()):
+                    if not proc.is_alive():
+                        log.error("receiver %d died (exit code %s); restarting it", number, proc.exitcode)
+                        self.receivers[number] = start_receiver(self.settings, self.listener, number)
         finally:
             self.stop()

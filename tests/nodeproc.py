@@ -59,7 +59,11 @@ class NodeProcess:
         }
         if destinations:
             config["destinations"] = destinations
-        config.update(extra or {})
+        for section, value in (extra or {}).items():  # tables merge, lists replace
+            if isinstance(value, dict) and isinstance(config.get(section), dict):
+                config[section] = {**config[section], **value}
+            else:
+                config[section] = value
         self.config_path = write_config(self.workdir / "dicom-ai.toml", config)
         self.log_path = self.workdir / "node.log"
         self.proc: subprocess.Popen | None = None
