@@ -15,12 +15,14 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
     Text,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -73,6 +75,11 @@ class Series(Base):
     last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     completion_signal: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Number of Series Related Instances (0020,1209) or Images in Acquisition (0020,1002)
+    expected_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the association that last delivered instances of this series was released (A-RELEASE)
+    released_association: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     routing_note: Mapped[str] = mapped_column(Text, default="")
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -92,6 +99,11 @@ class Instance(Base):
     path: Mapped[str] = mapped_column(String(400))
     size: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    association: Mapped[str] = mapped_column(String(32), default="")  # which association brought it
+    image_type: Mapped[str] = mapped_column(String(64), default="")  # Image Type (0008,0008), "\\"-joined
+    orientation: Mapped[str] = mapped_column(String(8), default="")  # AXIAL | CORONAL | SAGITTAL | OBLIQUE
+    slice_position: Mapped[float | None] = mapped_column(Float, nullable=True)  # mm along the normal
+    slice_thickness: Mapped[float | None] = mapped_column(Float, nullable=True)  # mm
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
@@ -104,6 +116,8 @@ class Job(Base):
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
     model_path: Mapped[str] = mapped_column(String(400))
+    rule: Mapped[str] = mapped_column(String(64), default="")  # the routing rule that fired
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # higher runs first
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -171,8 +185,34 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+class IndexSchemaError(RuntimeError):
+    """The index was created by another version of dicom-ai and lacks columns this one needs."""
+
+
+def _check_schema(engine: Engine) -> None:
+    insp = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        if not insp.has_table(table.name):
+            continue
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise IndexSchemaError(
+                f"the index at {engine.url!r} was made by another dicom-ai version: table "
+                f"{table.name} lacks {', '.join(missing)}; there is no migration for it yet. Move the index "
+                "and data_dir aside and start with empty ones."
+            )
+
+
 def open_index(url: str) -> sessionmaker:
-    """Open (and create if missing) the index; returns a session factory."""
+    """Open (and create if missing) the index; returns a session factory.
+
+    Raises
+    ------
+    IndexSchemaError
+        If an existing index lacks columns this version uses.
+    """
     engine = make_engine(url)
+    _check_schema(engine)
     Base.metadata.create_all(engine)
     return sessionmaker(engine, expire_on_commit=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +33,12 @@ class InstanceMeta:
     sop_instance_uid: str
     instance_number: int | None
     transfer_syntax_uid: str
+    association: str = ""  # an id unique to the association that brought the instance
+    image_type: str = ""
+    orientation: str = ""  # AXIAL | CORONAL | SAGITTAL | OBLIQUE | "" (no Image Orientation)
+    slice_position: float | None = None  # mm, Image Position (Patient) along the slice normal
+    slice_thickness: float | None = None  # mm
+    expected_instances: int | None = None  # instances of the series, when the data set says
 
 
 def _get_or_create_series(session: Session, meta: InstanceMeta, calling_ae: str) -> Series:
@@ -69,6 +75,10 @@ def _get_or_create_series(session: Session, meta: InstanceMeta, calling_ae: str)
 
 # Built once: the per-instance path runs these on every C-STORE, and building statements costs
 # more than running them.
+_FACTS = {
+    name: bindparam(name)
+    for name in ("association", "image_type", "orientation", "slice_position", "slice_thickness")
+}
 _SERIES_ID = select(Series.id).where(Series.series_instance_uid == bindparam("series_uid"))
 _UPDATE_INSTANCE = (
     update(Instance)
@@ -81,6 +91,7 @@ _UPDATE_INSTANCE = (
         path=bindparam("path"),
         size=bindparam("size"),
         received_at=bindparam("now"),
+        **_FACTS,
     )
 )
 _INSERT_INSTANCE = Instance.__table__.insert().values(
@@ -92,14 +103,20 @@ _INSERT_INSTANCE = Instance.__table__.insert().values(
     path=bindparam("path"),
     size=bindparam("size"),
     received_at=bindparam("now"),
+    **_FACTS,
 )
 _REOPEN_SERIES = (
     update(Series)
     .where(Series.id == bindparam("series_id"), Series.state != "receiving")
-    .values(state="receiving", completion_signal=None)
+    .values(state="receiving", completion_signal=None, released_association=None, released_at=None)
 )
 _TOUCH_SERIES = (
-    update(Series).where(Series.id == bindparam("series_id")).values(last_received_at=bindparam("now"))
+    update(Series)
+    .where(Series.id == bindparam("series_id"))
+    .values(
+        last_received_at=bindparam("now"),
+        expected_instances=func.coalesce(bindparam("expected"), Series.expected_instances),
+    )
 )
 
 
@@ -123,6 +140,12 @@ def index_instance(
         "path": relpath,
         "size": size,
         "now": utcnow(),
+        "association": meta.association,
+        "image_type": meta.image_type,
+        "orientation": meta.orientation,
+        "slice_position": meta.slice_position,
+        "slice_thickness": meta.slice_thickness,
+        "expected": meta.expected_instances,
     }
     engine = sessions.kw["bind"]
     try:
@@ -146,3 +169,15 @@ def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dic
             conn.execute(_REOPEN_SERIES, params)  # a late instance re-opens its series
         conn.execute(_TOUCH_SERIES, params)
     return new
+
+
+def mark_released(sessions: sessionmaker, association: str, series_uids: list[str]) -> None:
+    """Record that ``association``, which brought instances of ``series_uids``, was released."""
+    now = utcnow()
+    with _write_lock, sessions.begin() as session:
+        session.execute(
+            update(Series)
+            .where(Series.series_instance_uid.in_(series_uids), Series.state == "receiving")
+            .values(released_association=association, released_at=now)
+            .execution_options(synchronize_session=False)
+        )

@@ -8,13 +8,16 @@ The C-STORE handler does the minimum (GUIDE §1): validate, write the data set a
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
 from io import BytesIO
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import pydicom
 from pydicom import uid
@@ -26,9 +29,10 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy.orm import sessionmaker
 
-from dicom_ai.cache.index import InstanceMeta, index_instance
+from dicom_ai.cache.index import InstanceMeta, index_instance, mark_released
 from dicom_ai.cache.store import FileStore, InvalidUID, check_uid
 from dicom_ai.config import Settings
+from dicom_ai.schedule.facts import instance_facts
 from dicom_ai.receive.validate import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
@@ -209,6 +213,9 @@ class StorageSCP:
         for uid in image_storage_sop_classes():
             self.ae.add_supported_context(uid, ACCEPTED_TRANSFER_SYNTAXES)
         self.server: Any = None
+        # per open association: its id (kept on each instance row) and the series it brought
+        self._associations: WeakKeyDictionary[Any, tuple[str, set[str]]] = WeakKeyDictionary()
+        self._ids = itertools.count(1)
 
     # -- association policy -------------------------------------------------------------
     def _on_requested(self, event: evt.Event) -> None:
@@ -223,6 +230,7 @@ class StorageSCP:
         elif self.settings.node.require_called_ae_title and called != self.settings.node.ae_title:
             reason, why = 0x07, f"called AE title {called!r} (from {calling!r} at {address}) is not ours"
         else:
+            self._associations[assoc] = (f"{os.getpid()}-{next(self._ids)}", set())
             log.info("association from %s at %s accepted", calling, address)
             return
         log.warning("association refused: %s", why)
@@ -244,7 +252,8 @@ class StorageSCP:
             return STATUS_CANNOT_UNDERSTAND
         try:
             ds = pydicom.dcmread(BytesIO(raw))
-            meta = self._meta(ds, rq, event.context.transfer_syntax)
+            association_id, series_seen = self._associations.get(event.assoc, ("", set()))
+            meta = self._meta(ds, rq, event.context.transfer_syntax, association_id)
             check_pixel_data(ds, event.context.transfer_syntax)
         except Refusal as refusal:
             log.warning("C-STORE from %s refused (0x%04X): %s", calling, refusal.status, refusal)
@@ -271,9 +280,24 @@ class StorageSCP:
         except Exception:
             log.exception("C-STORE %s failed (0x0110): could not index", meta.sop_instance_uid)
             return STATUS_PROCESSING_FAILURE
+        series_seen.add(meta.series_uid)
         return STATUS_SUCCESS
 
-    def _meta(self, ds: pydicom.Dataset, rq: Any, transfer_syntax: str) -> InstanceMeta:
+    def _on_released(self, event: evt.Event) -> None:
+        """A-RELEASE: the series this association brought may now be whole (issue 4)."""
+        association_id, series_seen = self._associations.pop(event.assoc, ("", set()))
+        if series_seen:
+            try:
+                mark_released(self.sessions, association_id, sorted(series_seen))
+            except Exception:  # noqa: BLE001 - the idle timer still completes the series
+                log.exception("could not record the release of association %s", association_id)
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        self._associations.pop(event.assoc, None)  # an abort says nothing about completeness
+
+    def _meta(
+        self, ds: pydicom.Dataset, rq: Any, transfer_syntax: str, association: str = ""
+    ) -> InstanceMeta:
         sop_class = str(ds.get("SOPClassUID", "") or "").strip()
         sop_inst = str(ds.get("SOPInstanceUID", "") or "").strip()
         if sop_class != str(rq.AffectedSOPClassUID) or sop_inst != str(rq.AffectedSOPInstanceUID):
@@ -305,6 +329,8 @@ class StorageSCP:
             sop_instance_uid=sop_inst,
             instance_number=_int(ds, "InstanceNumber"),
             transfer_syntax_uid=str(transfer_syntax),
+            association=association,
+            **instance_facts(ds),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -342,6 +368,8 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
         ]
         node = self.settings.node
         context = self.ssl_context()
