@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -118,10 +119,21 @@ class TLSSettings(_Section):
 
 
 class CompletionSettings(_Section):
-    """``[completion]``: when a series counts as complete."""
+    """``[completion]``: when a series counts as complete (the first signal that fires wins).
+
+    1. the expected count: as many instances as Number of Series Related Instances (0020,1209)
+       or Images in Acquisition (0020,1002) announce;
+    2. association release: the association that brought the whole series was released
+       ``release_grace_seconds`` ago, nothing arrived since, its Instance Numbers are contiguous
+       and its slices evenly spaced;
+    3. the idle timer: nothing arrived for ``stable_seconds``.
+    """
 
     stable_seconds: float = Field(10.0, gt=0)  # no new instance for this long -> complete
-    check_interval_seconds: float = Field(1.0, gt=0)
+    release_grace_seconds: float = Field(1.0, ge=0)  # wait after A-RELEASE for a next association
+    use_expected_count: bool = True
+    use_association_release: bool = True
+    check_interval_seconds: float = Field(0.25, gt=0)
 
 
 class Destination(_Section):
@@ -168,6 +180,45 @@ class ModelEntry(_Section):
     body_parts: list[str] | None = None  # Body Part Examined values; None = from the manifest body_region, [] = any
 
 
+class Rule(_Section):
+    """``[[rules]]``: when ``model`` runs on a complete series.
+
+    The conditions that are set combine with ``combine`` (all / any); unset ones are not tested.
+    ``exclude_image_types`` is a guard applied whatever ``combine`` says: a series whose images
+    carry one of these Image Type values never fires (localizers by default). ``select =
+    "thinnest"`` fires only on the thinnest series of the study that passes the rule (ties: most
+    images). A model with no rule of its own gets a default one from its ``[[models]]`` entry and
+    manifest (modality, body region, minimum slices).
+    """
+
+    name: str
+    model: str  # the model's manifest name
+    enabled: bool = True
+    priority: int = 0  # jobs from higher priorities run first
+    combine: Literal["all", "any"] = "all"
+    modalities: list[str] | None = None
+    body_parts: list[str] | None = None  # Body Part Examined; a series without one passes
+    series_description: str | None = None  # regular expression, searched, case-insensitive
+    exclude_image_types: list[str] = ["LOCALIZER"]
+    slice_thickness_mm: tuple[float, float] | None = None  # [min, max]
+    orientations: list[Literal["AXIAL", "CORONAL", "SAGITTAL", "OBLIQUE"]] | None = None
+    min_instances: int | None = Field(None, ge=0)  # images, localizers not counted
+    max_instances: int | None = Field(None, ge=0)
+    calling_ae_titles: list[str] | None = None
+    sop_classes: list[str] | None = None  # SOP Class UIDs
+    select: Literal["each", "thinnest"] = "each"
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+
 class Settings(BaseSettings):
     """All configuration of one node."""
 
@@ -184,6 +235,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     worker: WorkerSettings = WorkerSettings()
     models: list[ModelEntry] = []
+    rules: list[Rule] = []
     config_path: Path | None = Field(None, exclude=True)
 
     @classmethod

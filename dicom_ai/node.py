@@ -22,7 +22,7 @@ from dicom_ai.export.outbox import deliver_due
 from dicom_ai.receive.process import start_receiver
 from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes, open_listener
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
-from dicom_ai.schedule.routing import enabled_models
+from dicom_ai.schedule.routing import enabled_models, routes
 from dicom_ai.worker import start_worker
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Node:
         self.store = FileStore(settings.node.data_dir)
         self.sessions = open_index(settings.database_url)
         self.models = enabled_models(settings)
+        self.routes = routes(settings, self.models)
         self.scp = StorageSCP(settings, self.store, self.sessions)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._image_classes = set(image_storage_sop_classes())
@@ -48,10 +49,7 @@ class Node:
     def _completion_tick(self) -> None:
         try:
             schedule_complete_series(
-                self.sessions,
-                self.models,
-                self.settings.completion.stable_seconds,
-                self._image_classes,
+                self.sessions, self.routes, self.settings.completion, self._image_classes
             )
         except Exception:
             log.exception("completion tick failed")

@@ -4,8 +4,10 @@ from pathlib import Path
 from dicom_ai.cache.db import Job, Series, open_index
 from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.models.manifest import Code, Label, ModelManifest, NetworkSpec
+from dicom_ai.config import CompletionSettings, Rule
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
-from dicom_ai.schedule.routing import RoutableModel, match
+from dicom_ai.schedule.facts import SeriesFacts
+from dicom_ai.schedule.routing import RoutableModel, Route, default_rule, passes
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -25,13 +27,32 @@ def _meta(i, series="1.2.3.4", modality="CT"):
                         "axial", 1, CT, f"1.2.3.4.{i}", i, "1.2.840.10008.1.2")
 
 
+def _facts(modality="CT", body_part="CHEST", n_images=10, **kw):
+    base = dict(series_uid="1.2", study_uid="1.1", modality=modality, body_part=body_part,
+                description="", calling_ae_title="", sop_class_uid=CT, orientation="AXIAL",
+                slice_thickness=1.0, n_images=n_images, n_localizers=0, image_type="ORIGINAL\\PRIMARY\\AXIAL")
+    return SeriesFacts(**{**base, **kw})
+
+
+def match(model, modality, body_part, n_images):
+    return passes(default_rule(model), _facts(modality, body_part, n_images))
+
+
+def _routes(model):
+    return [Route(default_rule(model), model)]
+
+
+def _completion(stable=10.0, **kw):
+    return CompletionSettings(stable_seconds=stable, **kw)
+
+
 def test_match_reasons():
     m = _model(body_parts=["CHEST"])
     assert match(m, "CT", "CHEST", 10) is None
     assert match(m, "CT", "", 10) is None
     assert "modality MR" in match(m, "MR", "CHEST", 10)
     assert "body part HEAD" in match(m, "CT", "HEAD", 10)
-    assert "fewer than 3" in match(m, "CT", "CHEST", 2)
+    assert "2 images >= 3" in match(m, "CT", "CHEST", 2)
 
 
 def test_body_region_from_the_manifest(tmp_path):
@@ -54,21 +75,21 @@ def test_series_completes_after_stable_seconds_and_gets_one_job(tmp_path):
         index_instance(sessions, _meta(i), f"x/{i}.dcm", 10, "STORESCU")
     model = _model()
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    assert schedule_complete_series(sessions, [model], 10, {CT}, now=now) == []
-    created = schedule_complete_series(sessions, [model], 10, {CT}, now=now + dt.timedelta(seconds=11))
+    assert schedule_complete_series(sessions, _routes(model), _completion(), {CT}, now=now) == []
+    created = schedule_complete_series(sessions, _routes(model), _completion(), {CT}, now=now + dt.timedelta(seconds=11))
     assert len(created) == 1
     with sessions() as s:
         series = s.query(Series).one()
         assert series.state == "complete" and series.completion_signal == "stable_seconds"
         assert "queued job" in series.routing_note
     # nothing new: no second job
-    assert schedule_complete_series(sessions, [model], 10, {CT}, now=now + dt.timedelta(seconds=30)) == []
+    assert schedule_complete_series(sessions, _routes(model), _completion(), {CT}, now=now + dt.timedelta(seconds=30)) == []
     # a late instance re-opens the series; it completes again and is re-run
     index_instance(sessions, _meta(9), "x/9.dcm", 10, "STORESCU")
     with sessions() as s:
         assert s.query(Series).one().state == "receiving"
     later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(seconds=11)
-    assert len(schedule_complete_series(sessions, [model], 10, {CT}, now=later)) == 0  # job 1 still queued
+    assert len(schedule_complete_series(sessions, _routes(model), _completion(), {CT}, now=later)) == 0  # job 1 still queued
     with sessions.begin() as s:
         s.query(Job).update({"state": "running"})
     assert recover_after_restart(sessions) == 1
@@ -80,6 +101,6 @@ def test_non_matching_series_records_why(tmp_path):
     sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
     index_instance(sessions, _meta(1, modality="MR"), "x/1.dcm", 10, "STORESCU")
     later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(seconds=11)
-    assert schedule_complete_series(sessions, [_model()], 10, {CT}, now=later) == []
+    assert schedule_complete_series(sessions, _routes(_model()), _completion(), {CT}, now=later) == []
     with sessions() as s:
         assert "modality MR" in s.query(Series).one().routing_note
