@@ -19,11 +19,14 @@ app = typer.Typer(help="dicom-ai: a DICOM node that runs AI models and returns D
 jobs_app = typer.Typer(help="Inference jobs.", no_args_is_help=True)
 studies_app = typer.Typer(help="Studies in the cache.", no_args_is_help=True)
 models_app = typer.Typer(help="Models: train, evaluate, list.", no_args_is_help=True)
+rules_app = typer.Typer(help="Routing rules: which model runs on which series.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(rules_app, name="rules")
 app.add_typer(studies_app, name="studies")
 app.add_typer(models_app, name="models")
 
-console = Console()
+# piped output (scripts, grep, logs) is not cut at 80 columns
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file.")]
@@ -134,27 +137,40 @@ def _index(config: Path | None):
 
 @jobs_app.command("list")
 def jobs_list(config: ConfigOpt = None, limit: int = 50) -> None:
-    """List the most recent jobs with their state."""
+    """List the most recent jobs, and the recent series that no model was run on, with why."""
     from sqlalchemy import select
 
-    from dicom_ai.cache.db import Job
+    from dicom_ai.cache.db import Job, Series
 
     _, sessions = _index(config)
-    table = Table("id", "state", "model", "series", "created (UTC)", "s", "findings / reason")
+    table = Table("id", "state", "model", "rule", "series", "complete by", "created (UTC)", "s",
+                  "findings / reason")
     with sessions() as s:
         for job in s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)):
             detail = job.reason or ", ".join(
                 f"{k} {v.get('volume_ml', '')} mL" for k, v in (job.findings or {}).items()
             )
-            table.add_row(str(job.id), job.state, f"{job.model_name} {job.model_version}",
-                          job.series.series_instance_uid[-24:], f"{job.created_at:%Y-%m-%d %H:%M:%S}",
-                          str((job.timings or {}).get("total", "")), detail)
-    console.print(table)
+            table.add_row(str(job.id), job.state, f"{job.model_name} {job.model_version}", job.rule,
+                          "…" + job.series.series_instance_uid[-12:], job.series.completion_signal or "",
+                          f"{job.created_at:%Y-%m-%d %H:%M:%S}", str((job.timings or {}).get("total", "")),
+                          detail)
+        console.print(table)
+        idle = s.scalars(
+            select(Series).where(Series.state == "complete", ~Series.jobs.any())
+            .order_by(Series.completed_at.desc()).limit(limit)
+        ).all()
+        if idle:
+            table = Table("series sent to no model", "complete by", "why (per rule)")
+            for series in idle:
+                table.add_row(series.series_instance_uid, series.completion_signal or "",
+                              series.routing_note.replace("; ", "\n"))
+            console.print(table)
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
-    """Everything about one job: series, routing, timings, findings, results and deliveries."""
+    """Everything about one job: series, completion, routing, timings, findings, results and
+    deliveries."""
     from dicom_ai.cache.db import Job
 
     _, sessions = _index(config)
@@ -166,9 +182,13 @@ def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
         series = job.series
         console.print(f"[bold]job {job.id}[/bold]: {job.state}" + (f" — {job.reason}" if job.reason else ""))
         console.print(f"model: {job.model_name} {job.model_version} ({job.model_path})")
+        console.print(f"rule: {job.rule or '-'}, priority {job.priority}")
         console.print(f"series: {series.series_instance_uid} ({series.modality}, {len(series.instances)} instances, "
                       f"'{series.description}') from {series.calling_ae_title}")
-        console.print(f"completed: {series.completed_at} by {series.completion_signal}; routing: {series.routing_note}")
+        console.print(f"completed: {series.completed_at} by {series.completion_signal}")
+        console.print("routing:")
+        for note in series.routing_note.split("; "):
+            console.print(f"  {note}", soft_wrap=True)
         console.print(f"created {job.created_at}, started {job.started_at}, finished {job.finished_at}, attempts {job.attempts}")
         if job.timings:
             console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in job.timings.items()))
@@ -178,6 +198,65 @@ def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
             console.print(f"result {r.kind}: {r.sop_instance_uid} ({r.path})")
             for d in r.deliveries:
                 console.print(f"  -> {d.destination}: {d.state}, attempts {d.attempts}, {d.last_status}")
+
+
+@rules_app.command("test")
+def rules_test(
+    path: Annotated[str, typer.Argument(help="A DICOM file, a folder (searched recursively), or a "
+                                             "Series Instance UID in the cache.")],
+    calling_ae: Annotated[str, typer.Option(help="Calling AE title to assume for files.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Print, per series and per rule, whether its model would run and, if not, which condition
+    failed. Nothing is queued."""
+    from dicom_ai.receive.scp import image_storage_sop_classes
+    from dicom_ai.schedule.facts import facts_from_files
+    from dicom_ai.schedule.routing import decide, enabled_models, routes
+
+    settings = _settings(config)
+    classes = set(image_storage_sop_classes())
+    target = Path(path)
+    if target.exists():
+        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+        all_facts = facts_from_files(files, classes, calling_ae)
+    else:
+        all_facts = _cached_series_facts(settings, path, classes)
+    if not all_facts:
+        err.print(f"no DICOM series found in {path} (neither files nor a Series Instance UID in the cache)")
+        raise typer.Exit(1)
+    active = routes(settings, enabled_models(settings))
+    for rule in settings.rules:
+        if not rule.enabled:
+            console.print(f"rule {rule.name!r} ({rule.model}) is disabled")
+    for facts in all_facts:
+        study = [f for f in all_facts if f.study_uid == facts.study_uid]
+        thickness = f"{facts.slice_thickness:g} mm" if facts.slice_thickness is not None else "? mm"
+        console.print(f"[bold]series {facts.series_uid}[/bold]: {facts.modality or '?'} "
+                      f"{facts.body_part or '-'}, {facts.n_images} images (+{facts.n_localizers} "
+                      f"localizers), {facts.orientation or '?'} {thickness}, '{facts.description}'")
+        table = Table("rule", "model", "priority", "runs", "why not")
+        for route in active:
+            why_not = decide(route.rule, facts, study)
+            table.add_row(route.rule.name, route.model.label, str(route.rule.priority),
+                          "[red]no[/red]" if why_not else "[green]yes[/green]", why_not or "")
+        console.print(table)
+
+
+def _cached_series_facts(settings: Settings, series_uid: str, classes: set[str]) -> list:
+    from sqlalchemy import select
+
+    from dicom_ai.cache.db import Series, open_index
+    from dicom_ai.schedule.completion import series_facts
+
+    sessions = open_index(settings.database_url)
+    with sessions() as s:
+        series = s.scalar(select(Series).where(Series.series_instance_uid == series_uid))
+        if series is None:
+            return []
+        out = [series_facts(s, series, classes)]
+        out += [series_facts(s, other, classes) for other in series.study.series
+                if other.id != series.id and other.state != "purged"]
+        return out
 
 
 @studies_app.command("list")

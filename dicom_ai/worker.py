@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def claim_next_job(sessions: sessionmaker) -> int | None:
-    """Atomically move the oldest queued job to ``running``; returns its id or None."""
+    """Atomically move the next queued job (highest priority, then oldest) to ``running``;
+    returns its id or None."""
     with sessions.begin() as session:
         job_id = session.scalar(
-            select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
+            select(Job.id).where(Job.state == "queued").order_by(Job.priority.desc(), Job.id).limit(1)
         )
         if job_id is None:
             return None

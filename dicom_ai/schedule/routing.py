@@ -1,22 +1,26 @@
-"""Which model runs on which series.
+"""Which model runs on which series: routing rules.
 
-A series is offered to every enabled model; a model fires when the series' modality is one it
-accepts, its Body Part Examined (0018,0015) is one accepted for the model's body region (or
-the series leaves it empty), and it has at least the model's minimum number of image instances.
-The accepted Body Part Examined values come from :data:`REGION_BODY_PARTS` (defined terms of
-PS3.16 CID 4031 and what scanners write) unless the ``[[models]]`` entry lists its own
-``body_parts`` (an empty list accepts any).
-The reason a model did not fire is recorded on the series (``routing_note``).
+A complete series is tested against every enabled rule (``[[rules]]``, see
+:class:`dicom_ai.config.Rule`) of every enabled model. A model without a rule of its own gets a
+default rule: the series' modality is one the model accepts, its Body Part Examined (0018,0015)
+is one accepted for the model's body region (or the series leaves it empty), and it has at least
+the model's minimum number of images, localizers not counted. The accepted Body Part Examined
+values come from :data:`REGION_BODY_PARTS` (defined terms of PS3.16 CID 4031 and what scanners
+write) unless the ``[[models]]`` entry lists its own ``body_parts`` (an empty list accepts any).
+Each rule's outcome, and for a rule that did not fire the conditions that failed, is recorded on
+the series (``routing_note``) and printed by ``dicom-ai rules test``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_ai.config import ModelEntry, Settings, default_model_path
+from dicom_ai.config import ModelEntry, Rule, Settings, default_model_path
 from dicom_ai.models.manifest import ModelManifest, load_manifest
+from dicom_ai.schedule.facts import SeriesFacts
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +77,111 @@ def enabled_models(settings: Settings) -> list[RoutableModel]:
     return out
 
 
-def match(model: RoutableModel, modality: str, body_part: str, n_images: int) -> str | None:
-    """None when ``model`` should run on a series with these attributes, else the reason not."""
-    if modality.upper() not in model.modalities:
-        return f"modality {modality or 'empty'} not in {list(model.modalities)}"
-    if model.body_parts and body_part and body_part.upper() not in model.body_parts:
-        return f"body part {body_part} not in {list(model.body_parts)}"
-    if n_images < model.manifest.min_slices:
-        return f"{n_images} image instances, fewer than {model.manifest.min_slices}"
+def default_rule(model: RoutableModel) -> Rule:
+    """The rule of a model that has none in ``[[rules]]``."""
+    return Rule(
+        name=f"{model.manifest.name} (default)",
+        model=model.manifest.name,
+        modalities=list(model.modalities),
+        body_parts=list(model.body_parts) or None,
+        min_instances=model.manifest.min_slices,
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """A rule and the enabled model it starts."""
+
+    rule: Rule
+    model: RoutableModel
+
+
+def routes(settings: Settings, models: list[RoutableModel]) -> list[Route]:
+    """The enabled rules bound to enabled models, highest priority first.
+
+    A rule naming a model that is not enabled is skipped with an error in the log (the node
+    keeps running; ``dicom-ai rules test`` shows it too).
+    """
+    by_name = {m.manifest.name: m for m in models}
+    out = []
+    for rule in settings.rules:
+        if not rule.enabled:
+            continue
+        if rule.model not in by_name:
+            log.error("rule %r names model %r, which is not enabled; rule skipped", rule.name, rule.model)
+            continue
+        out.append(Route(rule, by_name[rule.model]))
+    ruled = {r.model for r in settings.rules}
+    out += [Route(default_rule(m), m) for m in models if m.manifest.name not in ruled]
+    return sorted(out, key=lambda r: -r.rule.priority)
+
+
+def conditions(rule: Rule, facts: SeriesFacts) -> list[tuple[str, bool]]:
+    """Each condition the rule sets, as ``(description, passed)``; the guard not included."""
+    out: list[tuple[str, bool]] = []
+    if rule.modalities is not None:
+        want = [m.upper() for m in rule.modalities]
+        out.append((f"modality {facts.modality or 'empty'} in {want}", facts.modality in want))
+    if rule.body_parts is not None:
+        want = [b.upper() for b in rule.body_parts]
+        ok = not facts.body_part or not want or facts.body_part in want
+        out.append((f"body part {facts.body_part or 'empty'} in {want}", ok))
+    if rule.series_description is not None:
+        ok = re.search(rule.series_description, facts.description, re.IGNORECASE) is not None
+        out.append((f"series description {facts.description!r} matches /{rule.series_description}/", ok))
+    if rule.slice_thickness_mm is not None:
+        lo, hi = rule.slice_thickness_mm
+        t = facts.slice_thickness
+        out.append((f"slice thickness {t if t is not None else 'unknown'} mm in [{lo}, {hi}]",
+                    t is not None and lo <= t <= hi))
+    if rule.orientations is not None:
+        out.append((f"orientation {facts.orientation or 'unknown'} in {rule.orientations}",
+                    facts.orientation in rule.orientations))
+    if rule.min_instances is not None:
+        out.append((f"{facts.n_images} images >= {rule.min_instances}", facts.n_images >= rule.min_instances))
+    if rule.max_instances is not None:
+        out.append((f"{facts.n_images} images <= {rule.max_instances}", facts.n_images <= rule.max_instances))
+    if rule.calling_ae_titles is not None:
+        out.append((f"calling AE title {facts.calling_ae_title or 'unknown'} in {rule.calling_ae_titles}",
+                    facts.calling_ae_title in rule.calling_ae_titles))
+    if rule.sop_classes is not None:
+        out.append((f"SOP class {facts.sop_class_uid or 'none'} in {rule.sop_classes}",
+                    facts.sop_class_uid in rule.sop_classes))
+    return out
+
+
+def passes(rule: Rule, facts: SeriesFacts) -> str | None:
+    """None when the series passes the rule's guard and conditions, else why not (the failed
+    conditions, ``; ``-joined)."""
+    excluded = [t for t in rule.exclude_image_types if t.upper() in facts.image_type.split("\\")]
+    if excluded or facts.n_images == 0 and facts.n_localizers:
+        return f"image type {facts.image_type or 'LOCALIZER'} excluded"
+    checks = conditions(rule, facts)
+    failed = [text for text, ok in checks if not ok]
+    if not checks:
+        return None
+    if rule.combine == "all" and failed:
+        return "; ".join(failed)
+    if rule.combine == "any" and len(failed) == len(checks):
+        return "none of: " + "; ".join(failed)
+    return None
+
+
+def decide(rule: Rule, facts: SeriesFacts, study: list[SeriesFacts]) -> str | None:
+    """None when ``rule`` fires on ``facts``, else why not. ``study``: the facts of every
+    series of the same study received so far (used by ``select = "thinnest"``)."""
+    why_not = passes(rule, facts)
+    if why_not or rule.select == "each":
+        return why_not
+
+    def key(f: SeriesFacts) -> tuple[float, int, str]:
+        thickness = f.slice_thickness if f.slice_thickness is not None else float("inf")
+        return (thickness, -f.n_images, f.series_uid)
+
+    rivals = [f for f in study if f.series_uid != facts.series_uid and passes(rule, f) is None]
+    better = [f for f in rivals if key(f) < key(facts)]
+    if better:
+        best = min(better, key=key)
+        return (f"a thinner series of the study passes the rule: {best.series_uid} "
+                f"({best.slice_thickness} mm, {best.n_images} images)")
     return None

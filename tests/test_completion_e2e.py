@@ -1,0 +1,176 @@
+"""Issue 4 with DCMTK storescu as the sender: each completion signal, a series split over two
+associations, late instances, and routing rules on real series."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+import peers
+from dicom_ai.cache.db import Job, Result, Series, open_index
+from nodeproc import NodeProcess
+
+pytestmark = pytest.mark.integration
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+NO_WORKER = {"worker": {"poll_seconds": 3600}}  # jobs stay queued: routing is what is tested
+
+
+def _copy(src: Path, dest: Path, **attrs) -> list[Path]:
+    """The series in ``src`` with fresh Study/Series/SOP Instance UIDs and ``attrs`` set."""
+    dest.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for f in sorted(src.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for keyword, value in attrs.items():
+            setattr(ds, keyword, value)
+        ds.save_as(dest / f.name)
+        out.append(dest / f.name)
+    return out
+
+
+def _send(node: NodeProcess, files) -> None:
+    done = peers.storescu("127.0.0.1", node.port, [str(f) for f in files], aec=node.ae_title)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _wait_complete(node: NodeProcess, series_uid: str, timeout: float) -> Series:
+    sessions = open_index(f"sqlite:///{node.workdir / 'var' / 'index.sqlite'}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            series = s.scalar(select(Series).where(Series.series_instance_uid == series_uid))
+            if series is not None and series.state == "complete":
+                s.expunge(series)
+                return series
+        time.sleep(0.2)
+    raise AssertionError(f"series not complete after {timeout} s:\n{node.log_tail()}")
+
+
+def _jobs(node: NodeProcess) -> list[Job]:
+    sessions = open_index(f"sqlite:///{node.workdir / 'var' / 'index.sqlite'}")
+    with sessions() as s:
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+        s.expunge_all()
+        return jobs
+
+
+@pytest.fixture
+def crlm(shared_data) -> Path:
+    return shared_data / "ct_abdomen_CRLM-CT-1006" / "image"
+
+
+def test_expected_count_completes_without_waiting_for_the_idle_timer(tmp_path, dcmtk, crlm):
+    files = _copy(crlm, tmp_path / "src", NumberOfSeriesRelatedInstances=51)
+    with NodeProcess(tmp_path / "node", stable_seconds=600, extra=NO_WORKER) as node:
+        _send(node, files)
+        series = _wait_complete(node, pydicom.dcmread(files[0]).SeriesInstanceUID, timeout=30)
+    assert series.completion_signal == "expected_count"
+    assert series.expected_instances == 51
+
+
+def test_association_release_completes_a_whole_series(tmp_path, dcmtk, crlm):
+    with NodeProcess(tmp_path / "node", stable_seconds=600, extra=NO_WORKER) as node:
+        _send(node, [crlm])
+        uid = pydicom.dcmread(next(crlm.iterdir())).SeriesInstanceUID
+        series = _wait_complete(node, uid, timeout=30)
+        jobs = _jobs(node)
+    assert series.completion_signal == "association_release"
+    assert len(jobs) == 1 and "51 images" not in series.routing_note  # the note lists rules
+
+
+def test_series_split_over_two_associations_is_processed_once_whole(tmp_path, dcmtk, crlm):
+    files = sorted(crlm.iterdir())
+    with NodeProcess(tmp_path / "node", stable_seconds=4, extra=NO_WORKER) as node:
+        _send(node, files[:25])  # Instance Numbers 29..53: contiguous, evenly spaced on their own
+        _send(node, files[25:])
+        uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+        series = _wait_complete(node, uid, timeout=60)
+        time.sleep(2)  # a second completion would have queued a second job by now
+        jobs = _jobs(node)
+        log = node.log_path.read_text()
+    assert series.completion_signal == "stable_seconds", log
+    assert "instances from 2 associations" in log
+    assert len(jobs) == 1, [j.id for j in jobs]
+    assert "series %s complete (51 images" % uid in log
+
+
+def test_late_instance_reruns_and_results_stay_in_the_same_result_series(tmp_path, dcmtk, orthanc, crlm):
+    files = sorted(crlm.iterdir())
+    dest = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    with NodeProcess(tmp_path / "node", destinations=dest, stable_seconds=3) as node:
+        _send(node, files[:-1])
+        first = _wait_results(orthanc, study_uid, node, n_seg=1)
+        _send(node, files[-1:])  # the late instance
+        second = _wait_results(orthanc, study_uid, node, n_seg=2)
+        jobs = _jobs(node)
+    assert [j.state for j in jobs] == ["done", "done"]
+    seg_series = {i["series_instance_uid"] for i in second if i["sop_class_uid"] == SEG}
+    assert len(seg_series) == 1  # the re-run's SEG joined the first one's series
+    old = {i["sop_instance_uid"] for i in first if i["sop_class_uid"] == SEG}
+    new = [i for i in second if i["sop_class_uid"] == SEG and i["sop_instance_uid"] not in old]
+    assert len(new) == 1
+    seg = pydicom.dcmread(orthanc.download_instance(new[0]["id"], tmp_path / "new-seg.dcm"))
+    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                  for r in s.ReferencedInstanceSequence}
+    assert pydicom.dcmread(files[-1]).SOPInstanceUID in referenced and len(referenced) == 51
+
+
+def _wait_results(pacs, study_uid, node, n_seg, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pacs.instances_of_study(study_uid)
+        if sum(i["sop_class_uid"] == SEG for i in got) >= n_seg:
+            return got
+        time.sleep(2)
+    raise AssertionError(f"{n_seg} SEG not in Orthanc after {timeout} s:\n{node.log_tail()}")
+
+
+def test_rules_on_real_series(tmp_path, dcmtk, shared_data, crlm):
+    """Every rule condition decides on series sent by storescu; `rules test` agrees."""
+    lidc = peers.LIDC_SERIES
+    rules = [
+        # each passes on LIDC (CT, CHEST, 1 mm axial, 275 images, from STORESCU) and fails on CRLM
+        {"name": "modality", "model": "dicom-ai-lung", "modalities": ["CT"], "sop_classes": ["1.2.3"],
+         "combine": "any"},
+        {"name": "thin", "model": "dicom-ai-lung", "slice_thickness_mm": [0.5, 2.0], "priority": 5},
+        {"name": "many", "model": "dicom-ai-lung", "min_instances": 100, "max_instances": 400,
+         "orientations": ["AXIAL"], "calling_ae_titles": ["STORESCU"], "body_parts": ["CHEST"]},
+        {"name": "described", "model": "dicom-ai-lung", "series_description": "^$", "modalities": ["MR"]},
+        {"name": "off", "model": "dicom-ai-lung", "enabled": False},
+    ]
+    with NodeProcess(tmp_path / "node", stable_seconds=600, extra={**NO_WORKER, "rules": rules}) as node:
+        _send(node, [lidc])
+        _send(node, [crlm])
+        notes = {}
+        for folder in (lidc, crlm):
+            uid = pydicom.dcmread(next(folder.iterdir())).SeriesInstanceUID
+            notes[folder] = _wait_complete(node, uid, timeout=60).routing_note
+        jobs = _jobs(node)
+        listed = node.cli("jobs", "list")
+        shown = node.cli("jobs", "show", "1")
+        tested = node.cli("rules", "test", str(crlm))
+    lidc_note, crlm_note = notes[lidc], notes[crlm]
+    assert "rule 'thin': queued job" in lidc_note  # highest priority fires first
+    assert "rule 'modality': already queued by rule 'thin'" in lidc_note
+    assert "rule 'many': already queued" in lidc_note
+    assert "rule 'described': not run, series description '' matches /^$/" not in lidc_note
+    assert "modality CT in ['MR']" in lidc_note  # 'described' fails on its modality
+    assert "slice thickness 5.0 mm in [0.5, 2.0]" in crlm_note
+    assert "51 images >= 100" in crlm_note
+    assert "none of" not in crlm_note  # CRLM is CT: 'modality' (any) fires on it
+    assert "off" not in lidc_note + crlm_note
+    assert [j.rule for j in jobs] == ["thin", "modality"] and [j.priority for j in jobs] == [5, 0]
+    assert "thin" in listed.stdout and "modality" in listed.stdout, listed.stdout
+    assert "rule: thin, priority 5" in shown.stdout, shown.stdout
+    assert "rule 'described': not run, modality CT in ['MR']" in shown.stdout, shown.stdout
+    assert tested.returncode == 0 and "slice thickness 5.0 mm" in tested.stdout, tested.stdout + tested.stderr
+    assert "disabled" in tested.stdout
