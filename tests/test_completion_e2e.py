@@ -137,6 +137,14 @@ def _wait_results(pacs, study_uid, node, n_seg, timeout=300):
 def test_rules_on_real_series(tmp_path, dcmtk, shared_data, crlm):
     """Every rule condition decides on series sent by storescu; `rules test` agrees."""
     lidc = peers.LIDC_SERIES
+    lidc_study = pydicom.dcmread(next(lidc.iterdir()), stop_before_pixels=True).StudyInstanceUID
+    # CRLM (5 mm, DERIVED\SECONDARY) as a second series of the LIDC study (1 mm)
+    _copy(crlm, tmp_path / "crlm")
+    for f in (tmp_path / "crlm").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = lidc_study
+        ds.save_as(f)
+    crlm = tmp_path / "crlm"
     rules = [
         # each passes on LIDC (CT, CHEST, 1 mm axial, 275 images, from STORESCU) and fails on CRLM
         {"name": "modality", "model": "dicom-ai-lung", "modalities": ["CT"], "sop_classes": ["1.2.3"],
@@ -146,6 +154,8 @@ def test_rules_on_real_series(tmp_path, dcmtk, shared_data, crlm):
          "orientations": ["AXIAL"], "calling_ae_titles": ["STORESCU"], "body_parts": ["CHEST"]},
         {"name": "described", "model": "dicom-ai-lung", "series_description": "^$", "modalities": ["MR"]},
         {"name": "off", "model": "dicom-ai-lung", "enabled": False},
+        {"name": "thinnest", "model": "dicom-ai-lung", "min_instances": 20, "select": "thinnest"},
+        {"name": "no-derived", "model": "dicom-ai-lung", "exclude_image_types": ["DERIVED"]},
     ]
     with NodeProcess(tmp_path / "node", stable_seconds=600, extra={**NO_WORKER, "rules": rules}) as node:
         _send(node, [lidc])
@@ -158,6 +168,9 @@ def test_rules_on_real_series(tmp_path, dcmtk, shared_data, crlm):
         listed = node.cli("jobs", "list")
         shown = node.cli("jobs", "show", "1")
         tested = node.cli("rules", "test", str(crlm))
+        one_file = node.cli("rules", "test", str(sorted(lidc.iterdir())[0]))
+        lidc_uid = pydicom.dcmread(next(lidc.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+        cached = node.cli("rules", "test", lidc_uid)
     lidc_note, crlm_note = notes[lidc], notes[crlm]
     assert "rule 'thin': queued job" in lidc_note  # highest priority fires first
     assert "rule 'modality': already queued by rule 'thin'" in lidc_note
@@ -174,3 +187,8 @@ def test_rules_on_real_series(tmp_path, dcmtk, shared_data, crlm):
     assert "rule 'described': not run, modality CT in ['MR']" in shown.stdout, shown.stdout
     assert tested.returncode == 0 and "slice thickness 5.0 mm" in tested.stdout, tested.stdout + tested.stderr
     assert "disabled" in tested.stdout
+    assert "a thinner series of the study passes the rule" in crlm_note
+    assert "rule 'no-derived': not run, image type DERIVED\\SECONDARY\\PROCESSED excluded" in crlm_note
+    assert "rule 'thinnest': already queued" in lidc_note and "rule 'no-derived': already queued" in lidc_note
+    assert "1 images (+0 localizers)" in one_file.stdout and "1 images >= 100" in one_file.stdout, one_file.stdout
+    assert "275 images" in cached.stdout and "yes" in cached.stdout, cached.stdout + cached.stderr
