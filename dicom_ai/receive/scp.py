@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import socket
 import ssl
 import threading
@@ -23,6 +24,7 @@ import pydicom
 from pydicom import uid
 from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
@@ -101,11 +103,34 @@ class LowLatencyDUL(DULServiceProvider):
         return ready
 
 
+class WaitingDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider whose non-blocking ``get_msg`` waits up to ``WAIT`` s.
+
+    The acceptor's reactor loop sleeps 1 ms, then asks for a decoded message without blocking:
+    a message that is ready waits for the end of that sleep. Waiting on the queue instead wakes
+    the loop as soon as the message is complete, and makes an idle association's loop turn ~90
+    times a second instead of ~1000 (release and abort are still seen within ``WAIT`` s).
+    """
+
+    WAIT = 0.01  # s
+
+    def get_msg(self, block: bool = False) -> Any:
+        if block:
+            return super().get_msg(block=True)
+        try:
+            return self.msg_queue.get(timeout=self.WAIT)
+        except queue.Empty:
+            return None, None
+
+
 def _use_low_latency_dul(event: evt.Event) -> None:
-    """EVT_CONN_OPEN: swap the new association's DUL for :class:`LowLatencyDUL` before it runs."""
-    dul = event.assoc.dul
-    if type(dul) is DULServiceProvider and hasattr(dul, "_is_transport_event"):
-        dul.__class__ = LowLatencyDUL
+    """EVT_CONN_OPEN: give the new (acceptor) association :class:`LowLatencyDUL` and
+    :class:`WaitingDIMSE` before its threads start."""
+    assoc = event.assoc
+    if type(assoc.dul) is DULServiceProvider and hasattr(assoc.dul, "_is_transport_event"):
+        assoc.dul.__class__ = LowLatencyDUL
+    if type(assoc.dimse) is DIMSEServiceProvider and hasattr(assoc.dimse, "msg_queue"):
+        assoc.dimse.__class__ = WaitingDIMSE
 
 
 def open_listener(bind_address: str, port: int, backlog: int = 64) -> socket.socket:
