@@ -12,11 +12,13 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification
+from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS, code_to_category
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +74,56 @@ def _headers(paths: list[Path]) -> list[tuple[Path, str, str]]:
     return out
 
 
+def _associate(ae: AE, host: str, port: int, aec: str) -> Any:
+    """An established association, or :class:`AssociationFailed` saying why not."""
+    assoc = ae.associate(host, port, ae_title=aec)
+    if not assoc.is_established:
+        why = "aborted or no answer"
+        if assoc.is_rejected and assoc.acceptor.primitive is not None:
+            rj = assoc.acceptor.primitive
+            why = f"rejected ({rj.result_str}, {rj.source_str}: {rj.reason_str})"
+        raise AssociationFailed(f"association with {aec}@{host}:{port} not established: {why}")
+    return assoc
+
+
+def has_instance(
+    host: str, port: int, *, aet: str, aec: str, study_uid: str, series_uid: str, sop_uid: str,
+    timeout: float = 10.0,
+) -> bool | None:
+    """Whether the peer holds an instance: a Study Root C-FIND at IMAGE level (PS3.4 C.4.1).
+
+    Returns True or False, or None when the peer does not answer C-FIND for it (no Q/R SCP,
+    association refused, or a failure status). Never raises.
+    """
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID, query.SeriesInstanceUID, query.SOPInstanceUID = study_uid, series_uid, sop_uid
+    try:
+        assoc = _associate(ae, host, port, aec)
+    except AssociationFailed:
+        return None
+    found, failed = False, False
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if not status or int(status.Status) not in (0x0000, 0xFF00, 0xFF01):
+                failed = True
+            elif identifier is not None and str(identifier.get("SOPInstanceUID", "")) == sop_uid:
+                found = True
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return None if failed and not found else found
+
+
 def echo(host: str, port: int, *, aet: str, aec: str, timeout: float = 10.0) -> int:
     """C-ECHO; returns the DIMSE status. Raises :class:`AssociationFailed`."""
     ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=aec)
-    if not assoc.is_established:
-        raise AssociationFailed(f"association with {aec}@{host}:{port} not established")
+    assoc = _associate(ae, host, port, aec)
     try:
         status = assoc.send_c_echo()
         if not status:
@@ -130,12 +174,7 @@ def _store_batch(batch, host, port, aet, aec, timeout, on_sent) -> list[SendOutc
             pairs[(sop, t)] = None
     for sop, t in pairs:
         ae.add_requested_context(sop, t)
-    assoc = ae.associate(host, port, ae_title=aec)
-    if not assoc.is_established:
-        raise AssociationFailed(
-            f"association with {aec}@{host}:{port} not established "
-            f"({'rejected' if assoc.is_rejected else 'aborted or no answer'})"
-        )
+    assoc = _associate(ae, host, port, aec)
     outcomes = []
     try:
         for path, sop, ts in batch:
@@ -176,4 +215,13 @@ def _store_one(assoc, path: Path, sop: str, ts: str, accepted: set[str]) -> Send
     if not status or "Status" not in status:
         return SendOutcome(path, None, "no response (association aborted or timed out)")
     code = int(status.Status)
-    return SendOutcome(path, code, f"0x{code:04X}")
+    return SendOutcome(path, code, status_meaning(code))
+
+
+def status_meaning(code: int) -> str:
+    """``0xA700 Refused: Out of Resources``: a C-STORE status with its meaning (PS3.4 B.2.3,
+    PS3.7 C)."""
+    category, text = STORAGE_SERVICE_CLASS_STATUS.get(code) or GENERAL_STATUS.get(code) or (
+        code_to_category(code), ""
+    )
+    return f"0x{code:04X} {text or category}".strip()
