@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -20,7 +21,11 @@ jobs_app = typer.Typer(help="Inference jobs.", no_args_is_help=True)
 studies_app = typer.Typer(help="Studies in the cache.", no_args_is_help=True)
 models_app = typer.Typer(help="Models: train, evaluate, list.", no_args_is_help=True)
 rules_app = typer.Typer(help="Routing rules: which model runs on which series.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="The outbox: results on their way to destinations.", no_args_is_help=True)
+destinations_app = typer.Typer(help="Where results go.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(destinations_app, name="destinations")
 app.add_typer(rules_app, name="rules")
 app.add_typer(studies_app, name="studies")
 app.add_typer(models_app, name="models")
@@ -38,7 +43,7 @@ def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        err.print(f"[red]configuration error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -53,7 +58,7 @@ def serve(config: ConfigOpt = None) -> None:
     try:
         Node(settings).serve_forever()
     except OSError as exc:
-        err.print(f"[red]cannot start:[/red] {exc}")
+        err.print(f"[red]cannot start:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -72,7 +77,7 @@ def echo(
     try:
         status = c_echo(host, port, aet=aet, aec=aec, timeout=timeout)
     except AssociationFailed as exc:
-        err.print(f"[red]C-ECHO failed:[/red] {exc}")
+        err.print(f"[red]C-ECHO failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     console.print(f"C-ECHO {aec}@{host}:{port}: status 0x{status:04X}")
     raise typer.Exit(0 if status == 0 else 1)
@@ -108,7 +113,7 @@ def send(
         try:
             outcomes = store_files(files, host, port, aet=aet, aec=aec, on_sent=on_sent)
         except AssociationFailed as exc:
-            err.print(f"[red]send failed:[/red] {exc}")
+            err.print(f"[red]send failed:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from None
     sent = sum(o.ok for o in outcomes)
     console.print(f"sent {sent} of {len(files)} files to {aec}@{host}:{port}")
@@ -163,7 +168,7 @@ def jobs_list(config: ConfigOpt = None, limit: int = 50) -> None:
             table = Table("series sent to no model", "complete by", "why (per rule)")
             for series in idle:
                 table.add_row(series.series_instance_uid, series.completion_signal or "",
-                              series.routing_note.replace("; ", "\n"))
+                              escape(series.routing_note.replace("; ", "\n")))
             console.print(table)
 
 
@@ -188,7 +193,7 @@ def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
         console.print(f"completed: {series.completed_at} by {series.completion_signal}")
         console.print("routing:")
         for note in series.routing_note.split("; "):
-            console.print(f"  {note}", soft_wrap=True)
+            console.print(f"  {escape(note)}", soft_wrap=True)
         console.print(f"created {job.created_at}, started {job.started_at}, finished {job.finished_at}, attempts {job.attempts}")
         if job.timings:
             console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in job.timings.items()))
@@ -198,6 +203,83 @@ def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
             console.print(f"result {r.kind}: {r.sop_instance_uid} ({r.path})")
             for d in r.deliveries:
                 console.print(f"  -> {d.destination}: {d.state}, attempts {d.attempts}, {d.last_status}")
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    state: Annotated[Optional[str], typer.Option(help="Only this state: pending, sending, delivered, failed.")] = None,
+    limit: int = 100,
+    config: ConfigOpt = None,
+) -> None:
+    """List deliveries, newest first; ``failed`` ones are dead letters (see ``resend``)."""
+    from sqlalchemy import select
+
+    from dicom_ai.cache.db import Delivery
+
+    _, sessions = _index(config)
+    table = Table("id", "state", "destination", "object", "job", "attempts", "next try (UTC)", "last status")
+    with sessions() as s:
+        stmt = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(Delivery.state == state)
+        for d in s.scalars(stmt):
+            style = {"failed": "red", "delivered": "green"}.get(d.state, "yellow")
+            table.add_row(str(d.id), f"[{style}]{d.state}[/{style}]", d.destination,
+                          f"{d.result.kind} {d.result.sop_instance_uid}", str(d.result.job_fk), str(d.attempts),
+                          f"{d.next_attempt_at:%Y-%m-%d %H:%M:%S}" if d.state == "pending" else "",
+                          escape(d.last_status))
+    console.print(table)
+
+
+@deliveries_app.command("resend")
+def deliveries_resend(
+    ids: Annotated[Optional[list[int]], typer.Argument(help="Delivery ids.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Every dead letter.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Send deliveries again (a running node picks them up at its next outbox tick), with a new
+    retry horizon."""
+    from dicom_ai.export.outbox import resend
+
+    if not ids and not failed:
+        err.print("give delivery ids or --failed")
+        raise typer.Exit(2)
+    _, sessions = _index(config)
+    n = resend(sessions, ids, failed=failed)
+    console.print(f"{n} deliveries due again")
+
+
+@destinations_app.command("list")
+def destinations_list(config: ConfigOpt = None) -> None:
+    """List the configured destinations."""
+    settings = _settings(config)
+    table = Table("name", "kind", "where")
+    for d in settings.destinations:
+        where = {"dicom": f"{d.ae_title}@{d.host}:{d.port}", "return": "the peer that sent the study",
+                 "folder": str(d.path), "stow": str(d.url)}[d.kind]
+        table.add_row(d.name, d.kind, where)
+    console.print(table)
+
+
+@destinations_app.command("check")
+def destinations_check(
+    name: str,
+    peer: Annotated[str, typer.Option(help="For a return-to-sender destination: the peer's AE title.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Check that a destination answers (C-ECHO, a QIDO-RS query or a writable folder)."""
+    from dicom_ai.export.outbox import check_destination
+
+    settings = _settings(config)
+    dest = settings.destination(name)
+    if dest is None:
+        err.print(f"no destination {name!r} in [[destinations]]")
+        raise typer.Exit(2)
+    try:
+        console.print(f"[green]ok[/green] {name}: {escape(check_destination(dest, settings, peer))}")
+    except (ConnectionError, OSError) as exc:
+        err.print(f"[red]failed[/red] {name}: {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 @rules_app.command("test")
@@ -238,7 +320,7 @@ def rules_test(
         for route in active:
             why_not = decide(route.rule, facts, study)
             table.add_row(route.rule.name, route.model.label, str(route.rule.priority),
-                          "[red]no[/red]" if why_not else "[green]yes[/green]", why_not or "")
+                          "[red]no[/red]" if why_not else "[green]yes[/green]", escape(why_not or ""))
         console.print(table)
 
 

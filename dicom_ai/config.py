@@ -137,23 +137,41 @@ class CompletionSettings(_Section):
 
 
 class Destination(_Section):
-    """``[[destinations]]``: where results go. ``kind`` is ``dicom`` (C-STORE) or ``folder``."""
+    """``[[destinations]]``: where results go.
+
+    ``kind``: ``dicom`` (C-STORE to ``ae_title`` at ``host``:``port``), ``return`` (C-STORE to
+    the peer that sent the study: its ``[[peers]]`` entry by calling AE title, which must give a
+    single ``host`` and a ``port``), ``folder`` (files named ``<SOP Instance UID>.dcm`` in
+    ``path``) or ``stow`` (DICOMweb STOW-RS to ``url``, PS3.18 10.5, optional HTTP basic auth).
+    """
 
     name: str
-    kind: str = Field("dicom", pattern="^(dicom|folder)$")
+    kind: Literal["dicom", "return", "folder", "stow"] = "dicom"
     ae_title: str = Field("ANY-SCP", pattern=AE_TITLE_PATTERN)
     host: str = "127.0.0.1"
     port: int = Field(104, ge=1, le=65535)
     path: Path | None = None  # for kind = "folder"
+    url: str | None = None  # for kind = "stow": the DICOMweb root, e.g. http://pacs:8042/dicom-web
+    username: str | None = None  # for kind = "stow"
+    password: str | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
     omit_empty_frames: bool = True  # SEG option; some viewers need every frame
+
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.kind == "folder" and self.path is None:
+            raise ValueError(f"destination {self.name!r}: kind folder needs path")
+        if self.kind == "stow" and not self.url:
+            raise ValueError(f"destination {self.name!r}: kind stow needs url")
+        return self
 
 
 class DeliverySettings(_Section):
     """``[delivery]``: retries of result delivery."""
 
-    max_attempts: int = Field(5, ge=1)
-    retry_initial_seconds: float = Field(30.0, gt=0)
-    retry_max_seconds: float = Field(3600.0, gt=0)
+    retry_initial_seconds: float = Field(30.0, gt=0)  # first retry after this long, doubling
+    retry_max_seconds: float = Field(3600.0, gt=0)  # never longer than this between tries
+    horizon_hours: float = Field(24.0, gt=0)  # then the delivery is a dead letter (state failed)
 
 
 class RetentionSettings(_Section):
@@ -178,6 +196,7 @@ class ModelEntry(_Section):
     enabled: bool = True
     modalities: list[str] | None = None  # default: the manifest's modality
     body_parts: list[str] | None = None  # Body Part Examined values; None = from the manifest body_region, [] = any
+    destinations: list[str] | None = None  # for its default rule; None = all [[destinations]]
 
 
 class Rule(_Section):
@@ -207,6 +226,7 @@ class Rule(_Section):
     calling_ae_titles: list[str] | None = None
     sop_classes: list[str] | None = None  # SOP Class UIDs
     select: Literal["each", "thinnest"] = "each"
+    destinations: list[str] | None = None  # names in [[destinations]]; None = all of them
 
     @field_validator("series_description")
     @classmethod
@@ -254,6 +274,23 @@ class Settings(BaseSettings):
     def database_url(self) -> str:
         """SQLAlchemy URL of the index."""
         return self.node.database_url or f"sqlite:///{self.node.data_dir / 'index.sqlite'}"
+
+    @model_validator(mode="after")
+    def _known_destinations(self) -> Settings:
+        names = {d.name for d in self.destinations}
+        if len(names) != len(self.destinations):
+            raise ValueError("two [[destinations]] have the same name")
+        for owner, wanted in [(f"rule {r.name!r}", r.destinations) for r in self.rules] + [
+            (f"model {str(m.path)!r}", m.destinations) for m in self.models
+        ]:
+            unknown = sorted(set(wanted or []) - names)
+            if unknown:
+                raise ValueError(f"{owner} names destinations not in [[destinations]]: {unknown}")
+        return self
+
+    def destination(self, name: str) -> Destination | None:
+        """The ``[[destinations]]`` entry called ``name``."""
+        return next((d for d in self.destinations if d.name == name), None)
 
     def peer_for(self, ae_title: str, address: str) -> Peer | None:
         """The first ``[[peers]]`` entry allowing this calling AE title from this address."""

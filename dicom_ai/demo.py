@@ -105,7 +105,7 @@ def run_demo(out_dir: Path, console: Console, timeout: float = 900) -> int:
         peers=[{"ae_title": "DEMO_SCU", "host": "127.0.0.1"}],
         completion={"stable_seconds": 3, "check_interval_seconds": 0.5},
         destinations=[dest],
-        delivery={"max_attempts": 3, "retry_initial_seconds": 2, "retry_max_seconds": 10},
+        delivery={"retry_initial_seconds": 2, "retry_max_seconds": 10},
         worker={"poll_seconds": 0.5},
     )
     node = Node(settings)

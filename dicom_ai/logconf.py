@@ -12,5 +12,6 @@ def setup_logging(level: str | None = None) -> None:
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # a tick still running when the next is due is skipped on purpose (max_instances=1)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs every module it copies at INFO

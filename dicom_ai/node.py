@@ -18,7 +18,7 @@ from dicom_ai.cache.db import open_index
 from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
-from dicom_ai.export.outbox import deliver_due
+from dicom_ai.export.outbox import deliver_due, recover_deliveries
 from dicom_ai.receive.process import start_receiver
 from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes, open_listener
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
@@ -44,6 +44,7 @@ class Node:
         self.worker = None
         self._worker_stop = None
         self.listener = None
+        self._deliveries_recovered = False
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
 
     def _completion_tick(self) -> None:
@@ -56,6 +57,9 @@ class Node:
 
     def _outbox_tick(self) -> None:
         try:
+            if not self._deliveries_recovered:  # first tick: settle transfers a stop interrupted
+                recover_deliveries(self.sessions, self.settings)
+                self._deliveries_recovered = True
             deliver_due(self.sessions, self.store, self.settings)
         except Exception:
             log.exception("outbox tick failed")

@@ -141,7 +141,7 @@ class JobRunner:
                     path=rel,
                 )
                 session.add(result)
-                create_deliveries(session, result, self.settings)
+                create_deliveries(session, result, self.settings, job.destinations)
             job.state = "done"
             job.finished_at = utcnow()
             job.timings = {k: round(v, 3) for k, v in timings.items()}

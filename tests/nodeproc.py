@@ -54,7 +54,7 @@ class NodeProcess:
                      "data_dir": str(self.workdir / "var")},
             "peers": peers_ if peers_ is not None else [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
             "completion": {"stable_seconds": stable_seconds, "check_interval_seconds": 0.5},
-            "delivery": {"max_attempts": 3, "retry_initial_seconds": 1, "retry_max_seconds": 2},
+            "delivery": {"retry_initial_seconds": 1, "retry_max_seconds": 2},
             "worker": {"poll_seconds": 0.5},
         }
         if destinations:

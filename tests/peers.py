@@ -385,7 +385,7 @@ class Orthanc:
 
     def start(self) -> Orthanc:
         """Write the config, start Orthanc and wait until ``GET /system`` answers."""
-        exe = _require(orthanc_binary(), "Orthanc")
+        _require(orthanc_binary(), "Orthanc")
         if self._given_workdir is not None:
             self.workdir = self._given_workdir
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -398,26 +398,39 @@ class Orthanc:
             self.dicom_port = free_port()
             while self.dicom_port == self.http_port:
                 self.dicom_port = free_port()
-            cfg_path = self.workdir / "orthanc.json"
-            cfg_path.write_text(json.dumps(self._config(), indent=2))
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [exe, "--no-jobs", str(cfg_path)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=tcp_nodelay_env(),
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-                )
             try:
-                self._wait_ready()
+                self._launch()
                 return self
             except OrthancError as exc:
                 last_error = str(exc)
                 self._terminate()
         self._cleanup()
         raise OrthancError(last_error)
+
+    def _launch(self) -> None:
+        exe = _require(orthanc_binary(), "Orthanc")
+        assert self.workdir is not None
+        cfg_path = self.workdir / "orthanc.json"
+        cfg_path.write_text(json.dumps(self._config(), indent=2))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [exe, "--no-jobs", str(cfg_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=tcp_nodelay_env(),
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self._wait_ready()
+
+    def pause(self) -> None:
+        """Stop the Orthanc process, keeping its storage, index and ports (see :meth:`resume`)."""
+        self._terminate()
+
+    def resume(self) -> None:
+        """Start Orthanc again after :meth:`pause`, on the same ports with the same storage."""
+        self._launch()
 
     def _wait_ready(self) -> None:
         assert self.proc is not None

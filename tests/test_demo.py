@@ -20,7 +20,7 @@ def test_demo_delivers_seg_and_sr_and_writes_preview(tmp_path, orthanc):
     text = run.stdout + run.stderr
     assert run.returncode == 0, text
     assert "PACS: Orthanc" in text
-    assert text.count("-> orthanc: delivered (0x0000)") == 2, text
+    assert text.count("-> orthanc: delivered (0x0000 Success)") == 2, text
     assert "Left lung:" in text and "Right lung:" in text
     with Image.open(out / "preview.png") as img:
         assert img.width > 400 and img.height > 400

@@ -118,6 +118,8 @@ class Job(Base):
     model_path: Mapped[str] = mapped_column(String(400))
     rule: Mapped[str] = mapped_column(String(64), default="")  # the routing rule that fired
     priority: Mapped[int] = mapped_column(Integer, default=0)  # higher runs first
+    # names of the [[destinations]] its results go to; None = all of them
+    destinations: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -147,7 +149,9 @@ class Result(Base):
 
 
 class Delivery(Base):
-    """One (result, destination) pair. ``state``: pending -> delivered | failed."""
+    """One (result, destination) pair. ``state``: pending -> sending -> delivered, or back to
+    pending (retry), or failed (a dead letter, after ``[delivery] horizon_hours``). ``sending`` is
+    committed before the transfer starts, so a restart knows what may have arrived."""
 
     __tablename__ = "deliveries"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -156,8 +160,9 @@ class Delivery(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    last_status: Mapped[str] = mapped_column(String(128), default="")
+    last_status: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    retry_since: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)  # horizon start
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     result: Mapped[Result] = relationship(back_populates="deliveries")
 

@@ -167,6 +167,7 @@ def _route(session: Session, series: Series, routes: list[Route], image_sop_clas
             model_path=str(model.path),
             rule=rule.name,
             priority=rule.priority,
+            destinations=rule.destinations,
         )
         session.add(job)
         session.flush()

@@ -49,6 +49,7 @@ class RoutableModel:
     manifest: ModelManifest
     modalities: tuple[str, ...]
     body_parts: tuple[str, ...]  # empty: any
+    destinations: tuple[str, ...] | None = None  # of its default rule; None: all
 
     @property
     def label(self) -> str:
@@ -73,7 +74,8 @@ def enabled_models(settings: Settings) -> list[RoutableModel]:
             body_parts = body_parts_for(manifest.body_region)
         else:
             body_parts = tuple(b.upper() for b in entry.body_parts)
-        out.append(RoutableModel(entry.path, manifest, modalities, body_parts))
+        destinations = tuple(entry.destinations) if entry.destinations is not None else None
+        out.append(RoutableModel(entry.path, manifest, modalities, body_parts, destinations))
     return out
 
 
@@ -85,6 +87,7 @@ def default_rule(model: RoutableModel) -> Rule:
         modalities=list(model.modalities),
         body_parts=list(model.body_parts) or None,
         min_instances=model.manifest.min_slices,
+        destinations=list(model.destinations) if model.destinations is not None else None,
     )
 
 

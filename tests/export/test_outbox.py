@@ -68,7 +68,7 @@ def _one_result(sessions, store: FileStore, destinations: list[str]) -> None:
             s.add(Delivery(result=result, destination=name))
 
 
-def test_folder_delivered_and_dead_peer_retried_then_failed(tmp_path):
+def test_folder_delivered_and_dead_peer_retried_until_the_horizon_then_dead_letter(tmp_path):
     settings = load_settings(
         None,
         node={"data_dir": str(tmp_path / "var")},
@@ -76,7 +76,7 @@ def test_folder_delivered_and_dead_peer_retried_then_failed(tmp_path):
             {"name": "folder", "kind": "folder", "path": str(tmp_path / "out")},
             {"name": "dead", "ae_title": "NOBODY", "host": "127.0.0.1", "port": peers.free_port()},
         ],
-        delivery={"max_attempts": 3, "retry_initial_seconds": 60, "retry_max_seconds": 600},
+        delivery={"retry_initial_seconds": 60, "retry_max_seconds": 600, "horizon_hours": 0.05},
     )
     store = FileStore(settings.node.data_dir)
     sessions = open_index(settings.database_url)
@@ -89,11 +89,51 @@ def test_folder_delivered_and_dead_peer_retried_then_failed(tmp_path):
         wait = (dead.next_attempt_at - dt.datetime.now(dt.UTC).replace(tzinfo=None)).total_seconds()
         assert 50 < wait <= 60
     assert deliver_due(sessions, store, settings) == 0  # not due yet: nothing tried
+    # retries after 60 s and 120 s fall within the 180 s horizon; the next (240 s) would not
     for attempt in (2, 3):
         with sessions.begin() as s:
             s.query(Delivery).update({"next_attempt_at": dt.datetime(2000, 1, 1)})
         deliver_due(sessions, store, settings)
+        with sessions() as s:
+            state = s.query(Delivery).filter_by(destination="dead").one().state
+        assert state == ("pending" if attempt == 2 else "failed"), (attempt, state)
     with sessions() as s:
         dead = s.query(Delivery).filter_by(destination="dead").one()
-        assert dead.state == "failed" and dead.attempts == 3
+        assert dead.attempts == 3
+        assert "not established" in dead.last_status
         assert s.query(Delivery).filter_by(destination="folder").one().attempts == 1
+    # resend: due again with a new horizon
+    from dicom_ai.export.outbox import resend
+    assert resend(sessions, failed=True) == 1
+    with sessions() as s:
+        assert s.query(Delivery).filter_by(destination="dead").one().state == "pending"
+
+
+def test_results_go_to_the_destinations_their_rule_names(tmp_path):
+    from dicom_ai.export.outbox import create_deliveries
+
+    settings = load_settings(
+        None,
+        node={"data_dir": str(tmp_path / "var")},
+        destinations=[{"name": "a", "kind": "folder", "path": str(tmp_path / "a")},
+                      {"name": "b", "kind": "folder", "path": str(tmp_path / "b")}],
+        rules=[{"name": "r", "model": "m", "destinations": ["b"]}],
+    )
+    store = FileStore(settings.node.data_dir)
+    sessions = open_index(settings.database_url)
+    _one_result(sessions, store, [])
+    with sessions.begin() as s:
+        result = s.query(Result).one()
+        create_deliveries(s, result, settings, settings.rules[0].destinations)
+        create_deliveries(s, result, settings, None)
+    with sessions() as s:
+        assert sorted(d.destination for d in s.query(Delivery)) == ["a", "b", "b"]
+
+
+def test_unknown_destination_names_are_a_config_error():
+    from dicom_ai.config import ConfigError
+
+    with pytest.raises(ConfigError, match="names destinations not in"):
+        load_settings(None, rules=[{"name": "r", "model": "m", "destinations": ["nowhere"]}])
+    with pytest.raises(ConfigError, match="needs url"):
+        load_settings(None, destinations=[{"name": "w", "kind": "stow"}])
