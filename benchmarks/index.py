@@ -23,6 +23,7 @@ from sqlalchemy import insert, select
 from dicom_ai.cache.db import Instance, Patient, Series, Study, open_index, utcnow
 from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.cache.retention import removable_series
+from dicom_ai.config import CompletionSettings
 from dicom_ai.schedule.completion import schedule_complete_series
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -72,7 +73,8 @@ def measure(sessions, samples: int) -> dict[str, list[float]]:
     return {
         "index one instance (C-STORE path)": timed(add, samples),
         "completion tick (no series due)": timed(
-            lambda i: schedule_complete_series(sessions, [], 3600, {CT}), samples),
+            lambda i: schedule_complete_series(sessions, [], CompletionSettings(stable_seconds=3600), {CT}),
+            samples),
         "retention candidates": timed(lambda i: removable_series(sessions), max(samples // 10, 5)),
         "list 50 latest studies": timed(studies, samples),
         "find instance by SOP Instance UID": timed(lookup, samples),

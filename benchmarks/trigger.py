@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,18 +41,9 @@ SOURCE = peers.SHARED_DATA / "ct_abdomen_CRLM-CT-1006" / "image"
 
 
 def copy_series(dest: Path, with_count: bool) -> tuple[str, list[Path]]:
-    dest.mkdir(parents=True)
-    study, series = generate_uid(), generate_uid()
-    files = []
-    for f in sorted(SOURCE.iterdir()):
-        ds = pydicom.dcmread(f)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        if with_count:
-            ds.NumberOfSeriesRelatedInstances = len(list(SOURCE.iterdir()))
-        ds.save_as(dest / f.name)
-        files.append(dest / f.name)
-    return series, files
+    count = {"NumberOfSeriesRelatedInstances": len(list(SOURCE.iterdir()))} if with_count else {}
+    files = peers.copy_series(SOURCE, dest, **count)
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID), files
 
 
 def send(node: NodeProcess, files: list[Path]) -> None:

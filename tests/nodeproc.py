@@ -116,6 +116,18 @@ class NodeProcess:
             self.proc.wait(10)
             self.proc = None
 
+    def rows(self, model: Any) -> list[Any]:
+        """Every row of an index table (an ORM class), detached, in id order."""
+        from sqlalchemy import select
+
+        from dicom_ai.cache.db import open_index
+
+        sessions = open_index(f"sqlite:///{self.workdir / 'var' / 'index.sqlite'}")
+        with sessions() as s:
+            rows = s.scalars(select(model).order_by(model.id)).all()
+            s.expunge_all()
+            return list(rows)
+
     def log_tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

@@ -145,6 +145,26 @@ def _require(path: str | None, name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def copy_series(src: Path, dest: Path, **attrs: Any) -> list[Path]:
+    """The files of the series in ``src``, written to ``dest`` with fresh Study, Series and SOP
+    Instance UIDs and the data element keywords in ``attrs`` set."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    dest.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for f in sorted(Path(src).iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for keyword, value in attrs.items():
+            setattr(ds, keyword, value)
+        ds.save_as(dest / f.name)
+        out.append(dest / f.name)
+    return out
+
+
 def storescu(
     host: str,
     port: int,

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 import peers
-from dicom_ai.cache.db import Job, Result, Series, open_index
+from dicom_ai.cache.db import Job, Series, open_index
 from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -20,20 +19,7 @@ SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 NO_WORKER = {"worker": {"poll_seconds": 3600}}  # jobs stay queued: routing is what is tested
 
 
-def _copy(src: Path, dest: Path, **attrs) -> list[Path]:
-    """The series in ``src`` with fresh Study/Series/SOP Instance UIDs and ``attrs`` set."""
-    dest.mkdir(parents=True)
-    study, series = generate_uid(), generate_uid()
-    out = []
-    for f in sorted(src.iterdir()):
-        ds = pydicom.dcmread(f)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        for keyword, value in attrs.items():
-            setattr(ds, keyword, value)
-        ds.save_as(dest / f.name)
-        out.append(dest / f.name)
-    return out
+_copy = peers.copy_series
 
 
 def _send(node: NodeProcess, files) -> None:
@@ -55,11 +41,7 @@ def _wait_complete(node: NodeProcess, series_uid: str, timeout: float) -> Series
 
 
 def _jobs(node: NodeProcess) -> list[Job]:
-    sessions = open_index(f"sqlite:///{node.workdir / 'var' / 'index.sqlite'}")
-    with sessions() as s:
-        jobs = s.scalars(select(Job).order_by(Job.id)).all()
-        s.expunge_all()
-        return jobs
+    return node.rows(Job)
 
 
 @pytest.fixture

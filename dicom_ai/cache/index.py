@@ -74,36 +74,30 @@ def _get_or_create_series(session: Session, meta: InstanceMeta, calling_ae: str)
 
 
 # Built once: the per-instance path runs these on every C-STORE, and building statements costs
-# more than running them.
-_FACTS = {
-    name: bindparam(name)
-    for name in ("association", "image_type", "orientation", "slice_position", "slice_thickness")
+# more than running them. The instance row's columns, bound to index_instance's parameters:
+_INSTANCE_VALUES = {
+    column: bindparam(param)
+    for column, param in {
+        "series_fk": "series_id",
+        "sop_class_uid": "sop_class_uid",
+        "instance_number": "instance_number",
+        "transfer_syntax_uid": "transfer_syntax_uid",
+        "path": "path",
+        "size": "size",
+        "received_at": "now",
+        "association": "association",
+        "image_type": "image_type",
+        "orientation": "orientation",
+        "slice_position": "slice_position",
+        "slice_thickness": "slice_thickness",
+    }.items()
 }
 _SERIES_ID = select(Series.id).where(Series.series_instance_uid == bindparam("series_uid"))
 _UPDATE_INSTANCE = (
-    update(Instance)
-    .where(Instance.sop_instance_uid == bindparam("uid"))
-    .values(
-        series_fk=bindparam("series_id"),
-        sop_class_uid=bindparam("sop_class_uid"),
-        instance_number=bindparam("instance_number"),
-        transfer_syntax_uid=bindparam("transfer_syntax_uid"),
-        path=bindparam("path"),
-        size=bindparam("size"),
-        received_at=bindparam("now"),
-        **_FACTS,
-    )
+    update(Instance).where(Instance.sop_instance_uid == bindparam("uid")).values(**_INSTANCE_VALUES)
 )
 _INSERT_INSTANCE = Instance.__table__.insert().values(
-    sop_instance_uid=bindparam("uid"),
-    series_fk=bindparam("series_id"),
-    sop_class_uid=bindparam("sop_class_uid"),
-    instance_number=bindparam("instance_number"),
-    transfer_syntax_uid=bindparam("transfer_syntax_uid"),
-    path=bindparam("path"),
-    size=bindparam("size"),
-    received_at=bindparam("now"),
-    **_FACTS,
+    sop_instance_uid=bindparam("uid"), **_INSTANCE_VALUES
 )
 _REOPEN_SERIES = (
     update(Series)

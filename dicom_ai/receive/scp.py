@@ -235,8 +235,8 @@ class StorageSCP:
         self.ae.maximum_associations = 32
         self.ae.require_called_aet = settings.node.require_called_ae_title
         self.ae.add_supported_context(Verification)
-        for uid in image_storage_sop_classes():
-            self.ae.add_supported_context(uid, ACCEPTED_TRANSFER_SYNTAXES)
+        for sop_class in image_storage_sop_classes():
+            self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
         self.server: Any = None
         # per open association: its id (kept on each instance row) and the series it brought
         self._associations: WeakKeyDictionary[Any, tuple[str, set[str]]] = WeakKeyDictionary()

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import select
 
 import peers
-from dicom_ai.cache.db import Delivery, open_index
+from dicom_ai.cache.db import Delivery
 from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -45,11 +44,7 @@ def _wait(predicate, timeout: float, what: str, node: NodeProcess):
 
 
 def _deliveries(node: NodeProcess) -> list[Delivery]:
-    sessions = open_index(f"sqlite:///{node.workdir / 'var' / 'index.sqlite'}")
-    with sessions() as s:
-        rows = s.scalars(select(Delivery).order_by(Delivery.id)).all()
-        s.expunge_all()
-        return rows
+    return node.rows(Delivery)
 
 
 def _send(node, folder):

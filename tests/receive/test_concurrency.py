@@ -9,9 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 import peers
 from dicom_ai.cache.db import Instance, Series, open_index
@@ -23,18 +21,9 @@ N_ASSOC = 16
 
 def _copies(src: Path, dest: Path, n: int) -> list[Path]:
     """``n`` copies of a real series, each with its own Study, Series and SOP Instance UIDs."""
-    files = sorted(src.iterdir())
-    folders = []
-    for k in range(n):
-        folder = dest / f"series{k:02d}"
-        folder.mkdir(parents=True)
-        study, series = generate_uid(), generate_uid()
-        for f in files:
-            ds = pydicom.dcmread(f)
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            ds.save_as(folder / f.name)
-        folders.append(folder)
+    folders = [dest / f"series{k:02d}" for k in range(n)]
+    for folder in folders:
+        peers.copy_series(src, folder)
     return folders
 
 

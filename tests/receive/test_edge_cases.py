@@ -15,7 +15,6 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification
 
 import peers
 from dicom_ai.cache.db import Instance

@@ -13,7 +13,6 @@ from dicom_ai.train.data import (
     LUNG_SERIES,
     classical_reference,
     default_data_root,
-    hu_on_model_grid,
     series_files,
 )
 from dicom_ai.train.labels import LEFT, RIGHT, classical_lung_labels, sample_label_map
