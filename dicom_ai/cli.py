@@ -23,6 +23,8 @@ models_app = typer.Typer(help="Models: train, evaluate, list.", no_args_is_help=
 rules_app = typer.Typer(help="Routing rules: which model runs on which series.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="The outbox: results on their way to destinations.", no_args_is_help=True)
 destinations_app = typer.Typer(help="Where results go.", no_args_is_help=True)
+users_app = typer.Typer(help="People who may log in to the web pages.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(destinations_app, name="destinations")
@@ -280,6 +282,26 @@ def destinations_check(
     except (ConnectionError, OSError) as exc:
         err.print(f"[red]failed[/red] {name}: {escape(str(exc))}")
         raise typer.Exit(1) from None
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="reader (look) or admin (also act).")] = "reader",
+    config: ConfigOpt = None,
+) -> None:
+    """Add a user, or change one's role and password; the password is read from standard input
+    (first line)."""
+    from dicom_ai.web.auth import add_user
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    _, sessions = _index(config)
+    try:
+        add_user(sessions, name, role, password)
+    except ValueError as exc:
+        err.print(f"[red]not added:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    console.print(f"user {escape(name)} ({role}) saved")
 
 
 @rules_app.command("test")

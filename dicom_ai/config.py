@@ -189,6 +189,16 @@ class WorkerSettings(_Section):
     poll_seconds: float = Field(1.0, gt=0)
 
 
+class WebSettings(_Section):
+    """``[web]``: the worklist, REST API and /metrics, served by ``dicom-ai serve``."""
+
+    enabled: bool = True
+    port: int = Field(8080, ge=1, le=65535)
+    bind_address: str = "127.0.0.1"  # loopback unless opened on purpose
+    session_hours: float = Field(12.0, gt=0)  # a login lasts this long
+    refresh_seconds: int = Field(15, ge=0)  # the worklist reloads itself; 0 = never
+
+
 class ModelEntry(_Section):
     """``[[models]]``: a model package to run and when."""
 
@@ -254,6 +264,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     worker: WorkerSettings = WorkerSettings()
+    web: WebSettings = WebSettings()
     models: list[ModelEntry] = []
     rules: list[Rule] = []
     config_path: Path | None = Field(None, exclude=True)

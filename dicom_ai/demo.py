@@ -138,7 +138,7 @@ def _wait_and_report(node, out_dir: Path, console: Console, timeout: float, t_se
                 if job is not None and job.state == "failed":
                     console.print(f"[red]job failed:[/red] {job.reason}")
                     return 1
-                if job is not None and job.state == "done" and states and all(x != "pending" for x in states):
+                if job is not None and job.state == "done" and states and all(x in ("delivered", "failed") for x in states):
                     break
             time.sleep(0.5)
         else:

@@ -45,6 +45,7 @@ class Node:
         self._worker_stop = None
         self.listener = None
         self._deliveries_recovered = False
+        self.web = None
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
 
     def _completion_tick(self) -> None:
@@ -93,6 +94,8 @@ class Node:
         self.scp.start(self.listener)
         for number in range(1, node.receiver_count()):
             self.receivers[number] = start_receiver(self.settings, self.listener, number)
+        if self.settings.web.enabled:
+            self._start_web()
         log.info(
             "node %s ready: %d receiver processes, data in %s, models: %s, destinations: %s",
             self.settings.node.ae_title,
@@ -102,12 +105,27 @@ class Node:
             ", ".join(d.name for d in self.settings.destinations) or "none",
         )
 
+    def _start_web(self) -> None:
+        import uvicorn
+
+        from dicom_ai.web.app import create_app
+
+        web = self.settings.web
+        config = uvicorn.Config(create_app(self.settings, self.sessions), host=web.bind_address,
+                                port=web.port, log_level="warning", access_log=False)  # no PHI in logs
+        self.web = uvicorn.Server(config)
+        self.web.install_signal_handlers = lambda: None  # the node handles SIGINT/SIGTERM
+        threading.Thread(target=self.web.run, name="web", daemon=True).start()
+        log.info("web pages on http://%s:%d/", web.bind_address, web.port)
+
     def stop(self, worker_grace: float = 30.0) -> None:
         """Stop every part; idempotent."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         log.info("stopping")
+        if self.web is not None:
+            self.web.should_exit = True
         self.scp.stop()
         for proc, stop in self.receivers.values():
             stop.set()

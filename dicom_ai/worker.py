@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
@@ -122,6 +123,12 @@ class JobRunner:
         }
         timings["report"] = time.perf_counter() - t
         t = time.perf_counter()
+        # for the web viewer: the label mask (slices, rows, columns) and each slice's file
+        slices = [str(Path(p).relative_to(self.store.root)) for p in volume.paths]
+        buf = io.BytesIO()
+        np.savez_compressed(buf, mask=mask.astype(np.uint8), paths=np.array(slices),
+                            labels=np.array([[lb.value, *lb.color] for lb in manifest.labels]))
+        self.store.write(f"results/{job_id}/mask.npz", buf.getbuffer())
         try:
             write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
         except Exception as exc:  # noqa: BLE001 - a preview is a convenience

@@ -49,6 +49,7 @@ class NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = peers.free_port()
         self.ae_title = "DICOM_AI"
+        self.web_port = peers.free_port()
         config: dict[str, Any] = {
             "node": {"ae_title": self.ae_title, "port": self.port, "bind_address": "127.0.0.1",
                      "data_dir": str(self.workdir / "var")},
@@ -56,6 +57,7 @@ class NodeProcess:
             "completion": {"stable_seconds": stable_seconds, "check_interval_seconds": 0.5},
             "delivery": {"retry_initial_seconds": 1, "retry_max_seconds": 2},
             "worker": {"poll_seconds": 0.5},
+            "web": {"port": self.web_port, "refresh_seconds": 0},
         }
         if destinations:
             config["destinations"] = destinations
@@ -68,11 +70,11 @@ class NodeProcess:
         self.log_path = self.workdir / "node.log"
         self.proc: subprocess.Popen | None = None
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``dicom-ai ARGS --config <this node's config>``."""
+    def cli(self, *args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``dicom-ai ARGS --config <this node's config>`` (``input`` on its standard input)."""
         return subprocess.run(
             [sys.executable, "-m", "dicom_ai.cli", *args, "--config", str(self.config_path)],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True, text=True, timeout=timeout, check=False, input=input,
         )
 
     def start(self, timeout: float = 60.0, ready=None) -> NodeProcess:

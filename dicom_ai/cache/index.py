@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_ai.cache.db import Instance, Patient, Series, Study, utcnow
+from dicom_ai.cache.db import Counter, Instance, Patient, Series, Study, utcnow
 
 _write_lock = threading.Lock()  # one writer per process: SQLite serialises writers anyway
 
@@ -162,7 +163,27 @@ def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dic
             conn.execute(_INSERT_INSTANCE, params)
             conn.execute(_REOPEN_SERIES, params)  # a late instance re-opens its series
         conn.execute(_TOUCH_SERIES, params)
+        _count(conn, "instances_received")
     return new
+
+
+_COUNT = update(Counter).where(Counter.name == bindparam("counter")).values(value=Counter.value + 1)
+
+
+def _count(conn: Any, name: str) -> None:
+    if conn.execute(_COUNT, {"counter": name}).rowcount == 0:
+        conn.execute(Counter.__table__.insert().values(name=name, value=1))
+
+
+def count(sessions: sessionmaker, name: str) -> None:
+    """Add one to the counter ``name`` (shared by every process through the index)."""
+    engine = sessions.kw["bind"]
+    try:
+        with _write_lock, engine.begin() as conn:
+            _count(conn, name)
+    except IntegrityError:  # created by another process meanwhile
+        with _write_lock, engine.begin() as conn:
+            _count(conn, name)
 
 
 def mark_released(sessions: sessionmaker, association: str, series_uids: list[str]) -> None:

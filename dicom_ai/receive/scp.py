@@ -31,7 +31,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy.orm import sessionmaker
 
-from dicom_ai.cache.index import InstanceMeta, index_instance, mark_released
+from dicom_ai.cache.index import InstanceMeta, count, index_instance, mark_released
 from dicom_ai.cache.store import FileStore, InvalidUID, check_uid
 from dicom_ai.config import Settings
 from dicom_ai.schedule.facts import instance_facts
@@ -257,8 +257,10 @@ class StorageSCP:
         else:
             self._associations[assoc] = (f"{os.getpid()}-{next(self._ids)}", set())
             log.info("association from %s at %s accepted", calling, address)
+            self._count("associations_accepted")
             return
         log.warning("association refused: %s", why)
+        self._count("associations_refused")
         assoc.acse.send_reject(0x01, 0x01, reason)
         assoc.is_rejected = True
         assoc.kill()
@@ -308,8 +310,15 @@ class StorageSCP:
         series_seen.add(meta.series_uid)
         return STATUS_SUCCESS
 
+    def _count(self, name: str) -> None:
+        try:
+            count(self.sessions, name)
+        except Exception:  # noqa: BLE001 - a metric must never refuse an association
+            log.exception("counter %s not updated", name)
+
     def _on_released(self, event: evt.Event) -> None:
         """A-RELEASE: the series this association brought may now be whole (issue 4)."""
+        self._count("associations_ended")
         association_id, series_seen = self._associations.pop(event.assoc, ("", set()))
         if series_seen:
             try:
@@ -318,7 +327,8 @@ class StorageSCP:
                 log.exception("could not record the release of association %s", association_id)
 
     def _on_aborted(self, event: evt.Event) -> None:
-        self._associations.pop(event.assoc, None)  # an abort says nothing about completeness
+        if self._associations.pop(event.assoc, None) is not None:  # an accepted one
+            self._count("associations_ended")  # (an abort says nothing about completeness)
 
     def _meta(
         self, ds: pydicom.Dataset, rq: Any, transfer_syntax: str, association: str = ""

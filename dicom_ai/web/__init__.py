@@ -1,0 +1,1 @@
+"""The node's web pages (radiologist worklist, study viewer, admin), REST API and /metrics."""
