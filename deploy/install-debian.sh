@@ -15,7 +15,7 @@ PY="${PYTHON:-python3}"
 apt_pkgs=(dcmtk orthanc)
 extra="."
 if [ "${1:-}" = "--test" ]; then
-  apt_pkgs+=(dicom3tools openssl orthanc-dicomweb)
+  apt_pkgs+=(dicom3tools openssl orthanc-dicomweb chromium chromium-driver)
   extra=".[test]"
 fi
 if ! "$PY" -m venv --help >/dev/null 2>&1; then apt_pkgs+=(python3-venv); fi
