@@ -145,6 +145,18 @@ def _require(path: str | None, name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def wait_for(check: Any, timeout: float, what: str, log: Any = None, interval: float = 0.5) -> Any:
+    """Call ``check()`` until it returns something true and return that; AssertionError naming
+    ``what`` (and ``log()``, if given) after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"{what} not seen after {timeout} s" + (f"; log:\n{log()}" if log else ""))
+
+
 def copy_series(src: Path, dest: Path, **attrs: Any) -> list[Path]:
     """The files of the series in ``src``, written to ``dest`` with fresh Study, Series and SOP
     Instance UIDs and the data element keywords in ``attrs`` set."""

@@ -200,11 +200,7 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
     @app.get("/api/jobs", tags=["jobs"])
     def api_jobs(state: str = "", limit: int = 100, _who: dict = Depends(reader)) -> list[dict[str, Any]]:
         """Jobs, newest first."""
-        with sessions() as s:
-            stmt = select(Job).order_by(Job.id.desc()).limit(limit)
-            if state:
-                stmt = stmt.where(Job.state == state)
-            return [data.job_dict(j) for j in s.scalars(stmt)]
+        return _latest(Job, state, limit, data.job_dict)
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"])
     def api_job(job_id: int, _who: dict = Depends(reader)) -> dict[str, Any]:
@@ -236,11 +232,7 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
     @app.get("/api/deliveries", tags=["deliveries"])
     def api_deliveries(state: str = "", limit: int = 100, _who: dict = Depends(reader)) -> list[dict[str, Any]]:
         """Deliveries, newest first; ``state=failed`` lists the dead letters."""
-        with sessions() as s:
-            stmt = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
-            if state:
-                stmt = stmt.where(Delivery.state == state)
-            return [data.delivery_dict(d) for d in s.scalars(stmt)]
+        return _latest(Delivery, state, limit, data.delivery_dict)
 
     @app.post("/api/deliveries/{delivery_id}/resend", tags=["deliveries"])
     def api_resend(delivery_id: int, _who: dict = Depends(admin)) -> dict[str, Any]:
@@ -296,6 +288,13 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
         except (IndexError, KeyError):
             raise HTTPException(404, "no such slice or preset") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    def _latest(model: Any, state: str, limit: int, to_dict: Any) -> list[dict[str, Any]]:
+        with sessions() as s:
+            stmt = select(model).order_by(model.id.desc()).limit(limit)
+            if state:
+                stmt = stmt.where(model.state == state)
+            return [to_dict(row) for row in s.scalars(stmt)]
 
     def _mask(job_id: int) -> dict:
         try:

@@ -34,13 +34,7 @@ def _results(pacs: peers.Orthanc, study_uid: str) -> list[dict]:
 
 
 def _wait(predicate, timeout: float, what: str, node: NodeProcess):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(1)
-    raise AssertionError(f"{what} not seen after {timeout} s; node log:\n{node.log_tail()}")
+    return peers.wait_for(predicate, timeout, what, node.log_tail, interval=1)
 
 
 def _deliveries(node: NodeProcess) -> list[Delivery]:

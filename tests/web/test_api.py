@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import sys
 
 import numpy as np
-import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image

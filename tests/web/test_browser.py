@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -54,13 +53,7 @@ def _shot(driver, tmp_path: Path, name: str) -> None:
 
 
 def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"{what} not seen in {timeout} s")
+    return peers.wait_for(check, timeout, what, interval=0.3)
 
 
 def test_radiologist_sees_the_result_in_the_browser(tmp_path, dcmtk, lidc_series, browser):
