@@ -97,3 +97,8 @@ def test_radiologist_sees_the_result_in_the_browser(tmp_path, dcmtk, lidc_series
         browser.find_element(By.CSS_SELECTOR, ".viewer .overlay").click()  # overlay off
         _wait(lambda: "overlay=false" in image.get_attribute("src") and loaded(), 20, "slice without overlay")
         assert browser.execute_script(COLOURED, image) == 0
+        browser.get(base + "/?q=LIDC-IDRI-0314")  # a search by patient ID
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#worklist tbody tr[data-study]")) == 1
+        log = node.log_path.read_text()
+    # no PHI in the node's log at INFO: neither the Patient ID nor the search for it
+    assert "LIDC-IDRI-0314" not in log and "INFO" in log
