@@ -79,7 +79,7 @@ class LowLatencyDUL(DULServiceProvider):
     slice pays that sleep several times, which halves the rate of one association (measured:
     320 vs 570 instances/s with a handler that does nothing). This subclass polls every 0.1 ms
     for ``BUSY_WINDOW`` s after the last PDU arrived, and at pynetdicom's 1 ms otherwise, so an
-    idle association costs no more CPU than before (4 % of a core).
+    idle association costs no more CPU than with pynetdicom's default.
     """
 
     BUSY_WINDOW = 0.05  # s after the last PDU during which the fast poll is used
