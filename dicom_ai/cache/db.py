@@ -214,33 +214,55 @@ class Counter(Base):
 
 
 class IndexSchemaError(RuntimeError):
-    """The index was created by another version of dicom-ai and lacks columns this one needs."""
+    """The index cannot be migrated to this version of dicom-ai's schema."""
 
 
-def _check_schema(engine: Engine) -> None:
-    insp = inspect(engine)
-    for table in Base.metadata.sorted_tables:
-        if not insp.has_table(table.name):
-            continue
-        have = {c["name"] for c in insp.get_columns(table.name)}
-        missing = [c.name for c in table.columns if c.name not in have]
-        if missing:
-            raise IndexSchemaError(
-                f"the index at {engine.url!r} was made by another dicom-ai version: table "
-                f"{table.name} lacks {', '.join(missing)}; there is no migration for it yet. Move the index "
-                "and data_dir aside and start with empty ones."
-            )
+MIGRATIONS = Path(__file__).parent / "migrations"
+BASELINE = "0001"  # the schema as it was when migrations started
 
 
-def open_index(url: str) -> sessionmaker:
-    """Open (and create if missing) the index; returns a session factory.
+def _alembic(connection: Any) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the index schema to this version of dicom-ai (Alembic ``upgrade head``).
+
+    An index made before migrations existed (it has tables but no ``alembic_version``) is
+    taken to be at the baseline and upgraded from there.
 
     Raises
     ------
     IndexSchemaError
-        If an existing index lacks columns this version uses.
+        If the upgrade fails (an index from an unknown version).
+    """
+    from alembic import command
+
+    try:
+        with engine.begin() as conn:
+            insp = inspect(conn)
+            if insp.has_table("series") and not insp.has_table("alembic_version"):
+                command.stamp(_alembic(conn), BASELINE)
+            command.upgrade(_alembic(conn), "head")
+    except Exception as exc:  # noqa: BLE001 - whatever the database says, say where it came from
+        raise IndexSchemaError(
+            f"the index at {engine.url!r} cannot be brought to this version's schema: {exc}"
+        ) from exc
+
+
+def open_index(url: str) -> sessionmaker:
+    """Open the index, creating or migrating its schema; returns a session factory.
+
+    Raises
+    ------
+    IndexSchemaError
+        If an existing index cannot be brought to this version's schema.
     """
     engine = make_engine(url)
-    _check_schema(engine)
-    Base.metadata.create_all(engine)
+    migrate(engine)
     return sessionmaker(engine, expire_on_commit=False)

@@ -122,7 +122,8 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
             return TEMPLATES.TemplateResponse(request, "login.html", {"next": next, "user": None,
                                               "error": "wrong name or password"}, status_code=401)
         request.session["user"] = {"name": found[0], "role": found[1]}
-        return RedirectResponse(next if next.startswith("/") else "/", status_code=303)
+        local = next.startswith("/") and not next.startswith("//") and "\\" not in next
+        return RedirectResponse(next if local else "/", status_code=303)  # never off-site
 
     @app.post("/logout", include_in_schema=False)
     def logout(request: Request):

@@ -96,6 +96,10 @@ def test_nothing_but_metrics_and_health_without_login(web):
     assert client.get("/api/studies", auth=("rad", "wrong")).status_code == 401
     bad = client.post("/login", data={"username": "rad", "password": "nope"})
     assert bad.status_code == 401 and "wrong name or password" in bad.text
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        r = client.post("/login", data={"username": "rad", "password": "read-pass", "next": target},
+                        follow_redirects=False)
+        assert r.headers["location"] == "/", target  # no open redirect after login
 
 
 def test_reader_sees_everything_and_may_not_act(web):
