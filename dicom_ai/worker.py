@@ -16,6 +16,8 @@ import os
 import resource
 import time
 from pathlib import Path
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,22 +49,71 @@ def claim_next_job(sessions: sessionmaker) -> int | None:
         return job_id if claimed else None
 
 
+def model_bytes(model: Any) -> int:
+    """Bytes of a loaded model's parameters and buffers (on whichever device they are)."""
+    network = model.network
+    tensors = list(network.parameters()) + list(network.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class WarmModels:
+    """Loaded models kept between jobs within ``budget_mb`` of weights (CPU or GPU memory);
+    when a new one would not fit, the least recently used leave first. The model being asked
+    for is always kept, even alone over budget."""
+
+    def __init__(self, budget_mb: float, loader: Callable[[str], Any]) -> None:
+        self.budget = budget_mb * 1024 * 1024
+        self.loader = loader
+        self._models: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+
+    def get(self, path: str) -> Any:
+        """The model of package ``path``, loaded now or kept from an earlier job."""
+        if path in self._models:
+            self._models.move_to_end(path)
+            return self._models[path][0]
+        model = self.loader(path)
+        size = model_bytes(model)
+        while self._models and self.used + size > self.budget:
+            old, (_, old_size) = self._models.popitem(last=False)
+            log.info("model %s leaves memory (%.1f MB; budget %.0f MB)", old, old_size / 2**20,
+                     self.budget / 2**20)
+            _free_gpu_cache()
+        self._models[path] = (model, size)
+        return model
+
+    @property
+    def used(self) -> int:
+        """Bytes of weights kept now."""
+        return sum(size for _, size in self._models.values())
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._models
+
+
+def _free_gpu_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class JobRunner:
-    """Runs jobs; keeps loaded models in memory between jobs."""
+    """Runs jobs; keeps loaded models in memory between jobs (:class:`WarmModels`)."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker, store: FileStore) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
-        self._models: dict[str, Any] = {}
+        self._models = WarmModels(settings.worker.model_memory_mb, self._load)
 
-    def model(self, path: str):
+    def _load(self, path: str) -> Any:
         from dicom_ai.infer.runtime import SegmentationModel
 
-        if path not in self._models:
-            device = None if self.settings.worker.device == "auto" else self.settings.worker.device
-            self._models[path] = SegmentationModel.load(Path(path), device=device)
-        return self._models[path]
+        device = None if self.settings.worker.device == "auto" else self.settings.worker.device
+        return SegmentationModel.load(Path(path), device=device)
+
+    def model(self, path: str):
+        return self._models.get(path)
 
     def run(self, job_id: int) -> None:
         """Run one claimed job to ``done`` or ``failed``; never raises."""

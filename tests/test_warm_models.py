@@ -1,0 +1,47 @@
+"""Issue 7 (warm models): loaded models stay between jobs within a memory budget, LRU first out."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+
+from dicom_ai.worker import WarmModels, model_bytes
+
+
+def _fake(kib: int) -> SimpleNamespace:
+    """A stand-in model with ``kib`` KiB of float32 weights."""
+    return SimpleNamespace(network=torch.nn.Linear(kib * 256, 1, bias=False))
+
+
+def test_models_stay_loaded_until_the_budget_needs_room(caplog):
+    caplog.set_level(logging.INFO, logger="dicom_ai")
+    loads: list[str] = []
+    sizes = {"a": 400, "b": 400, "c": 400, "huge": 3072}  # KiB
+
+    def loader(path):
+        loads.append(path)
+        return _fake(sizes[path])
+
+    warm = WarmModels(1.0, loader)  # 1 MB of weights
+    assert model_bytes(warm.get("a")) == 400 * 1024
+    warm.get("b")
+    warm.get("a")  # kept: no load, and now the most recently used
+    assert loads == ["a", "b"]
+    warm.get("c")  # 1200 KiB would not fit: b, the least recently used, leaves
+    assert "b" not in warm and "a" in warm and "c" in warm
+    assert "model b leaves memory" in caplog.text
+    warm.get("b")
+    assert loads == ["a", "b", "c", "b"]
+    warm.get("huge")  # over budget alone: everything else leaves, it stays
+    assert [p for p in ("a", "b", "c", "huge") if p in warm] == ["huge"]
+    assert warm.used == 3072 * 1024
+
+
+def test_the_shipped_model_fits_the_default_budget():
+    from dicom_ai.config import default_model_path, load_settings
+    from dicom_ai.infer.runtime import SegmentationModel
+
+    model = SegmentationModel.load(default_model_path(), device="cpu")
+    assert 0 < model_bytes(model) < load_settings(None).worker.model_memory_mb * 2**20
