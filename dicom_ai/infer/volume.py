@@ -20,6 +20,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from dicom_ai.schedule.facts import image_type_text, is_localizer
+
 logger = logging.getLogger(__name__)
 
 #: Tolerance on direction cosines (Image Orientation (Patient)) when comparing slices.
@@ -128,14 +130,6 @@ def _sop_class(ds: pydicom.Dataset) -> str:
     return uid
 
 
-def _is_localizer(ds: pydicom.Dataset) -> bool:
-    image_type = ds.get("ImageType", None)
-    if image_type is None:
-        return False
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
-
-
 def _floats(ds: pydicom.Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
     value = ds.get(keyword, None)
     try:
@@ -151,7 +145,8 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     """Read the headers (no pixel data) of the image slices among ``paths``.
 
     Files that are not DICOM, non-image objects (SEG, SR, RT, presentation states, ...), and
-    localizers (Image Type contains ``LOCALIZER``) are left out and logged. Images whose Image
+    localizers (Image Type LOCALIZER, SCOUT or SCANOGRAM: the routing's own test,
+    :func:`dicom_ai.schedule.facts.is_localizer`) are left out and logged. Images whose Image
     Type is ``DERIVED`` are kept: reformatted or re-exported CT series (e.g. the CRLM-CT-1006
     series, ``DERIVED\SECONDARY\PROCESSED``) are what some sites send.
 
@@ -185,7 +180,7 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
         if "Rows" not in ds or "Columns" not in ds:
             logger.info("%s: no image (no Rows/Columns), left out", path.name)
             continue
-        if _is_localizer(ds):
+        if is_localizer(image_type_text(ds)):
             logger.info("%s: localizer, left out", path.name)
             continue
         frames = int(ds.get("NumberOfFrames", 1) or 1)

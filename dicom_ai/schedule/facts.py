@@ -64,18 +64,23 @@ def geometry(iop: Any, ipp: Any) -> tuple[str, float | None]:
     return label, (sum(a * b for a, b in zip(n, position)) if position else None)
 
 
+def image_type_text(ds: Any) -> str:
+    """Image Type (0008,0008) of a data set, values ``\\``-joined and upper case ("" if absent
+    or malformed; at most 64 characters, as the index keeps it)."""
+    image_type = ds.get("ImageType")
+    if isinstance(image_type, str):
+        image_type = [image_type]
+    try:
+        return "\\".join(str(v).strip() for v in (image_type or [])).upper()[:64]
+    except TypeError:
+        return ""
+
+
 def instance_facts(ds: Any) -> dict[str, Any]:
     """The per-instance facts of a pydicom data set (missing or malformed attributes give
     empty values, never an error): ``image_type``, ``orientation``, ``slice_position`` (mm),
     ``slice_thickness`` (mm) and ``expected_instances`` (Number of Series Related Instances
     (0020,1209), else Images in Acquisition (0020,1002))."""
-    image_type = ds.get("ImageType")
-    if isinstance(image_type, str):
-        image_type = [image_type]
-    try:
-        image_type_text = "\\".join(str(v) for v in (image_type or [])).upper()[:64]
-    except TypeError:
-        image_type_text = ""
     orientation, position = geometry(ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"))
     try:
         thickness = float(ds.get("SliceThickness")) if ds.get("SliceThickness") not in (None, "") else None
@@ -85,7 +90,7 @@ def instance_facts(ds: Any) -> dict[str, Any]:
     if expected is None:
         expected = _int_or_none(ds.get("ImagesInAcquisition"))
     return {
-        "image_type": image_type_text,
+        "image_type": image_type_text(ds),
         "orientation": orientation,
         "slice_position": position,
         "slice_thickness": thickness if thickness is None or math.isfinite(thickness) else None,
@@ -95,7 +100,7 @@ def instance_facts(ds: Any) -> dict[str, Any]:
 
 def is_localizer(image_type: str) -> bool:
     """True when an Image Type value (``\\``-joined) marks a localizer."""
-    return any(v in LOCALIZER_TYPES for v in image_type.upper().split("\\"))
+    return any(v.strip() in LOCALIZER_TYPES for v in image_type.upper().split("\\"))
 
 
 @dataclass(frozen=True)
