@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Counter, Instance, Patient, Series, Study, utcnow
 
+T = TypeVar("T")
 _write_lock = threading.Lock()  # one writer per process: SQLite serialises writers anyway
 
 
@@ -143,12 +145,17 @@ def index_instance(
         "expected": meta.expected_instances,
     }
     engine = sessions.kw["bind"]
+    return _twice(lambda: _index_once(engine, meta, calling_ae, params))
+
+
+def _twice(write: Callable[[], T]) -> T:
+    """Run a write transaction, and once more if another receiver process inserted the same
+    patient, study, series, instance or counter between our look-up and our insert (the second
+    pass finds its rows)."""
     try:
-        return _index_once(engine, meta, calling_ae, params)
+        return write()
     except IntegrityError:
-        # another receiver process created the same patient, study, series or instance between
-        # our look-up and our insert; a second pass finds its rows
-        return _index_once(engine, meta, calling_ae, params)
+        return write()
 
 
 def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dict) -> bool:
@@ -178,12 +185,12 @@ def _count(conn: Any, name: str) -> None:
 def count(sessions: sessionmaker, name: str) -> None:
     """Add one to the counter ``name`` (shared by every process through the index)."""
     engine = sessions.kw["bind"]
-    try:
+
+    def write() -> None:
         with _write_lock, engine.begin() as conn:
             _count(conn, name)
-    except IntegrityError:  # created by another process meanwhile
-        with _write_lock, engine.begin() as conn:
-            _count(conn, name)
+
+    _twice(write)
 
 
 def mark_released(sessions: sessionmaker, association: str, series_uids: list[str]) -> None:
