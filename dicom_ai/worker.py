@@ -50,7 +50,10 @@ def claim_next_job(sessions: sessionmaker) -> int | None:
 
 
 def model_bytes(model: Any) -> int:
-    """Bytes of a loaded model's parameters and buffers (on whichever device they are)."""
+    """Bytes of a loaded model's weights (on whichever device they are): its ``nbytes``, or
+    the parameters and buffers of its ``network``."""
+    if hasattr(model, "nbytes"):
+        return int(model.nbytes)
     network = model.network
     tensors = list(network.parameters()) + list(network.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -107,10 +110,10 @@ class JobRunner:
         self._models = WarmModels(settings.worker.model_memory_mb, self._load)
 
     def _load(self, path: str) -> Any:
-        from dicom_ai.infer.runtime import SegmentationModel
+        from dicom_ai.infer.runtime import load_model
 
         device = None if self.settings.worker.device == "auto" else self.settings.worker.device
-        return SegmentationModel.load(Path(path), device=device)
+        return load_model(Path(path), device=device)
 
     def model(self, path: str):
         return self._models.get(path)

@@ -168,13 +168,21 @@ def apply_window(t: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
     return (t.clamp(low, high) - low) / (high - low)
 
 
+def apply_zscore(t: torch.Tensor) -> torch.Tensor:
+    """Subtract the mean and divide by the standard deviation of the whole tensor (a constant
+    tensor becomes zeros)."""
+    std = t.std()
+    return (t - t.mean()) / (std if float(std) > 0 else 1.0)
+
+
 def preprocess_volume(
     volume: Volume,
     spacing: tuple[float, float, float],
-    window: tuple[float, float],
+    window: tuple[float, float] | None,
     device: torch.device | str = "cpu",
+    normalization: str = "window",
 ) -> tuple[torch.Tensor, CanonicalTransform]:
-    """Volume to the model input: canonical orientation, model spacing, window scaled to [0, 1].
+    """Volume to the model input: canonical orientation, model spacing, normalised intensities.
 
     Parameters
     ----------
@@ -183,14 +191,22 @@ def preprocess_volume(
     spacing:
         Model spacing in mm, canonical (z, y, x) order.
     window:
-        (low, high) in HU.
+        (low, high) in HU, for ``normalization = "window"``.
     device:
         Torch device for the work.
+    normalization:
+        ``"window"`` (clip to ``window``, scale to [0, 1]) or ``"zscore"`` (mean 0, SD 1 over
+        the resampled volume).
 
     Returns
     -------
     image:
-        float32 tensor (1, 1, z, y, x) on ``device``, values in [0, 1].
+        float32 tensor (1, 1, z, y, x) on ``device``.
+
+    Raises
+    ------
+    ValueError
+        If ``normalization`` is unknown, or is ``"window"`` without a window.
     transform:
         The canonical transform, needed to map results back.
     """
@@ -199,7 +215,12 @@ def preprocess_volume(
     t = to_canonical(t, tf)
     size = resampled_shape(tf.shape, tf.spacing, spacing)
     t = resample(t[None, None], size, mode="trilinear")
-    t = apply_window(t, window)
+    if normalization == "window" and window is not None:
+        t = apply_window(t, window)
+    elif normalization == "zscore":
+        t = apply_zscore(t)
+    else:
+        raise ValueError(f"normalization {normalization!r} (window {window}) is not supported")
     return t.contiguous(), tf
 
 

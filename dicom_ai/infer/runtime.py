@@ -1,4 +1,8 @@
-"""Segmentation model runtime: load a model package, run it on a :class:`Volume`.
+"""Model runtime: load a model package (any runtime), run it on a :class:`Volume`.
+
+:func:`load_model` reads the manifest, checks the weights' SHA-256 and loads them with the
+package's runtime (:class:`Predictor`: MONAI network + state dict, TorchScript, or ONNX through
+onnxruntime); it returns a :class:`SegmentationModel` or a :class:`ClassificationModel`.
 
 Pipeline of :meth:`SegmentationModel.predict` (all torch, on the model's device):
 
@@ -16,6 +20,10 @@ Pipeline of :meth:`SegmentationModel.predict` (all torch, on the model's device)
    nearest-neighbour upsampling of labels), the reorientation is undone, and for each label
    only the largest 3D connected component is kept. The mask is uint8 with the manifest's
    label values.
+
+:meth:`ClassificationModel.predict` preprocesses the same way, resizes the volume (or each axial
+slice) to ``manifest.patch_size``, and returns the softmax class probabilities (averaged over
+slices for ``input = "slices"``).
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ import torch
 from scipy import ndimage as ndi
 
 from dicom_ai.infer.network import build_network
-from dicom_ai.infer.preprocess import from_canonical, preprocess_volume, upsample_argmax
+from dicom_ai.infer.preprocess import from_canonical, preprocess_volume, resample, upsample_argmax
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import ModelManifest, load_manifest, sha256_of
+from dicom_ai.models.manifest import ClassLabel, ModelManifest, load_manifest, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,29 +85,130 @@ def keep_largest_component(mask: np.ndarray, labels: list[int]) -> np.ndarray:
     return mask
 
 
-class SegmentationModel:
-    """A loaded segmentation model package.
+class Predictor:
+    """The network of a package behind one call: ``predictor(x)`` takes a float32 tensor
+    (batch, channels, spatial...) on the model's device and returns the network's raw output
+    (logits) there, whatever the runtime.
 
-    Use :meth:`load`; then :meth:`predict` for each volume.
+    Attributes
+    ----------
+    module:
+        The torch module (runtimes ``monai`` and ``torchscript``), else None.
+    nbytes:
+        Memory the weights take (parameters and buffers; the ONNX file's size for ``onnx``).
+    """
+
+    def __init__(self, fn, nbytes: int, module: torch.nn.Module | None = None) -> None:
+        self._fn = fn
+        self.nbytes = nbytes
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x)
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_predictor(package_dir: Path, manifest: ModelManifest, device: torch.device) -> Predictor:
+    """Load the weights of a package with its runtime, on ``device``.
+
+    Raises
+    ------
+    ModelPackageError
+        If the weights cannot be loaded by the runtime, or do not fit the network.
+    """
+    weights = Path(package_dir) / manifest.weights
+    if manifest.runtime == "monai":
+        try:
+            network = build_network(manifest.network)
+        except (ValueError, TypeError) as exc:
+            raise ModelPackageError(f"model package {package_dir}: network: {exc}") from exc
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickle / zip errors of a bad file
+            raise ModelPackageError(f"model package {package_dir}: {manifest.weights} is not a state dict: {exc}") from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            network.load_state_dict({k: v.float() for k, v in state.items()})
+        except (RuntimeError, AttributeError) as exc:
+            raise ModelPackageError(f"model package {package_dir}: weights do not fit the network: {exc}") from exc
+        network.to(device).eval()
+        return Predictor(network, _module_bytes(network), network)
+    if manifest.runtime == "torchscript":
+        try:
+            module = torch.jit.load(str(weights), map_location=device)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError variants
+            raise ModelPackageError(f"model package {package_dir}: {manifest.weights} is not TorchScript: {exc}") from exc
+        module.eval()
+        return Predictor(module, _module_bytes(module), module)
+    return _onnx_predictor(package_dir, weights, device)
+
+
+def _onnx_predictor(package_dir: Path, weights: Path, device: torch.device) -> Predictor:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+    try:
+        session = ort.InferenceSession(str(weights), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelPackageError(f"model package {package_dir}: {weights.name} is not a usable ONNX model: {exc}") from exc
+    input_name = session.get_inputs()[0].name
+    if device.type == "cuda" and providers[0] != "CUDAExecutionProvider":
+        logger.warning("onnxruntime has no CUDA provider here; %s runs on the CPU", weights.name)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {input_name: x.detach().to("cpu", torch.float32).numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    return Predictor(run, weights.stat().st_size)
+
+
+class LoadedModel:
+    """A loaded model package: use :func:`load_model` (or the subclass's :meth:`load`).
 
     Attributes
     ----------
     manifest:
         The package's manifest.
-    network:
-        The torch module in eval mode on :attr:`device`.
+    predictor:
+        The network, whatever its runtime (:class:`Predictor`).
     device:
-        Where preprocessing, inference and upsampling run.
+        Where preprocessing, inference and postprocessing run.
+    load_seconds:
+        Time :meth:`load` took (checksum, weights, device transfer), s.
     """
 
-    def __init__(self, manifest: ModelManifest, network: torch.nn.Module, device: torch.device):
+    task = ""
+
+    def __init__(self, manifest: ModelManifest, predictor: Predictor, device: torch.device,
+                 load_seconds: float = 0.0):
         self.manifest = manifest
-        self.network = network
+        self.predictor = predictor
         self.device = device
+        self.load_seconds = load_seconds
+
+    @property
+    def network(self) -> torch.nn.Module | None:
+        """The torch module (None for ONNX)."""
+        return self.predictor.module
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the weights take, bytes."""
+        return self.predictor.nbytes
 
     @classmethod
-    def load(cls, package_dir: Path, device: str | None = None) -> "SegmentationModel":
-        """Load a model package: manifest, sha256-checked weights, MONAI network.
+    def load(cls, package_dir: Path, device: str | None = None):
+        """Load a model package: manifest, sha256-checked weights, its runtime.
 
         Parameters
         ----------
@@ -109,44 +218,66 @@ class SegmentationModel:
             ``"cuda"``, ``"cpu"``, ...; default CUDA when available, else CPU (then torch uses
             all cores: ``torch.set_num_threads(os.cpu_count())``).
 
-        Returns
-        -------
-        SegmentationModel
-
         Raises
         ------
         FileNotFoundError
             If the manifest or the weights file is missing.
         ModelPackageError
-            If the weights' SHA-256 differs from the manifest's, or they do not fit the network.
+            If the weights' SHA-256 differs from the manifest's, the runtime cannot load them,
+            or the package's task is not this class's.
         """
+        t0 = time.perf_counter()
         package_dir = Path(package_dir)
         manifest = load_manifest(package_dir)
-        weights = package_dir / manifest.weights
-        if not weights.is_file():
-            raise FileNotFoundError(f"model package {package_dir}: weights file {manifest.weights} is missing")
-        if manifest.sha256:
-            digest = sha256_of(weights)
-            if digest.lower() != manifest.sha256.lower():
-                raise ModelPackageError(
-                    f"model package {package_dir}: SHA-256 of {manifest.weights} is {digest}, "
-                    f"the manifest says {manifest.sha256}; the file is corrupted or was replaced"
-                )
-        else:
-            logger.warning("model package %s: no sha256 in the manifest, weights not verified", package_dir)
+        if cls.task and manifest.task != cls.task:
+            raise ModelPackageError(f"model package {package_dir} is a {manifest.task} model, not {cls.task}")
+        verify_weights(package_dir, manifest)
         dev = torch.device(device) if device else default_device()
         if dev.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
-        network = build_network(manifest.network)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            network.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as exc:
-            raise ModelPackageError(f"model package {package_dir}: weights do not fit the network: {exc}") from exc
-        network.to(dev).eval()
-        return cls(manifest, network, dev)
+        predictor = load_predictor(package_dir, manifest, dev)
+        return cls(manifest, predictor, dev, time.perf_counter() - t0)
+
+    def _preprocess(self, volume: Volume):
+        m = self.manifest
+        return preprocess_volume(volume, tuple(m.spacing), m.window, self.device, m.normalization)
+
+
+def verify_weights(package_dir: Path, manifest: ModelManifest) -> None:
+    """Check the weights file exists and has the manifest's SHA-256.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the weights file is missing.
+    ModelPackageError
+        If its SHA-256 differs from the manifest's.
+    """
+    weights = Path(package_dir) / manifest.weights
+    if not weights.is_file():
+        raise FileNotFoundError(f"model package {package_dir}: weights file {manifest.weights} is missing")
+    if manifest.sha256:
+        digest = sha256_of(weights)
+        if digest.lower() != manifest.sha256.lower():
+            raise ModelPackageError(
+                f"model package {package_dir}: SHA-256 of {manifest.weights} is {digest}, "
+                f"the manifest says {manifest.sha256}; the file is corrupted or was replaced"
+            )
+    else:
+        logger.warning("model package %s: no sha256 in the manifest, weights not verified", package_dir)
+
+
+def load_model(package_dir: Path, device: str | None = None) -> "SegmentationModel | ClassificationModel":
+    """Load a model package as the class of its task (see :meth:`LoadedModel.load`)."""
+    task = load_manifest(Path(package_dir)).task
+    cls = SegmentationModel if task == "segmentation" else ClassificationModel
+    return cls.load(package_dir, device=device)
+
+
+class SegmentationModel(LoadedModel):
+    """A loaded segmentation model package; :meth:`predict` for each volume."""
+
+    task = "segmentation"
 
     @torch.inference_mode()
     def predict(self, volume: Volume, sw_batch_size: int = 1) -> tuple[np.ndarray, dict[str, float]]:
@@ -172,14 +303,14 @@ class SegmentationModel:
         m = self.manifest
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        image, tf = preprocess_volume(volume, tuple(m.spacing), tuple(m.window), self.device)
+        image, tf = self._preprocess(volume)
         sync()
         t1 = time.perf_counter()
         logits = sliding_window_inference(
             image,
             roi_size=tuple(m.patch_size),
             sw_batch_size=sw_batch_size,
-            predictor=self.network,
+            predictor=self.predictor,
             overlap=0.25,
             mode="gaussian",
             padding_mode="replicate",
@@ -201,3 +332,100 @@ class SegmentationModel:
         keep_largest_component(mask, [lab.value for lab in m.labels])
         t3 = time.perf_counter()
         return mask, {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
+
+
+class ClassResult:
+    """The output of a classification model on one series.
+
+    Attributes
+    ----------
+    probabilities:
+        Softmax probability of each class, in manifest class-index order (sums to 1).
+    top:
+        The most probable class.
+    """
+
+    def __init__(self, classes: list[ClassLabel], probabilities: list[float]) -> None:
+        self.classes = sorted(classes, key=lambda c: c.index)
+        self.probabilities = probabilities
+        self.top = self.classes[int(np.argmax(probabilities))]
+
+    @property
+    def probability(self) -> float:
+        """Probability of :attr:`top`."""
+        return self.probabilities[self.top.index]
+
+    def as_findings(self) -> dict:
+        """The job's findings: class, probability, attention flag and every class's probability."""
+        return {
+            "class": self.top.name,
+            "probability": round(self.probability, 4),
+            "attention": self.top.attention,
+            "probabilities": {c.name: round(p, 4) for c, p in zip(self.classes, self.probabilities)},
+        }
+
+
+def classification_input(volume: Volume, manifest: ModelManifest, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The network input of a classification model for a volume.
+
+    Preprocessing as for segmentation (canonical orientation, ``manifest.spacing``,
+    normalisation), then resized trilinearly to ``manifest.patch_size``: the whole volume
+    (``input = "volume"``: tensor (1, 1, z, y, x)) or each axial slice (``input = "slices"``:
+    tensor (slices, 1, rows, columns), slices in canonical inferior-to-superior order).
+    Training (:mod:`dicom_ai.train.region`) uses this same function.
+    """
+    image, _ = preprocess_volume(volume, tuple(manifest.spacing), manifest.window, device, manifest.normalization)
+    size = tuple(manifest.patch_size)
+    if manifest.input == "volume":
+        return resample(image, size, mode="trilinear")
+    # (1, 1, z, y, x) -> (z, 1, y, x) -> each slice to (rows, columns)
+    slices = image[0].permute(1, 0, 2, 3)
+    return torch.nn.functional.interpolate(slices, size=size[1:], mode="bilinear", align_corners=False)
+
+
+class ClassificationModel(LoadedModel):
+    """A loaded classification model package; :meth:`predict` for each volume."""
+
+    task = "classification"
+
+    @torch.inference_mode()
+    def predict(self, volume: Volume, batch_size: int = 64) -> tuple[ClassResult, dict[str, float]]:
+        """Classify a volume.
+
+        Parameters
+        ----------
+        volume:
+            Source volume (CT in HU), array (slices, rows, columns).
+        batch_size:
+            Slices per forward pass (``input = "slices"``).
+
+        Returns
+        -------
+        result:
+            Class probabilities and the top class.
+        timings:
+            Seconds spent in ``"preprocess"`` and ``"inference"``.
+
+        Raises
+        ------
+        ModelPackageError
+            If the network's output does not have one channel per manifest class.
+        """
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        x = classification_input(volume, self.manifest, self.device)
+        sync()
+        t1 = time.perf_counter()
+        probs = []
+        for start in range(0, x.shape[0], batch_size):
+            logits = self.predictor(x[start:start + batch_size])
+            if logits.ndim != 2 or logits.shape[1] != len(self.manifest.classes):
+                raise ModelPackageError(
+                    f"{self.manifest.label}: output shape {tuple(logits.shape)}, expected (batch, "
+                    f"{len(self.manifest.classes)}) for its classes"
+                )
+            probs.append(torch.softmax(logits.float(), dim=1))
+        mean = torch.cat(probs).mean(dim=0).cpu().tolist()
+        sync()
+        t2 = time.perf_counter()
+        return ClassResult(self.manifest.classes, mean), {"preprocess": t1 - t0, "inference": t2 - t1}
