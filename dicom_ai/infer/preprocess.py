@@ -202,13 +202,13 @@ def preprocess_volume(
     -------
     image:
         float32 tensor (1, 1, z, y, x) on ``device``.
+    transform:
+        The canonical transform, needed to map results back.
 
     Raises
     ------
     ValueError
         If ``normalization`` is unknown, or is ``"window"`` without a window.
-    transform:
-        The canonical transform, needed to map results back.
     """
     tf = canonical_transform(volume)
     t = torch.from_numpy(volume.array).to(device=device, dtype=torch.float32)
@@ -222,6 +222,68 @@ def preprocess_volume(
     else:
         raise ValueError(f"normalization {normalization!r} (window {window}) is not supported")
     return t.contiguous(), tf
+
+
+#: Orientation code of the canonical grid: axis 0 -> Superior, 1 -> Posterior, 2 -> Left.
+CANONICAL_AXCODES = "SPL"
+_AXIS_OF = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
+
+
+def network_axes(axcodes: str) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """How to go from the canonical grid (axcodes ``"SPL"``: slices, rows, columns) to a
+    network's input axes given as orientation codes (MONAI ``Orientationd`` axcodes, e.g.
+    ``"RAS"``: axis 0 towards patient Right, 1 Anterior, 2 Superior).
+
+    Returns
+    -------
+    perm:
+        ``perm[k]`` is the canonical axis that becomes network axis ``k``.
+    flips:
+        Whether network axis ``k`` runs opposite to that canonical axis.
+
+    Raises
+    ------
+    ValueError
+        If ``axcodes`` is not three letters naming each of S/I, P/A and L/R once.
+    """
+    codes = axcodes.upper()
+    perm = tuple(_AXIS_OF.get(c, -1) for c in codes)
+    if len(codes) != 3 or sorted(perm) != [0, 1, 2]:
+        raise ValueError(f"axcodes {axcodes!r}: expected three letters, one of S/I, P/A and L/R each")
+    flips = tuple(c != CANONICAL_AXCODES[j] for c, j in zip(codes, perm))
+    return perm, flips  # type: ignore[return-value]
+
+
+def to_network_axes(t: torch.Tensor, axcodes: str) -> torch.Tensor:
+    """(B, C, z, y, x) canonical -> (B, C, a0, a1, a2) in the network's ``axcodes``."""
+    if axcodes.upper() == CANONICAL_AXCODES:
+        return t
+    perm, flips = network_axes(axcodes)
+    t = t.permute(0, 1, *(2 + j for j in perm))
+    dims = [2 + k for k, f in enumerate(flips) if f]
+    return t.flip(dims) if dims else t
+
+
+def from_network_axes(t: torch.Tensor, axcodes: str) -> torch.Tensor:
+    """Inverse of :func:`to_network_axes`: (B|C, ..., a0, a1, a2) -> canonical (..., z, y, x);
+    the last three dimensions are the spatial ones."""
+    if axcodes.upper() == CANONICAL_AXCODES:
+        return t
+    perm, flips = network_axes(axcodes)
+    lead = t.ndim - 3
+    dims = [lead + k for k, f in enumerate(flips) if f]
+    if dims:
+        t = t.flip(dims)
+    inverse = [perm.index(j) for j in range(3)]
+    return t.permute(*range(lead), *(lead + k for k in inverse))
+
+
+def canonical_order(values: tuple, axcodes: str) -> tuple:
+    """Per-axis values (spacing, patch size) given in ``axcodes`` order, in canonical (z, y, x) order."""
+    if axcodes.upper() == CANONICAL_AXCODES:
+        return tuple(values)
+    perm, _ = network_axes(axcodes)
+    return tuple(values[perm.index(j)] for j in range(3))
 
 
 def upsample_argmax(

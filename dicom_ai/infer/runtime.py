@@ -38,7 +38,15 @@ import torch
 from scipy import ndimage as ndi
 
 from dicom_ai.infer.network import build_network
-from dicom_ai.infer.preprocess import from_canonical, preprocess_volume, resample, upsample_argmax
+from dicom_ai.infer.preprocess import (
+    canonical_order,
+    from_canonical,
+    from_network_axes,
+    preprocess_volume,
+    resample,
+    to_network_axes,
+    upsample_argmax,
+)
 from dicom_ai.infer.volume import Volume
 from dicom_ai.models.manifest import ClassLabel, ModelManifest, load_manifest, sha256_of
 
@@ -239,8 +247,15 @@ class LoadedModel:
         return cls(manifest, predictor, dev, time.perf_counter() - t0)
 
     def _preprocess(self, volume: Volume):
-        m = self.manifest
-        return preprocess_volume(volume, tuple(m.spacing), m.window, self.device, m.normalization)
+        """(image (1, 1, a0, a1, a2) in the network's axes, canonical transform)."""
+        image, tf = canonical_input(volume, self.manifest, self.device)
+        return to_network_axes(image, self.manifest.axcodes), tf
+
+
+def canonical_input(volume: Volume, manifest: ModelManifest, device: torch.device | str):
+    """Preprocessed image (1, 1, z, y, x) on the canonical grid at the manifest's spacing."""
+    spacing = canonical_order(tuple(manifest.spacing), manifest.axcodes)
+    return preprocess_volume(volume, spacing, manifest.window, device, manifest.normalization)
 
 
 def verify_weights(package_dir: Path, manifest: ModelManifest) -> None:
@@ -315,7 +330,7 @@ class SegmentationModel(LoadedModel):
             mode="gaussian",
             padding_mode="replicate",
         )
-        logits = logits[0]
+        logits = from_network_axes(logits[0], m.axcodes)
         if self.device.type == "cuda":
             logits = logits.half()
         sync()
@@ -345,10 +360,19 @@ class ClassResult:
         The most probable class.
     """
 
-    def __init__(self, classes: list[ClassLabel], probabilities: list[float]) -> None:
+    def __init__(self, classes: list[ClassLabel], probabilities: list[float],
+                 attention_below: float | None = None) -> None:
         self.classes = sorted(classes, key=lambda c: c.index)
         self.probabilities = probabilities
         self.top = self.classes[int(np.argmax(probabilities))]
+        self.attention_below = attention_below
+
+    @property
+    def attention(self) -> bool:
+        """The result needs a look: its class is marked ``attention``, or it is uncertain
+        (probability below the manifest's ``attention_below``)."""
+        below = self.attention_below is not None and self.probability < self.attention_below
+        return self.top.attention or below
 
     @property
     def probability(self) -> float:
@@ -360,7 +384,7 @@ class ClassResult:
         return {
             "class": self.top.name,
             "probability": round(self.probability, 4),
-            "attention": self.top.attention,
+            "attention": self.attention,
             "probabilities": {c.name: round(p, 4) for c, p in zip(self.classes, self.probabilities)},
         }
 
@@ -370,14 +394,15 @@ def classification_input(volume: Volume, manifest: ModelManifest, device: torch.
 
     Preprocessing as for segmentation (canonical orientation, ``manifest.spacing``,
     normalisation), then resized trilinearly to ``manifest.patch_size``: the whole volume
-    (``input = "volume"``: tensor (1, 1, z, y, x)) or each axial slice (``input = "slices"``:
-    tensor (slices, 1, rows, columns), slices in canonical inferior-to-superior order).
+    (``input = "volume"``: tensor (1, 1, a0, a1, a2) in ``manifest.axcodes`` order) or each
+    axial slice (``input = "slices"``: tensor (slices, 1, rows, columns) of the canonical grid,
+    slices from inferior to superior; ``axcodes`` is not used).
     Training (:mod:`dicom_ai.train.region`) uses this same function.
     """
-    image, _ = preprocess_volume(volume, tuple(manifest.spacing), manifest.window, device, manifest.normalization)
+    image, _ = canonical_input(volume, manifest, device)
     size = tuple(manifest.patch_size)
     if manifest.input == "volume":
-        return resample(image, size, mode="trilinear")
+        return resample(to_network_axes(image, manifest.axcodes), size, mode="trilinear")
     # (1, 1, z, y, x) -> (z, 1, y, x) -> each slice to (rows, columns)
     slices = image[0].permute(1, 0, 2, 3)
     return torch.nn.functional.interpolate(slices, size=size[1:], mode="bilinear", align_corners=False)
@@ -428,4 +453,4 @@ class ClassificationModel(LoadedModel):
         mean = torch.cat(probs).mean(dim=0).cpu().tolist()
         sync()
         t2 = time.perf_counter()
-        return ClassResult(self.manifest.classes, mean), {"preprocess": t1 - t0, "inference": t2 - t1}
+        return ClassResult(self.manifest.classes, mean, self.manifest.attention_below), {"preprocess": t1 - t0, "inference": t2 - t1}

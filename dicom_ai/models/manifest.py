@@ -27,6 +27,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 
+_AXES = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
+
+
 class Code(BaseModel):
     """A coded concept (PS3.3 Table 8.8-1): code value, coding scheme designator, code meaning."""
 
@@ -87,8 +90,14 @@ class ModelManifest(BaseModel):
         Identify the model; a registry holds several versions of one name, one active.
     task:
         ``"segmentation"`` (a label mask, ``labels``) or ``"classification"`` (``classes``).
+    axcodes:
+        Orientation codes of the network's input axes (MONAI ``Orientationd`` convention):
+        ``"SPL"`` (default) is the node's canonical (slices, rows, columns) grid, slices from
+        inferior to superior, rows from anterior to posterior, columns from right to left;
+        ``"RAS"`` is what MONAI bundles use. ``spacing`` and ``patch_size`` are in this order.
     spacing:
-        Voxel spacing of the model's input grid in mm, in axis order (slices, rows, columns).
+        Voxel spacing of the model's input grid in mm, in ``axcodes`` axis order (by default
+        slices, rows, columns).
     normalization:
         ``"window"``: clip to ``window`` ``(low, high)`` (HU for CT), scale to [0, 1];
         ``"zscore"``: subtract the volume's mean, divide by its standard deviation.
@@ -104,6 +113,9 @@ class ModelManifest(BaseModel):
         checked at every load and by ``dicom-ai models add``.
     finding:
         Classification: the concept the class answers (TID 1501 qualitative evaluation name).
+    attention_below:
+        Classification: flag the study for attention when the top class's probability is
+        below this (an uncertain result), besides classes marked ``attention``.
     """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -117,6 +129,7 @@ class ModelManifest(BaseModel):
     window: tuple[float, float] | None = None
     patch_size: tuple[int, int, int]
     input: Literal["volume", "slices"] = "volume"
+    axcodes: str = Field("SPL", pattern=r"^[SIPALRspalr]{3}$")
     runtime: Literal["monai", "torchscript", "onnx"] = "monai"
     network: NetworkSpec | None = None
     weights: str = "model.pt"
@@ -124,6 +137,7 @@ class ModelManifest(BaseModel):
     labels: list[Label] = []
     classes: list[ClassLabel] = []
     finding: Code | None = None
+    attention_below: float | None = Field(None, ge=0, le=1)
     license: str = ""
     model_card: str = "MODEL_CARD.md"
     min_slices: int = 10
@@ -151,6 +165,8 @@ class ModelManifest(BaseModel):
                 raise ValueError("a classification model needs finding (the concept its classes answer)")
             if self.input == "slices" and self.patch_size[0] != 1:
                 raise ValueError("input 'slices' needs patch_size [1, rows, columns]")
+        if sorted(_AXES[c] for c in self.axcodes.upper()) != [0, 1, 2]:
+            raise ValueError(f"axcodes {self.axcodes!r}: needs one of S/I, P/A and L/R each")
         if any(v <= 0 for v in self.spacing) or any(v <= 0 for v in self.patch_size):
             raise ValueError("spacing and patch_size must be positive")
         return self
