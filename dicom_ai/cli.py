@@ -19,7 +19,8 @@ app = typer.Typer(help="dicom-ai: a DICOM node that runs AI models and returns D
                   no_args_is_help=True, pretty_exceptions_enable=False)
 jobs_app = typer.Typer(help="Inference jobs.", no_args_is_help=True)
 studies_app = typer.Typer(help="Studies in the cache.", no_args_is_help=True)
-models_app = typer.Typer(help="Models: train, evaluate, list.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: the registry (add, enable, test, history, ...), training and evaluation.",
+                         no_args_is_help=True)
 rules_app = typer.Typer(help="Routing rules: which model runs on which series.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="The outbox: results on their way to destinations.", no_args_is_help=True)
 destinations_app = typer.Typer(help="Where results go.", no_args_is_help=True)
@@ -148,15 +149,14 @@ def jobs_list(config: ConfigOpt = None, limit: int = 50) -> None:
     from sqlalchemy import select
 
     from dicom_ai.cache.db import Job, Series
+    from dicom_ai.web.data import findings_text
 
     _, sessions = _index(config)
     table = Table("id", "state", "model", "rule", "series", "complete by", "created (UTC)", "s",
                   "findings / reason")
     with sessions() as s:
         for job in s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)):
-            detail = job.reason or ", ".join(
-                f"{k} {v.get('volume_ml', '')} mL" for k, v in (job.findings or {}).items()
-            )
+            detail = job.reason or findings_text(job.findings)
             table.add_row(str(job.id), job.state, f"{job.model_name} {job.model_version}", job.rule,
                           "…" + job.series.series_instance_uid[-12:], job.series.completion_signal or "",
                           f"{job.created_at:%Y-%m-%d %H:%M:%S}", str((job.timings or {}).get("total", "")),
@@ -200,7 +200,12 @@ def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
         if job.timings:
             console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in job.timings.items()))
         for name, f in (job.findings or {}).items():
-            console.print(f"finding: {name}: {f.get('volume_ml')} mL, mean {f.get('mean_hu')} HU")
+            if "class" in f:
+                console.print(f"finding: {name}: {f['class']}, probability {f['probability']}"
+                              + (" — needs attention" if f.get("attention") else "")
+                              + f" ({', '.join(f'{k} {v}' for k, v in f.get('probabilities', {}).items())})")
+            else:
+                console.print(f"finding: {name}: {f.get('volume_ml')} mL, mean {f.get('mean_hu')} HU")
         for r in job.results:
             console.print(f"result {r.kind}: {r.sop_instance_uid} ({r.path})")
             for d in r.deliveries:
@@ -328,7 +333,7 @@ def rules_test(
     if not all_facts:
         err.print(f"no DICOM series found in {path} (neither files nor a Series Instance UID in the cache)")
         raise typer.Exit(1)
-    active = routes(settings, enabled_models(settings))
+    active = routes(settings, enabled_models(settings, _index(config)[1]))
     for rule in settings.rules:
         if not rule.enabled:
             console.print(f"rule {rule.name!r} ({rule.model}) is disabled")
@@ -380,17 +385,325 @@ def studies_list(config: ConfigOpt = None) -> None:
     console.print(table)
 
 
+UserOpt = Annotated[Optional[str], typer.Option("--user", help="Who makes the change (default: $SUDO_USER or the login name).")]
+
+
+def _registry(config: Path | None):
+    """Settings and index with the shipped models seeded, as the node would at start."""
+    from dicom_ai.models.registry import seed_shipped
+
+    settings, sessions = _index(config)
+    seed_shipped(sessions, settings)
+    return settings, sessions
+
+
+def _registry_call(fn, *args, **kwargs):
+    from dicom_ai.models.registry import RegistryError
+
+    try:
+        return fn(*args, **kwargs)
+    except RegistryError as exc:
+        err.print(f"[red]refused:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
 @models_app.command("list")
 def models_list(config: ConfigOpt = None) -> None:
-    """List the enabled models."""
-    from dicom_ai.schedule.routing import enabled_models
+    """List the registry's models, every version, and which one is active; then the packages the
+    configuration pins with [[models]]."""
+    from sqlalchemy import select
 
-    settings = _settings(config)
-    table = Table("name", "version", "task", "modality", "labels", "path")
-    for m in enabled_models(settings):
-        table.add_row(m.manifest.name, m.manifest.version, m.manifest.task, ",".join(m.modalities),
-                      ", ".join(l.name for l in m.manifest.labels), str(m.path))
+    from dicom_ai.cache.db import ModelVersion
+    from dicom_ai.models.manifest import load_manifest
+
+    settings, sessions = _registry(config)
+    table = Table("name", "version", "task", "runtime", "active", "added (UTC)", "by", "sample s", "path",
+                  title="model registry")
+    with sessions() as s:
+        for row in s.scalars(select(ModelVersion).order_by(ModelVersion.name, ModelVersion.id)):
+            table.add_row(row.name, row.version, row.task, row.runtime, "[green]active[/green]" if row.active else "",
+                          f"{row.added_at:%Y-%m-%d %H:%M}", row.added_by,
+                          "" if row.sample_seconds is None else f"{row.sample_seconds:.2f}", row.path)
     console.print(table)
+    if settings.models:
+        pinned = Table("name", "version", "task", "enabled", "path", title="pinned by the configuration ([[models]])")
+        for entry in settings.models:
+            try:
+                m = load_manifest(entry.path)
+                pinned.add_row(m.name, m.version, m.task, "yes" if entry.enabled else "no", str(entry.path))
+            except (OSError, ValueError) as exc:
+                pinned.add_row("?", "?", "?", "yes" if entry.enabled else "no", f"{entry.path} ({escape(str(exc))[:80]})")
+        console.print(pinned)
+
+
+def _package_of(settings: Settings, sessions, spec: str) -> Path:
+    """A package folder from NAME, NAME@VERSION (registry) or a folder path."""
+    from dicom_ai.models.registry import find
+
+    candidate = Path(spec)
+    if candidate.is_dir() and (candidate / "manifest.json").is_file():
+        return candidate
+    with sessions() as s:
+        return Path(_registry_call(find, s, spec).path)
+
+
+@models_app.command("show")
+def models_show(
+    model: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or a package folder.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Everything about one model: manifest, outputs with their codes, rules, model card."""
+    from dicom_ai.models.manifest import load_manifest
+    from dicom_ai.schedule.routing import enabled_models, routes
+
+    settings, sessions = _registry(config)
+    package = _package_of(settings, sessions, model)
+    m = load_manifest(package)
+    console.print(f"[bold]{m.name} {m.version}[/bold] — {m.task}, {m.modality} {m.body_region}: {escape(m.description)}")
+    console.print(f"package: {package}")
+    console.print(f"runtime: {m.runtime}, weights {m.weights}, sha256 {m.sha256}")
+    if m.network is not None:
+        console.print(f"network: {m.network.arch} {m.network.params}")
+    console.print(f"input: axes {m.axcodes}, spacing {list(m.spacing)} mm, patch {list(m.patch_size)}, "
+                  f"normalization {m.normalization}" + (f" {list(m.window)}" if m.window else "")
+                  + (f", {m.input}" if m.task == "classification" else ""))
+    if m.task == "segmentation":
+        out = Table("value", "segment", "category", "type (SNOMED CT)", "colour")
+        for lb in m.labels:
+            out.add_row(str(lb.value), lb.name, lb.category.meaning,
+                        f"{lb.type.scheme} {lb.type.value} {lb.type.meaning}", "#%02x%02x%02x" % tuple(lb.color))
+    else:
+        console.print(f"finding: {m.finding.scheme} {m.finding.value} {m.finding.meaning}"
+                      + (f"; attention when probability < {m.attention_below}" if m.attention_below else ""))
+        out = Table("index", "class", "code", "attention")
+        for c in m.classes:
+            out.add_row(str(c.index), c.name, f"{c.code.scheme} {c.code.value} {c.code.meaning}",
+                        "yes" if c.attention else "")
+    console.print(out)
+    used = [r for r in routes(settings, enabled_models(settings, sessions)) if r.model.path == package]
+    console.print("rules: " + (", ".join(f"{r.rule.name} (priority {r.rule.priority})" for r in used)
+                               or "none: not active"))
+    console.print(f"licence: {escape(m.license or '-')}")
+    card = package / m.model_card
+    if card.is_file():
+        text = card.read_text(encoding="utf-8").strip().split("\n\n")
+        console.print(f"model card ({card}):\n" + escape("\n\n".join(text[:2])))
+
+
+@models_app.command("add")
+def models_add(
+    path: Annotated[Path, typer.Argument(help="Package folder, .zip of one, or MONAI bundle folder.")],
+    activate: Annotated[Optional[bool], typer.Option("--enable/--no-enable", help="Make it the active version "
+                                                     "(default: only if none of its name is active).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Device for the trial run (default: CUDA if any).")] = None,
+    user: UserOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Add a model package: verify its checksum, run it once on the built-in sample, keep a copy."""
+    from dicom_ai.models.registry import add_package, current_user, run_on_sample
+
+    settings, sessions = _registry(config)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
+        step = progress.add_task("unpack, validate, verify sha256", total=2)
+
+        def check(package: Path):
+            progress.update(step, advance=1, description="run on the built-in sample")
+            return run_on_sample(package, device)
+
+        row, notes = _registry_call(add_package, sessions, settings, path, user or current_user(), activate=activate,
+                                    check=check)
+        progress.update(step, completed=2, description="added")
+    for note in notes:
+        console.print(escape(note))
+    state = "active" if row.active else f"not active (dicom-ai models enable {row.name}@{row.version})"
+    console.print(f"added {row.name} {row.version} ({row.task}, {row.runtime}): {state}")
+
+
+@models_app.command("enable")
+def models_enable(
+    model: Annotated[str, typer.Argument(help="NAME (its newest version) or NAME@VERSION.")],
+    user: UserOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Make a version the active one of its model (the others of that name stop being used)."""
+    from dicom_ai.models.registry import current_user, enable
+
+    _, sessions = _registry(config)
+    row = _registry_call(enable, sessions, model, user or current_user())
+    console.print(f"{row.name} {row.version} is active")
+
+
+@models_app.command("disable")
+def models_disable(
+    name: Annotated[str, typer.Argument(help="Model NAME.")],
+    user: UserOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Stop using a model: no version of it stays active (queued jobs still run)."""
+    from dicom_ai.models.registry import current_user, disable
+
+    _, sessions = _registry(config)
+    row = _registry_call(disable, sessions, name, user or current_user())
+    console.print(f"{row.name} is disabled (was {row.version})")
+
+
+@models_app.command("remove")
+def models_remove(
+    model: Annotated[str, typer.Argument(help="NAME@VERSION (or NAME when it has one version).")],
+    user: UserOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Remove a version that is not active and has no job waiting, with its files."""
+    from dicom_ai.models.registry import current_user, remove
+
+    settings, sessions = _registry(config)
+    row = _registry_call(remove, sessions, settings, model, user or current_user())
+    console.print(f"removed {row.name} {row.version}")
+
+
+@models_app.command("history")
+def models_history(
+    name: Annotated[Optional[str], typer.Argument(help="Only this model.")] = None,
+    limit: int = 100,
+    config: ConfigOpt = None,
+) -> None:
+    """Every change to the registry, newest first: when, who, what."""
+    from sqlalchemy import select
+
+    from dicom_ai.cache.db import ModelEvent
+
+    _, sessions = _registry(config)
+    query = select(ModelEvent).order_by(ModelEvent.id.desc()).limit(limit)
+    if name:
+        query = query.where(ModelEvent.name == name)
+    table = Table("when (UTC)", "who", "what", "model", "version", "detail")
+    with sessions() as s:
+        for ev in s.scalars(query):
+            table.add_row(f"{ev.at:%Y-%m-%d %H:%M:%S}", ev.who, ev.action, ev.name, ev.version, escape(ev.detail))
+    console.print(table)
+
+
+@models_app.command("test")
+def models_test(
+    model: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or a package folder.")],
+    series: Annotated[str, typer.Argument(help="DICOM series folder or file list, or a Series Instance UID in the cache.")],
+    reference: Annotated[Optional[Path], typer.Option(help="Reference segmentation: DICOM SEG, RTSTRUCT or NIfTI.")] = None,
+    mapping: Annotated[list[str], typer.Option("--map", help="Reference segment/ROI/value to label: "
+                                                "'GTV=1', '10,11=Left lung'. Repeatable.")] = [],
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: CUDA if any).")] = None,
+    user: UserOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a model on a series; print timings and the result, and with --reference the Dice per label."""
+    import time
+
+    import numpy as np
+
+    from dicom_ai.infer.runtime import load_model
+    from dicom_ai.infer.volume import load_series
+    from dicom_ai.models.registry import current_user, record
+
+    settings, sessions = _registry(config)
+    package = _package_of(settings, sessions, model)
+    files = _series_files(settings, sessions, series)
+    timings: dict[str, float] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
+        step = progress.add_task(f"read {len(files)} files", total=4 if reference else 3)
+        t = time.perf_counter()
+        volume = load_series(files)
+        timings["read series"] = time.perf_counter() - t
+        progress.update(step, advance=1, description="load the model")
+        loaded = load_model(package, device=device)
+        timings["load model"] = loaded.load_seconds
+        progress.update(step, advance=1, description=f"run on {volume.shape[0]} slices ({loaded.device})")
+        output, run = loaded.predict(volume)
+        timings.update(run)
+        if reference is not None:
+            progress.update(step, advance=1, description="compare with the reference")
+        else:
+            progress.update(step, advance=1, description="done")
+        dice = None
+        if reference is not None:
+            from dicom_ai.infer.reference import dice_scores, parse_mapping, read_reference
+
+            try:
+                ref = read_reference(reference, volume, loaded.manifest.labels,
+                                     parse_mapping(mapping, loaded.manifest.labels) if mapping else None)
+            except ValueError as exc:
+                err.print(f"[red]reference not usable:[/red] {escape(str(exc))}")
+                raise typer.Exit(1) from None
+            dice = dice_scores(output, ref, loaded.manifest.labels)
+            progress.update(step, advance=1)
+    m = loaded.manifest
+    console.print(f"[bold]{m.label}[/bold] on {volume.shape[0]} × {volume.shape[1]} × {volume.shape[2]} voxels "
+                  f"({', '.join(f'{v:.2f}' for v in volume.spacing)} mm), device {loaded.device}")
+    times = Table("step", "s")
+    for key, value in timings.items():
+        times.add_row(key, f"{value:.3f}")
+    times.add_row("[bold]inference total[/bold]", f"{sum(v for k, v in run.items()):.3f}")
+    console.print(times)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    summary: list[str] = []
+    if m.task == "segmentation":
+        table = Table("label", "volume mL", *(("reference mL", "Dice") if dice is not None else ()))
+        for lb in m.labels:
+            cells = [lb.name, f"{(output == lb.value).sum() * voxel_ml:.1f}"]
+            if dice is not None:
+                d = dice.get(lb.value)
+                cells += [f"{(ref.mask == lb.value).sum() * voxel_ml:.1f}", "-" if d is None else f"{d:.4f}"]
+                summary.append(f"{lb.name} Dice {'-' if d is None else f'{d:.4f}'}")
+            table.add_row(*cells)
+        console.print(table)
+        if dice is not None and ref.unmatched:
+            console.print(f"reference parts matching no label (ignored): {escape(', '.join(ref.unmatched))}")
+    else:
+        table = Table("class", "probability")
+        for c, p in zip(output.classes, output.probabilities):
+            table.add_row(("[bold]" + c.name + "[/bold]") if c is output.top else c.name, f"{p:.4f}")
+        console.print(table)
+        summary.append(f"{output.top.name} {output.probability:.3f}" + (" (attention)" if output.attention else ""))
+    with sessions.begin() as s:
+        record(s, user or current_user(), "test", m.name, m.version,
+               f"on {series} ({volume.shape[0]} slices): inference {sum(run.values()):.2f} s"
+               + (f"; {'; '.join(summary)}" if summary else ""))
+
+
+def _series_files(settings: Settings, sessions, series: str) -> list[Path]:
+    from sqlalchemy import select
+
+    from dicom_ai.cache.db import Series
+    from dicom_ai.cache.store import FileStore
+
+    target = Path(series)
+    if target.exists():
+        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    else:
+        store = FileStore(settings.node.data_dir)
+        with sessions() as s:
+            row = s.scalar(select(Series).where(Series.series_instance_uid == series))
+            files = [store.abspath(i.path) for i in row.instances] if row is not None else []
+    if not files:
+        err.print(f"no files for {series} (neither a folder nor a Series Instance UID in the cache)")
+        raise typer.Exit(1)
+    return files
+
+
+@models_app.command("export")
+def models_export(
+    package: Annotated[Path, typer.Argument(help="Package folder (runtime monai or torchscript).")],
+    output: Annotated[Path, typer.Argument(help="New package folder to write.")],
+    runtime: Annotated[str, typer.Option(help="torchscript or onnx.")] = "torchscript",
+    version: Annotated[Optional[str], typer.Option(help="Version of the new package (default: the same).")] = None,
+) -> None:
+    """Write a package's model as TorchScript or ONNX (a new package, same manifest otherwise)."""
+    from dicom_ai.models.convert import convert_package
+
+    try:
+        convert_package(package, output, runtime, version=version)
+    except ValueError as exc:
+        err.print(f"[red]not exported:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {output} ({runtime})")
 
 
 @models_app.command("train")

@@ -19,6 +19,7 @@ from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import deliver_due, recover_deliveries
+from dicom_ai.models.registry import generation, seed_shipped
 from dicom_ai.receive.process import start_receiver
 from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes, open_listener
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
@@ -35,7 +36,9 @@ class Node:
         self.settings = settings
         self.store = FileStore(settings.node.data_dir)
         self.sessions = open_index(settings.database_url)
-        self.models = enabled_models(settings)
+        seed_shipped(self.sessions, settings)
+        self._registry_generation = generation(self.sessions)
+        self.models = enabled_models(settings, self.sessions)
         self.routes = routes(settings, self.models)
         self.scp = StorageSCP(settings, self.store, self.sessions)
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -48,8 +51,18 @@ class Node:
         self.web = None
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
 
+    def _refresh_models(self) -> None:
+        """Take up registry changes (``dicom-ai models add/enable/disable/remove``) without a restart."""
+        now = generation(self.sessions)
+        if now != self._registry_generation:
+            self._registry_generation = now
+            self.models = enabled_models(self.settings, self.sessions)
+            self.routes = routes(self.settings, self.models)
+            log.info("models now: %s", ", ".join(m.label for m in self.models) or "none")
+
     def _completion_tick(self) -> None:
         try:
+            self._refresh_models()
             schedule_complete_series(
                 self.sessions, self.routes, self.settings.completion, self._image_classes
             )

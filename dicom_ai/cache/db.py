@@ -15,12 +15,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     inspect,
@@ -211,6 +213,39 @@ class Counter(Base):
     __tablename__ = "counters"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModelVersion(Base):
+    """A model package in the registry (``dicom-ai models add``): one row per name and version,
+    at most one version of a name active (``dicom-ai models enable``)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(16))
+    runtime: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(1024))  # the package folder the registry keeps
+    sha256: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(1024), default="")  # where it was added from
+    sample_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # run on the built-in sample
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    added_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ModelEvent(Base):
+    """One change to the model registry: when, who, what (``dicom-ai models history``)."""
+
+    __tablename__ = "model_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    who: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # add, remove, enable, disable, test
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class IndexSchemaError(RuntimeError):

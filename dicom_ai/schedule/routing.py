@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import sessionmaker
+
 from dicom_ai.config import ModelEntry, Rule, Settings, default_model_path
 from dicom_ai.models.manifest import ModelManifest, load_manifest
 from dicom_ai.schedule.facts import SeriesFacts
@@ -35,9 +37,15 @@ REGION_BODY_PARTS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Body regions of models that take any part of the body (no Body Part Examined condition).
+ANY_REGION = ("WHOLEBODY", "ANY")
+
+
 def body_parts_for(region: str) -> tuple[str, ...]:
     """Body Part Examined values accepted for a model's body region."""
     region = region.upper()
+    if region in ANY_REGION:
+        return ()
     return REGION_BODY_PARTS.get(region, (region,))
 
 
@@ -56,9 +64,29 @@ class RoutableModel:
         return f"{self.manifest.name} {self.manifest.version}"
 
 
-def enabled_models(settings: Settings) -> list[RoutableModel]:
-    """The enabled models of the configuration (the shipped lung model when none is listed)."""
-    entries = settings.models or [ModelEntry(path=default_model_path())]
+def enabled_models(settings: Settings, sessions: sessionmaker | None = None) -> list[RoutableModel]:
+    """The models the node runs: the enabled ``[[models]]`` entries of the configuration, then
+    the active versions of the model registry (:mod:`dicom_ai.models.registry`) when ``sessions``
+    is given. A configuration entry pins its model: a registry version of the same name is then
+    left out, with a warning. With neither, the shipped lung model."""
+    entries = [e for e in settings.models if e.enabled]
+    if sessions is not None:
+        from dicom_ai.models.registry import active_versions
+
+        pinned = set()
+        for entry in entries:
+            try:
+                pinned.add(load_manifest(entry.path).name)
+            except (OSError, ValueError):
+                pass
+        for row in active_versions(sessions):
+            if row.name in pinned:
+                log.warning("model %s %s of the registry not used: [[models]] in the configuration pins %s",
+                            row.name, row.version, row.name)
+                continue
+            entries.append(ModelEntry(path=Path(row.path)))
+    if not entries and not settings.models and (sessions is None or not _registry_used(sessions)):
+        entries = [ModelEntry(path=default_model_path())]
     out = []
     for entry in entries:
         if not entry.enabled:
@@ -77,6 +105,12 @@ def enabled_models(settings: Settings) -> list[RoutableModel]:
         destinations = tuple(entry.destinations) if entry.destinations is not None else None
         out.append(RoutableModel(entry.path, manifest, modalities, body_parts, destinations))
     return out
+
+
+def _registry_used(sessions: sessionmaker) -> bool:
+    from dicom_ai.models.registry import generation
+
+    return generation(sessions) > 0
 
 
 def default_rule(model: RoutableModel) -> Rule:

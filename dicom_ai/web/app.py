@@ -158,7 +158,7 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
     def admin_page(request: Request, who: dict = Depends(admin)):
         from dicom_ai.schedule.routing import enabled_models, routes
 
-        models = enabled_models(settings)
+        models = enabled_models(settings, sessions)
         with sessions() as s:
             failed = [data.delivery_dict(d) | {"kind": d.result.kind, "sop": d.result.sop_instance_uid}
                       for d in s.scalars(select(Delivery).where(Delivery.state == "failed"))]
@@ -249,7 +249,7 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
         """Enabled models with their rules."""
         from dicom_ai.schedule.routing import enabled_models, routes
 
-        models = enabled_models(settings)
+        models = enabled_models(settings, sessions)
         rules = routes(settings, models)
         return [{"name": m.manifest.name, "version": m.manifest.version, "task": m.manifest.task,
                  "modalities": list(m.modalities), "labels": [lb.name for lb in m.manifest.labels],
