@@ -28,6 +28,7 @@ from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import create_deliveries
+from dicom_ai.web.data import findings_text
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,6 @@ class JobRunner:
 
     def _run(self, job_id: int, t0: float) -> None:
         from dicom_ai.infer.volume import load_series
-        from dicom_ai.report.measure import measure_labels
-        from dicom_ai.report.preview import write_preview_png
-        from dicom_ai.report.seg import build_seg
-        from dicom_ai.report.sr import build_sr
-        from dicom_ai.report.uids import device_uid
 
         with self.sessions() as session:
             job = session.get(Job, job_id)
@@ -155,39 +151,10 @@ class JobRunner:
         model = self.model(model_path)  # kept loaded: only the first job of a model pays this
         timings["model_load"] = time.perf_counter() - t
         manifest = model.manifest
-        mask, model_timings = model.predict(volume)
-        timings.update(model_timings)
-        t = time.perf_counter()
-        omit = all(d.omit_empty_frames for d in self.settings.destinations) if self.settings.destinations else True
-        node_uid = device_uid(self.settings.node.ae_title)
-        measurements = measure_labels(volume, mask, manifest)
-        seg = build_seg(volume, mask, manifest, omit_empty_frames=omit,
-                        device_serial_number=self.settings.node.ae_title)
-        sr = build_sr(volume, mask, seg, manifest, device_uid=node_uid, measurements=measurements)
-        outputs = []
-        for kind, obj in (("SEG", seg), ("SR", sr)):
-            buf = io.BytesIO()
-            obj.save_as(buf, enforce_file_format=True)
-            rel = self.store.result_relpath(job_id, kind)
-            self.store.write(rel, buf.getbuffer())
-            outputs.append((kind, obj, rel))
-        findings = {
-            m.label.name: {"volume_ml": round(m.volume_ml, 1), "mean_hu": None if m.is_empty else round(m.mean, 1)}
-            for m in measurements.values()
-        }
-        timings["report"] = time.perf_counter() - t
-        t = time.perf_counter()
-        # for the web viewer: the label mask (slices, rows, columns) and each slice's file
-        slices = [str(Path(p).relative_to(self.store.root)) for p in volume.paths]
-        buf = io.BytesIO()
-        np.savez_compressed(buf, mask=mask.astype(np.uint8), paths=np.array(slices),
-                            labels=np.array([[lb.value, *lb.color] for lb in manifest.labels]))
-        self.store.write(f"results/{job_id}/mask.npz", buf.getbuffer())
-        try:
-            write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
-        except Exception as exc:  # noqa: BLE001 - a preview is a convenience
-            log.warning("job %d: preview not written: %s", job_id, exc)
-        timings["preview"] = time.perf_counter() - t
+        if manifest.task == "classification":
+            outputs, findings = self._classify(job_id, model, volume, timings)
+        else:
+            outputs, findings = self._segment(job_id, model, volume, timings)
         timings["total"] = time.perf_counter() - t0
         timings["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with self.sessions.begin() as session:
@@ -207,12 +174,66 @@ class JobRunner:
             job.finished_at = utcnow()
             job.timings = {k: round(v, 3) for k, v in timings.items()}
             job.findings = findings
-        log.info(
-            "job %d done in %.1f s: %s",
-            job_id,
-            timings["total"],
-            ", ".join(f"{k} {v['volume_ml']:.0f} mL" for k, v in findings.items()),
-        )
+        log.info("job %d done in %.1f s: %s", job_id, timings["total"], findings_text(findings))
+
+    def _write(self, job_id: int, kind: str, obj) -> tuple[str, Any, str]:
+        buf = io.BytesIO()
+        obj.save_as(buf, enforce_file_format=True)
+        rel = self.store.result_relpath(job_id, kind)
+        self.store.write(rel, buf.getbuffer())
+        return kind, obj, rel
+
+    def _classify(self, job_id: int, model, volume, timings: dict[str, float]):
+        """Classification: one SR with the class and its probability (TID 1500 / TID 1501)."""
+        from dicom_ai.report.sr import build_classification_sr
+        from dicom_ai.report.uids import device_uid
+
+        result, model_timings = model.predict(volume)
+        timings.update(model_timings)
+        t = time.perf_counter()
+        sr = build_classification_sr(volume, result, model.manifest,
+                                     device_uid=device_uid(self.settings.node.ae_title))
+        outputs = [self._write(job_id, "SR", sr)]
+        timings["report"] = time.perf_counter() - t
+        return outputs, {model.manifest.finding.meaning: result.as_findings()}
+
+    def _segment(self, job_id: int, model, volume, timings: dict[str, float]):
+        """Segmentation: SEG and SR (volumes, mean HU), the mask for the viewer, a preview."""
+        from dicom_ai.report.measure import measure_labels
+        from dicom_ai.report.preview import write_preview_png
+        from dicom_ai.report.seg import build_seg
+        from dicom_ai.report.sr import build_sr
+        from dicom_ai.report.uids import device_uid
+
+        manifest = model.manifest
+        mask, model_timings = model.predict(volume)
+        timings.update(model_timings)
+        t = time.perf_counter()
+        omit = all(d.omit_empty_frames for d in self.settings.destinations) if self.settings.destinations else True
+        node_uid = device_uid(self.settings.node.ae_title)
+        measurements = measure_labels(volume, mask, manifest)
+        seg = build_seg(volume, mask, manifest, omit_empty_frames=omit,
+                        device_serial_number=self.settings.node.ae_title)
+        sr = build_sr(volume, mask, seg, manifest, device_uid=node_uid, measurements=measurements)
+        outputs = [self._write(job_id, kind, obj) for kind, obj in (("SEG", seg), ("SR", sr))]
+        findings = {
+            m.label.name: {"volume_ml": round(m.volume_ml, 1), "mean_hu": None if m.is_empty else round(m.mean, 1)}
+            for m in measurements.values()
+        }
+        timings["report"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # for the web viewer: the label mask (slices, rows, columns) and each slice's file
+        slices = [str(Path(p).relative_to(self.store.root)) for p in volume.paths]
+        buf = io.BytesIO()
+        np.savez_compressed(buf, mask=mask.astype(np.uint8), paths=np.array(slices),
+                            labels=np.array([[lb.value, *lb.color] for lb in manifest.labels]))
+        self.store.write(f"results/{job_id}/mask.npz", buf.getbuffer())
+        try:
+            write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
+        except Exception as exc:  # noqa: BLE001 - a preview is a convenience
+            log.warning("job %d: preview not written: %s", job_id, exc)
+        timings["preview"] = time.perf_counter() - t
+        return outputs, findings
 
 
 def worker_main(settings_json: str, stop: Any) -> None:

@@ -72,7 +72,10 @@ def algorithm_identification(manifest: ModelManifest) -> hd.AlgorithmIdentificat
 
 
 def _topic(manifest: ModelManifest) -> str:
-    """A short human word for what is segmented: 'Lung' for left lung + right lung."""
+    """A short human word for what is segmented: 'Lung' for left lung + right lung; for a
+    classification model, its finding ('Target Region')."""
+    if manifest.task == "classification" and manifest.finding is not None:
+        return manifest.finding.meaning.strip()
     meanings = [label.type.meaning.strip() for label in manifest.labels]
     if len(meanings) == 1:
         return meanings[0][:1].upper() + meanings[0][1:]

@@ -283,3 +283,96 @@ def build_sr(
         manufacturer_model_name=MODEL_NAME,
         software_versions=dicom_ai.__version__,
     )
+
+
+#: Concept name of the class probability: (122157, DCM, "Probability"), unit UCUM ``1``.
+PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+UNIT_ONE = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+def build_classification_sr(
+    volume: Volume,
+    result,
+    manifest: ModelManifest,
+    *,
+    series_number: int = 903,
+    instance_number: int = 1,
+    device_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build a TID 1500 Measurement Report with the class a classification model gave a series.
+
+    PS3.3 A.35.13 Comprehensive 3D SR IOD; PS3.16 TID 1500 with one TID 1501 *Measurement and
+    Qualitative Evaluation Group*:
+
+    * Tracking Identifier / UID (TID 4108), stable over re-runs of the same model version;
+    * Algorithm identification (TID 4019): model name and version;
+    * Qualitative Evaluation: concept ``manifest.finding`` (e.g. (123014, DCM, "Target
+      Region")), value the top class's code (e.g. (51185008, SCT, "Thoracic structure"));
+    * Measurement: Probability (122157, DCM) of that class, unit UCUM ``1``, 0-1;
+    * Source images for the group: every source image.
+
+    Parameters
+    ----------
+    volume: dicom_ai.infer.volume.Volume
+        The source volume; ``datasets`` are the source headers (evidence, patient and study).
+    result: dicom_ai.infer.runtime.ClassResult
+        The model's output for the volume.
+    manifest: dicom_ai.models.manifest.ModelManifest
+        The classification model (``finding``, ``classes``, name and version).
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        Series and SOP Instance UIDs from :mod:`dicom_ai.report.uids` (kind ``"SR"``).
+
+    Raises
+    ------
+    ValueError
+        If the volume has no source headers or the manifest is not a classification model.
+    """
+    source = volume.datasets
+    if not source:
+        raise ValueError("volume.datasets is empty: the SR needs the source headers as evidence")
+    if manifest.task != "classification" or manifest.finding is None:
+        raise ValueError(f"{manifest.label} is not a classification model")
+    series_uid = str(source[0].SeriesInstanceUID)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=manifest.algorithm_name[:_LO_MAX], version=manifest.version[:_LO_MAX]
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.tracking_uid(series_uid, manifest.name, manifest.version, 0),
+            identifier=f"{manifest.finding.meaning} ({manifest.name} {manifest.version})"[:_LO_MAX],
+        ),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=to_code(manifest.finding), value=to_code(result.top.code))
+        ],
+        measurements=[
+            hd.sr.Measurement(name=PROBABILITY, value=round(float(result.probability), 4), unit=UNIT_ONE,
+                              algorithm_id=algorithm)
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(
+            manifest, device_uid or uids.device_uid(socket.gethostname() or MODEL_NAME)
+        ),
+        procedure_reported=procedure_code(manifest),
+        imaging_measurements=[group],
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(source),
+        content=report,
+        series_instance_uid=uids.result_series_uid(series_uid, manifest.name, manifest.version, "SR"),
+        series_number=series_number,
+        sop_instance_uid=uids.result_instance_uid(
+            series_uid, manifest.name, manifest.version, "SR", (ds.SOPInstanceUID for ds in source)
+        ),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=series_description(manifest, "classification"),
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=dicom_ai.__version__,
+    )

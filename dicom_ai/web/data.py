@@ -32,12 +32,23 @@ def job_status(job: Job) -> str:
 
 
 def findings_text(findings: dict[str, Any] | None) -> str:
-    """``Left lung 1850 mL, Right lung 913 mL``."""
+    """A job's findings in one line: ``Left lung 1850 mL, Right lung 913 mL`` (segmentation) or
+    ``Target Region: Chest (0.97)`` (classification; ``(attention)`` when it asks for it)."""
     parts = []
     for name, f in (findings or {}).items():
-        if isinstance(f, dict) and f.get("volume_ml") is not None:
+        if not isinstance(f, dict):
+            continue
+        if f.get("volume_ml") is not None:
             parts.append(f"{name} {f['volume_ml']:.0f} mL")
+        elif f.get("class") is not None:
+            parts.append(f"{name}: {f['class']} ({f.get('probability', 0):.2f})"
+                         + (" (attention)" if f.get("attention") else ""))
     return ", ".join(parts)
+
+
+def findings_attention(findings: dict[str, Any] | None) -> bool:
+    """A classification finding asks for attention (its class is marked so, or it is uncertain)."""
+    return any(isinstance(f, dict) and f.get("attention") for f in (findings or {}).values())
 
 
 def _study_query():
@@ -59,6 +70,7 @@ def worklist_row(study: Study) -> dict[str, Any]:
                     "model": f"{job.model_name} {job.model_version}", "job_id": job.id,
                     "status": job_status(job), "findings": job.findings or {},
                     "findings_text": findings_text(job.findings),
+                    "attention": findings_attention(job.findings),
                 }
     receiving = any(s.state == "receiving" for s in study.series)
     ai = sorted(models.values(), key=lambda m: m["model"])
@@ -74,7 +86,7 @@ def worklist_row(study: Study) -> dict[str, Any]:
         "n_series": len(study.series),
         "ai": ai,
         "statuses": statuses,
-        "attention": any(s in ATTENTION for s in statuses),
+        "attention": any(s in ATTENTION for s in statuses) or any(m["attention"] for m in ai),
         "first_received_at": _iso(min((s.first_received_at for s in study.series), default=None)),
     }
 
@@ -156,7 +168,8 @@ def job_dict(job: Job) -> dict[str, Any]:
         "state": job.state, "status": job_status(job), "reason": job.reason,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at), "timings": job.timings or {},
-        "findings": job.findings or {}, "results": [result_dict(r) for r in job.results],
+        "findings": job.findings or {}, "findings_text": findings_text(job.findings),
+        "attention": findings_attention(job.findings), "results": [result_dict(r) for r in job.results],
     }
 
 
