@@ -35,7 +35,7 @@ app.add_typer(models_app, name="models")
 
 # piped output (scripts, grep, logs) is not cut at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file.")]
 AetOpt = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
@@ -694,8 +694,10 @@ def models_export(
     output: Annotated[Path, typer.Argument(help="New package folder to write.")],
     runtime: Annotated[str, typer.Option(help="torchscript or onnx.")] = "torchscript",
     version: Annotated[Optional[str], typer.Option(help="Version of the new package (default: the same).")] = None,
+    config: ConfigOpt = None,  # accepted like every command's; the export reads no settings
 ) -> None:
-    """Write a package's model as TorchScript or ONNX (a new package, same manifest otherwise)."""
+    """Write a package's model as TorchScript or ONNX (a new package, same manifest otherwise);
+    `dicom-ai models add` it next."""
     from dicom_ai.models.convert import convert_package
 
     try:

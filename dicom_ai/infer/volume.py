@@ -148,7 +148,7 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     localizers (Image Type LOCALIZER, SCOUT or SCANOGRAM: the routing's own test,
     :func:`dicom_ai.schedule.facts.is_localizer`) are left out and logged. Images whose Image
     Type is ``DERIVED`` are kept: reformatted or re-exported CT series (e.g. the CRLM-CT-1006
-    series, ``DERIVED\SECONDARY\PROCESSED``) are what some sites send.
+    series, ``DERIVED\\SECONDARY\\PROCESSED``) are what some sites send.
 
     Parameters
     ----------
