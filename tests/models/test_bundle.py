@@ -276,3 +276,18 @@ def test_bundle_without_torchscript(lung, tmp_path):
     (root / "models" / "model.pt").write_bytes(b"state dict")
     with pytest.raises(ValueError, match="no models/model.ts"):
         import_bundle(root, tmp_path / "out")
+
+
+def test_models_add_takes_a_bundle_folder(bundle, tmp_path):
+    """``dicom-ai models add BUNDLE``: imported, checked on the built-in sample, and the admin is
+    told what could not be mapped."""
+    from nodeproc import NodeProcess
+
+    node = NodeProcess(tmp_path / "node")
+    out = node.cli("models", "add", str(bundle), "--user", "mlops", timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "not mapped: " in out.stdout and "CropForegroundd" in out.stdout, out.stdout
+    assert "built-in sample (48 CT slices): Left lung" in out.stdout
+    assert "added lung-ct-segmentation 0.5.3 (segmentation, torchscript): active" in out.stdout
+    history = node.cli("models", "history", "lung-ct-segmentation").stdout
+    assert "mlops" in history and "not mapped" in history
