@@ -150,3 +150,41 @@ def test_totalsegmentator_jpeg2000_series(tmp_path) -> None:
     assert_no_errors_of_ours(tmp_path / "ts_sr.dcm", paths[0])
     back = read_back_mask(tmp_path / "ts_seg.dcm", volume, manifest, omit_empty_frames=True)
     assert np.array_equal(back, mask)
+
+
+def test_classification_sr(tmp_path, small_volume) -> None:
+    """A classification model's SR: TID 1500 with one TID 1501 group holding the class as a
+    qualitative evaluation and its probability, naming the model; dciodvfy finds nothing of ours."""
+    import highdicom as hd
+
+    from dicom_ai.infer.runtime import ClassResult
+    from dicom_ai.report.sr import build_classification_sr
+
+    classes = [{"index": 0, "name": "Chest", "code": {"value": "51185008", "scheme": "SCT", "meaning": "Thoracic structure"}},
+               {"index": 1, "name": "Abdomen", "code": {"value": "113345001", "scheme": "SCT", "meaning": "Abdominal structure"},
+                "attention": True}]
+    manifest = make_manifest(name="dicom-ai-body-region", version="2.0.1", task="classification", labels=[],
+                             classes=classes, input="slices", patch_size=(1, 64, 64), body_region="WHOLEBODY",
+                             finding={"value": "123014", "scheme": "DCM", "meaning": "Target Region"})
+    result = ClassResult(manifest.classes, [0.875, 0.125])
+    assert result.top.name == "Chest" and not result.attention
+    sr = build_classification_sr(small_volume, result, manifest)
+    sr.save_as(tmp_path / "sr.dcm")
+    assert_no_errors_of_ours(tmp_path / "sr.dcm", small_volume.paths[0])
+
+    back = hd.sr.srread(tmp_path / "sr.dcm")
+    assert sr.SeriesDescription == "AI Target Region classification (dicom-ai-body-region 2.0.1)"
+    (group,) = back.content.get_image_measurement_groups()
+    (evaluation,) = group.get_qualitative_evaluations()
+    assert (evaluation.name.value, evaluation.value.value) == ("123014", "51185008")
+    (probability,) = group.get_measurements()
+    assert probability.name.value == "122157" and probability.value == 0.875 and probability.unit.value == "1"
+    measurements = next(i for i in back.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    texts = {item.ConceptNameCodeSequence[0].CodeValue: item.TextValue
+             for item in measurements.ContentSequence[0].ContentSequence if item.ValueType == "TEXT"}
+    assert (texts["111001"], texts["111003"]) == ("dicom-ai-body-region", "2.0.1")  # Algorithm Name / Version
+    assert len(group.source_images) == small_volume.shape[0]
+
+    uncertain = ClassResult(manifest.classes, [0.55, 0.45], attention_below=0.6)
+    assert uncertain.attention and uncertain.as_findings()["attention"] is True
+    assert ClassResult(manifest.classes, [0.2, 0.8]).attention  # a class marked attention
