@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
 
-from dicom_ai.cache.db import Delivery, Job, Result, Series, utcnow
+from dicom_ai.cache.db import Delivery, Job, ModelEvent, ModelVersion, Result, Series, utcnow
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.web import data
@@ -162,7 +162,10 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
         with sessions() as s:
             failed = [data.delivery_dict(d) | {"kind": d.result.kind, "sop": d.result.sop_instance_uid}
                       for d in s.scalars(select(Delivery).where(Delivery.state == "failed"))]
+            versions = s.scalars(select(ModelVersion).order_by(ModelVersion.name, ModelVersion.id)).all()
+            events = s.scalars(select(ModelEvent).order_by(ModelEvent.id.desc()).limit(20)).all()
         return TEMPLATES.TemplateResponse(request, "admin.html", {
+            "versions": versions, "events": events,
             "user": who, "models": models, "routes": routes(settings, models), "rules": settings.rules,
             "destinations": settings.destinations, "checks": checks, "failed": failed})
 

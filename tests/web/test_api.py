@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import io
 import subprocess
 import sys
@@ -172,6 +174,20 @@ def test_admin_acts(web, tmp_path):
     check = client.post("/api/destinations/pacs/check").json()
     assert check["ok"] == "yes" and "writable" in check["detail"]
     assert "writable" in client.get("/admin").text  # the last check is shown
+
+
+def test_admin_page_shows_the_model_registry_and_its_history(web):
+    from dicom_ai.models.registry import enable, seed_shipped
+
+    client, _, settings = web
+    sessions = open_index(settings.database_url)  # the app's index file
+    seed_shipped(sessions, settings)
+    enable(sessions, "dicom-ai-lung@1.0.0", "boss")
+    _login(client, "boss", "admin-pass")
+    page = client.get("/admin").text
+    assert re.search(r"<td>dicom-ai-lung</td><td>1.0.0</td><td>segmentation</td><td>monai</td>\s*<td>active</td>", page), page
+    assert re.search(r"<td>boss</td><td>enable</td>\s*<td>dicom-ai-lung 1.0.0</td>", page)
+    assert re.search(r"<td>dicom-ai</td><td>add</td>\s*<td>dicom-ai-lung 1.0.0</td><td>[^<]*shipped with dicom-ai", page)
 
 
 def test_metrics(web):
