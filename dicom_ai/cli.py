@@ -711,21 +711,39 @@ def models_export(
 @models_app.command("train")
 def models_train(
     output_dir: Annotated[Path, typer.Argument(help="Model package folder to write.")],
+    task: Annotated[str, typer.Option(help="'lung' (the U-Net segmenter) or 'region' (the body-region classifier).")] = "lung",
     data_root: Annotated[Optional[Path], typer.Option(help="Real data; default ../shared/data.")] = None,
-    holdout: Annotated[list[str], typer.Option(help="Series left out: lidc, crlm, totalseg.")] = [],
+    holdout: Annotated[list[str], typer.Option(help="Series left out (lung: lidc, crlm, totalseg; region: see "
+                                                    "python -m dicom_ai.train train-region --help).")] = [],
     seed: int = 0,
-    iterations: int = 700,
+    iterations: Annotated[Optional[int], typer.Option(help="Optimiser steps (lung 700, region 1000).")] = None,
     max_minutes: float = 25.0,
+    cv_dir: Annotated[Optional[Path], typer.Option(help="region: first the two-fold cross-validation by series "
+                                                        "into this folder; its scores go into the package.")] = None,
+    version: Annotated[str, typer.Option(help="Version written into the manifest.")] = "1.0.0",
 ) -> None:
-    """Train the lung U-Net on the real CTs and write a model package (reproduces models/lung-unet)."""
+    """Train a model on the real CTs and write a model package (reproduces models/lung-unet or
+    models/body-region); then `dicom-ai models add` it."""
     import json
 
     from dicom_ai.logconf import setup_logging
-    from dicom_ai.train.loop import train_lung_model
 
     setup_logging()
-    result = train_lung_model(output_dir, data_root=data_root, holdout=holdout or None, seed=seed,
-                              max_minutes=max_minutes, iterations=iterations)
+    if task == "lung":
+        from dicom_ai.train.loop import train_lung_model
+
+        result = train_lung_model(output_dir, data_root=data_root, holdout=holdout or None, seed=seed,
+                                  max_minutes=max_minutes, iterations=iterations or 700, version=version)
+    elif task == "region":
+        from dicom_ai.train.region import crossvalidate_region, train_region_model
+
+        cv = crossvalidate_region(cv_dir, data_root=data_root, seed=seed) if cv_dir else None
+        result = train_region_model(output_dir, data_root=data_root, holdout=holdout, seed=seed,
+                                    iterations=iterations or 1000, max_minutes=max_minutes, crossvalidation=cv,
+                                    version=version)
+    else:
+        err.print(f"[red]unknown task {task!r}:[/red] 'lung' or 'region'")
+        raise typer.Exit(2)
     console.print_json(json.dumps(result, default=str))
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -158,3 +160,21 @@ def test_add_refuses_what_is_not_a_package(tmp_path, broken):
         target.write_text("hello")
     out = node.cli("models", "add", str(target))
     assert out.returncode == 1 and "not a model package" in out.stderr, out.stderr
+
+
+def test_train_add_and_test_a_classifier(tmp_path, shared_data):
+    """The ML engineer's path: train the body-region classifier briefly with the project's code,
+    add it (the sample run gives a class), and test it on a series (probabilities printed)."""
+    node = NodeProcess(tmp_path / "node")
+    _ok(subprocess.run([sys.executable, "-m", "dicom_ai.cli", "models", "train", str(tmp_path / "region"), "--task",
+                        "region", "--iterations", "30", "--version", "1.1.0-dev"],
+                       capture_output=True, text=True, timeout=300, check=False))
+    added = _ok(node.cli("models", "add", str(tmp_path / "region"), timeout=180))
+    assert re.search(r"built-in sample \(48 CT slices\): (head|chest|abdomen) \(\d\.\d\d\)", added), added
+    # the shipped 1.0.0 is in the registry, not active: the first active version of the name is this one
+    assert "added dicom-ai-body-region 1.1.0-dev (classification, torchscript): active" in added, added
+    crlm = shared_data / "ct_abdomen_CRLM-CT-1006" / "image"
+    tested = _ok(node.cli("models", "test", "dicom-ai-body-region", str(crlm), timeout=180))
+    probabilities = [float(p) for p in re.findall(r"(?:head|chest|abdomen)\S*\s*│\s*([\d.]+)", tested)]
+    assert len(probabilities) == 3 and abs(sum(probabilities) - 1) < 0.01, tested
+    assert "dicom-ai-body-region 1.1.0-dev on 51" in tested
