@@ -255,6 +255,17 @@ def build_sr(
             )
         )
 
+    return _measurement_report_sr(source, [seg], groups, manifest, "measurements", series_number=series_number,
+                                  instance_number=instance_number, device_uid=device_uid)
+
+
+def _measurement_report_sr(
+    source: list, extra_evidence: list, groups: list, manifest: ModelManifest, kind: str, *,
+    series_number: int, instance_number: int, device_uid: str | None,
+) -> hd.sr.Comprehensive3DSR:
+    """The Comprehensive 3D SR holding a TID 1500 report of ``groups`` about ``source``: this
+    node as device observer, the procedure from the manifest, UIDs from :mod:`dicom_ai.report.uids`."""
+    series_uid = str(source[0].SeriesInstanceUID)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(
             manifest, device_uid or uids.device_uid(socket.gethostname() or MODEL_NAME)
@@ -263,23 +274,17 @@ def build_sr(
         imaging_measurements=groups,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[*source, seg],
+        evidence=[*source, *extra_evidence],
         content=report,
-        series_instance_uid=uids.result_series_uid(
-            series_uid, manifest.name, manifest.version, "SR"
-        ),
+        series_instance_uid=uids.result_series_uid(series_uid, manifest.name, manifest.version, "SR"),
         series_number=series_number,
         sop_instance_uid=uids.result_instance_uid(
-            series_uid,
-            manifest.name,
-            manifest.version,
-            "SR",
-            (ds.SOPInstanceUID for ds in source),
+            series_uid, manifest.name, manifest.version, "SR", (ds.SOPInstanceUID for ds in source)
         ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=series_description(manifest, "measurements"),
+        series_description=series_description(manifest, kind),
         manufacturer_model_name=MODEL_NAME,
         software_versions=dicom_ai.__version__,
     )
@@ -354,25 +359,5 @@ def build_classification_sr(
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source],
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(
-            manifest, device_uid or uids.device_uid(socket.gethostname() or MODEL_NAME)
-        ),
-        procedure_reported=procedure_code(manifest),
-        imaging_measurements=[group],
-    )
-    return hd.sr.Comprehensive3DSR(
-        evidence=list(source),
-        content=report,
-        series_instance_uid=uids.result_series_uid(series_uid, manifest.name, manifest.version, "SR"),
-        series_number=series_number,
-        sop_instance_uid=uids.result_instance_uid(
-            series_uid, manifest.name, manifest.version, "SR", (ds.SOPInstanceUID for ds in source)
-        ),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=series_description(manifest, "classification"),
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=dicom_ai.__version__,
-    )
+    return _measurement_report_sr(list(source), [], [group], manifest, "classification",
+                                  series_number=series_number, instance_number=instance_number, device_uid=device_uid)

@@ -23,6 +23,8 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,70 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict
     return out
 
 
+@dataclass
+class Optimised:
+    """What :func:`optimise` did: optimiser steps taken, the loss of each, whether
+    ``max_minutes`` stopped it early, and its wall time in s."""
+
+    steps: int
+    losses: list[float]
+    stopped_early: bool
+    wall_s: float
+
+
+def optimise(
+    net: torch.nn.Module,
+    batch_loss: Callable[[int], torch.Tensor],
+    *,
+    iterations: int,
+    learning_rate: float,
+    max_minutes: float,
+    log_every: int = 25,
+) -> Optimised:
+    """Train ``net`` for ``iterations`` steps of AdamW (weight decay 1e-4; Loshchilov & Hutter,
+    ICLR 2019), the learning rate rising linearly over the first 5 % of the steps, then falling
+    along a cosine to 2 % of ``learning_rate`` (SGDR, Loshchilov & Hutter, ICLR 2017).
+
+    Parameters
+    ----------
+    batch_loss:
+        Draws the next batch and returns its loss (a scalar tensor with a graph); called with
+        the step number.
+    max_minutes:
+        Wall-clock stop: no step starts after this many minutes.
+    """
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
+    warmup = max(1, iterations // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return learning_rate * (step + 1) / warmup
+        progress = (step - warmup) / max(1, iterations - warmup)
+        return learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    t_train = time.perf_counter()
+    losses: list[float] = []
+    stopped_early = False
+    step = 0
+    for step in range(iterations):
+        if (time.perf_counter() - t_train) / 60.0 > max_minutes:
+            stopped_early = True
+            logger.warning("max_minutes=%.1f reached after %d iterations", max_minutes, step)
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss = batch_loss(step)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % log_every == 0 or step == iterations - 1:
+            logger.info("step %d/%d loss %.4f (mean of last %d %.4f) lr %.2e %.0f s", step, iterations, losses[-1],
+                        log_every, float(np.mean(losses[-log_every:])), lr_at(step), time.perf_counter() - t_train)
+    return Optimised(step + (0 if stopped_early else 1), losses, stopped_early, time.perf_counter() - t_train)
+
+
 def train_lung_model(
     output_dir: Path,
     data_root: Path | None = None,
@@ -235,43 +301,16 @@ def train_lung_model(
     logger.info("prepared %s in %.1f s", names, prepare_s)
 
     net = build_network(manifest.network)
-    net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
-    warmup = max(1, iterations // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return learning_rate * (step + 1) / warmup
-        progress = (step - warmup) / max(1, iterations - warmup)
-        return learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     transforms = _transforms(tuple(manifest.patch_size), seed)
     rng = random.Random(seed)
-    t_train = time.perf_counter()
-    losses: list[float] = []
-    stopped_early = False
-    step = 0
-    for step in range(iterations):
-        if (time.perf_counter() - t_train) / 60.0 > max_minutes:
-            stopped_early = True
-            logger.warning("max_minutes=%.1f reached after %d iterations", max_minutes, step)
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+
+    def batch_loss(step: int) -> torch.Tensor:
         x, y = _batch(cases, transforms, rng, batch_size)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 25 == 0 or step == iterations - 1:
-            logger.info(
-                "step %d/%d loss %.4f (mean of last 25 %.4f) lr %.2e %.0f s",
-                step, iterations, losses[-1], float(np.mean(losses[-25:])), lr_at(step), time.perf_counter() - t_train,
-            )
-    done = step + (0 if stopped_early else 1)
-    wall_s = time.perf_counter() - t_train
+        return loss_fn(net(x), y)
+
+    run = optimise(net, batch_loss, iterations=iterations, learning_rate=learning_rate, max_minutes=max_minutes)
+    done, wall_s, losses, stopped_early = run.steps, run.wall_s, run.losses, run.stopped_early
 
     # score on the training cases (model grid, whole volume, sliding window)
     from monai.inferers import sliding_window_inference

@@ -67,6 +67,7 @@ from dicom_ai.train.data import (
     volume_from_nifti,
 )
 from dicom_ai.train.labels import classical_lung_labels, sample_label_map
+from dicom_ai.train.loop import optimise
 
 logger = logging.getLogger(__name__)
 
@@ -638,44 +639,19 @@ def train_region_model(
 
     net = build_region_network()
     n_params = sum(p.numel() for p in net.parameters())
-    net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
-    warmup = max(1, iterations // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return learning_rate * (step + 1) / warmup
-        progress = (step - warmup) / max(1, iterations - warmup)
-        return learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
     gen = torch.Generator().manual_seed(seed)
     sampler = BalancedSampler(cases, random.Random(seed))
-    t_train = time.perf_counter()
-    losses: list[float] = []
-    stopped_early = False
-    step = 0
-    for step in range(iterations):
-        if (time.perf_counter() - t_train) / 60.0 > max_minutes:
-            stopped_early = True
-            logger.warning("max_minutes=%.1f reached after %d iterations", max_minutes, step)
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+
+    def batch_loss(step: int) -> torch.Tensor:
         drawn = [sampler.draw() for _ in range(batch_size)]
         x = augment_batch(torch.stack([d[0] for d in drawn]), gen)
         y = torch.tensor([d[1] for d in drawn])
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == iterations - 1:
-            logger.info("step %d/%d loss %.4f (mean of last 50 %.4f) lr %.2e %.0f s",
-                        step, iterations, losses[-1], float(np.mean(losses[-50:])), lr_at(step),
-                        time.perf_counter() - t_train)
-    done = step + (0 if stopped_early else 1)
-    wall_s = time.perf_counter() - t_train
+        return loss_fn(net(x), y)
+
+    run = optimise(net, batch_loss, iterations=iterations, learning_rate=learning_rate, max_minutes=max_minutes,
+                   log_every=50)
+    done, wall_s, losses, stopped_early = run.steps, run.wall_s, run.losses, run.stopped_early
 
     output_dir.mkdir(parents=True, exist_ok=True)
     weights = export_torchscript(net, output_dir / manifest.weights)
