@@ -161,6 +161,20 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict
     return out
 
 
+def seed_everything(seed: int) -> int:
+    """Seed Python, NumPy, torch and MONAI (deterministic algorithms) and let torch use every
+    core; returns the number of threads."""
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
 @dataclass
 class Optimised:
     """What :func:`optimise` did: optimiser steps taken, the loss of each, whether
@@ -275,7 +289,6 @@ def train_lung_model(
         If ``holdout`` names an unknown series or leaves nothing to train on.
     """
     from monai.losses import DiceCELoss
-    from monai.utils import set_determinism
 
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
@@ -288,12 +301,7 @@ def train_lung_model(
     if not names:
         raise ValueError("holdout leaves no series to train on")
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    set_determinism(seed=seed)
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = seed_everything(seed)
 
     manifest = lung_manifest(version)
     cases = [load_case(LUNG_SERIES[n], data_root, manifest.spacing, manifest.window) for n in names]

@@ -43,7 +43,6 @@ import copy
 import json
 import logging
 import math
-import os
 import platform
 import random
 import time
@@ -67,7 +66,7 @@ from dicom_ai.train.data import (
     volume_from_nifti,
 )
 from dicom_ai.train.labels import classical_lung_labels, sample_label_map
-from dicom_ai.train.loop import optimise
+from dicom_ai.train.loop import optimise, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -609,8 +608,6 @@ def train_region_model(
     ValueError
         If ``holdout`` names an unknown series or leaves a class without training slices.
     """
-    from monai.utils import set_determinism
-
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
     data_root = Path(data_root) if data_root is not None else default_data_root()
@@ -620,12 +617,7 @@ def train_region_model(
         raise ValueError(f"unknown holdout series {unknown}; known: {sorted(REGION_SERIES)}")
     names = [k for k in REGION_SERIES if k not in holdout]
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    set_determinism(seed=seed)
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = seed_everything(seed)
 
     manifest = region_manifest(version)
     train_manifest = region_manifest(version, slice_mm=slice_mm)
