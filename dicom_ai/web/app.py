@@ -255,7 +255,8 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
         models = enabled_models(settings, sessions)
         rules = routes(settings, models)
         return [{"name": m.manifest.name, "version": m.manifest.version, "task": m.manifest.task,
-                 "modalities": list(m.modalities), "labels": [lb.name for lb in m.manifest.labels],
+                 "runtime": m.manifest.runtime, "modalities": list(m.modalities),
+                 "labels": [lb.name for lb in m.manifest.labels], "classes": [c.name for c in m.manifest.classes],
                  "rules": [r.rule.name for r in rules if r.model is m]} for m in models]
 
     @app.post("/api/destinations/{name}/check", tags=["deliveries"])

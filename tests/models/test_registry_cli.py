@@ -173,6 +173,9 @@ def test_train_add_and_test_a_classifier(tmp_path, shared_data):
     assert re.search(r"built-in sample \(48 CT slices\): (head|chest|abdomen) \(\d\.\d\d\)", added), added
     # the shipped 1.0.0 is in the registry, not active: the first active version of the name is this one
     assert "added dicom-ai-body-region 1.1.0-dev (classification, torchscript): active" in added, added
+    shown = _ok(node.cli("models", "show", "dicom-ai-body-region"))
+    assert "dicom-ai-body-region 1.1.0-dev" in shown and "SCT 51185008 Thoracic structure" in shown
+    assert "finding: DCM 123014 Target Region" in shown and "dicom-ai-body-region (default)" in shown
     crlm = shared_data / "ct_abdomen_CRLM-CT-1006" / "image"
     tested = _ok(node.cli("models", "test", "dicom-ai-body-region", str(crlm), timeout=180))
     probabilities = [float(p) for p in re.findall(r"(?:head|chest|abdomen)\S*\s*│\s*([\d.]+)", tested)]
