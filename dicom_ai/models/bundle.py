@@ -386,7 +386,7 @@ def _inference_config(bundle_dir: Path, notes: list[str]) -> Path | None:
     for name in ("inference.json", "inference.yaml", "inference.yml"):
         path = configs / name
         if path.is_file():
-            if not name.endswith(".json") and importlib.util.find_spec("yaml") is None:
+            if not name.endswith(".json") and importlib.util.find_spec("yaml") is None:  # a stripped install
                 raise ValueError(f"{path}: reading YAML configs needs PyYAML (pip install pyyaml); "
                                  "only inference.json can be read without it")
             return path
