@@ -24,13 +24,31 @@ LUNG_UNET_PARAMS: dict = {
 }
 
 
+def monai_network_class(arch: str) -> type[torch.nn.Module]:
+    """The class ``arch`` names in ``monai.networks.nets`` (``"monai.networks.nets.UNet"`` or
+    ``"UNet"``).
+
+    Raises
+    ------
+    ValueError
+        If ``monai.networks.nets`` has no network class of that name.
+    """
+    import monai.networks.nets as nets
+
+    name = arch.rsplit(".", 1)[-1]
+    cls = getattr(nets, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ValueError(f"unsupported network architecture {arch!r}: not a class of monai.networks.nets")
+    return cls
+
+
 def build_network(spec: NetworkSpec) -> torch.nn.Module:
-    """Instantiate the MONAI network ``spec.arch`` with ``spec.params``.
+    """Instantiate the MONAI network ``spec.arch`` with ``spec.params`` (lists become tuples).
 
     Parameters
     ----------
     spec:
-        From the manifest; ``arch`` is a dotted MONAI class name.
+        From the manifest; ``arch`` is a dotted ``monai.networks.nets`` class name.
 
     Returns
     -------
@@ -40,14 +58,10 @@ def build_network(spec: NetworkSpec) -> torch.nn.Module:
     Raises
     ------
     ValueError
-        If ``arch`` is not a supported MONAI network.
+        If ``arch`` is not a MONAI network.
+    TypeError
+        If ``params`` do not fit its constructor.
     """
-    if spec.arch == "monai.networks.nets.UNet":
-        from monai.networks.nets import UNet
-
-        params = dict(spec.params)
-        for key in ("channels", "strides"):
-            if key in params:
-                params[key] = tuple(params[key])
-        return UNet(**params)
-    raise ValueError(f"unsupported network architecture {spec.arch!r}")
+    cls = monai_network_class(spec.arch)
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.params.items()}
+    return cls(**params)

@@ -5,7 +5,8 @@ folder with ``configs/metadata.json`` (version, description, authors, ...,
 ``network_data_format``: what the network takes and returns), an inference config
 ``configs/inference.json`` (or ``.yaml``/``.yml``; MONAI config syntax,
 https://docs.monai.io/en/stable/config_syntax.html) with ``preprocessing``, ``inferer`` and
-``postprocessing`` sections, the weights (``models/model.ts``: TorchScript), ``LICENSE`` and
+``postprocessing`` sections, the weights (``models/model.ts``: TorchScript, or ``models/model.pt``:
+a state dict of the config's ``network_def``, a ``monai.networks.nets`` class), ``LICENSE`` and
 ``docs/README.md``. :func:`import_bundle` writes the equivalent dicom-ai package
 (:mod:`dicom_ai.models.manifest`): ``manifest.json``, ``model.ts``, ``MODEL_CARD.md`` and the
 licence files, and says line by line what it mapped and what it could not map.
@@ -24,6 +25,7 @@ What is mapped (bundle -> manifest):
 ``inferer`` ``SlidingWindowInferer`` ``roi_size`` (voxels)    ``patch_size`` (else the input's ``spatial_shape``)
 ``network_data_format.outputs.pred.channel_def``              ``labels`` (channel index = label value, 0 left out)
 ``models/model.ts``                                           ``weights`` ``model.ts``, ``runtime "torchscript"``, ``sha256``
+``models/model.pt`` + ``network_def`` (a MONAI network)       ``weights`` ``model.pt``, ``runtime "monai"``, ``network``
 ``LICENSE`` (+ ``copyright``), ``docs/data_license.txt``      ``license``, copied files
 metadata text fields + ``docs/README.md``                     ``MODEL_CARD.md``
 ============================================================ ===============================
@@ -54,7 +56,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dicom_ai.models.manifest import Code, Label, ModelManifest, sha256_of, write_manifest
+from dicom_ai.models.manifest import Code, Label, ModelManifest, NetworkSpec, sha256_of, write_manifest
 
 #: The MONAI bundle specification this importer follows.
 SPEC_URL = "https://docs.monai.io/en/stable/mb_specification.html"
@@ -395,6 +397,42 @@ def _inference_config(bundle_dir: Path, notes: list[str]) -> Path | None:
     return None
 
 
+def _network_spec(config: "_Config", bundle_dir: Path) -> NetworkSpec:
+    """The ``network_def`` of the config as a manifest network: a ``monai.networks.nets`` class
+    and literal arguments (nothing evaluated).
+
+    Raises
+    ------
+    ValueError
+        If there is no ``network_def``, its ``_target_`` is not a MONAI network, or an argument
+        is an expression.
+    """
+    from dicom_ai.infer.network import monai_network_class
+
+    if not config.has("network_def"):
+        raise ValueError(f"{bundle_dir}: models/model.pt needs a network_def in the inference config to build the "
+                         "network; there is none (or export the model as models/model.ts)")
+    definition = config.value("network_def")
+    if not isinstance(definition, dict) or "_target_" not in definition:
+        raise ValueError(f"{bundle_dir}: network_def is not an object with a _target_")
+    target = str(definition["_target_"])
+    monai_network_class(target)  # ValueError if not a MONAI network
+    params = {k: v for k, v in definition.items() if not k.startswith("_")}
+
+    def literal(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(literal(x) for x in v)
+        if isinstance(v, dict):
+            return all(literal(x) for x in v.values())
+        return not isinstance(v, _Expr)
+
+    expressions = sorted(k for k, v in params.items() if not literal(v))
+    if expressions:
+        raise ValueError(f"{bundle_dir}: network_def arguments {expressions} are expressions, which the import does "
+                         "not evaluate; export the model as models/model.ts")
+    return NetworkSpec(arch=f"monai.networks.nets.{target.rsplit('.', 1)[-1]}", params=params)
+
+
 def import_bundle(bundle_dir: Path, out_dir: Path, *, name: str | None = None) -> BundleImport:
     """Write the dicom-ai model package equivalent to a MONAI bundle.
 
@@ -405,7 +443,7 @@ def import_bundle(bundle_dir: Path, out_dir: Path, *, name: str | None = None) -
         ``models/model.ts``, ``LICENSE``, ``docs/``), see :data:`SPEC_URL`.
     out_dir:
         Folder for the package; created, or must be empty. Receives ``manifest.json``,
-        ``model.ts``, ``MODEL_CARD.md``, ``LICENSE`` and ``DATA_LICENSE.txt`` when the bundle
+        ``model.ts`` (or ``model.pt``), ``MODEL_CARD.md``, ``LICENSE`` and ``DATA_LICENSE.txt`` when the bundle
         has them.
     name:
         Package name (default: metadata ``name`` slugified, else the folder name).
@@ -421,7 +459,8 @@ def import_bundle(bundle_dir: Path, out_dir: Path, *, name: str | None = None) -
         If ``bundle_dir`` is not a bundle; its metadata has no ``network_data_format`` (or no
         inputs / outputs); its output is not a segmentation (``format`` of ``outputs.pred``),
         has fewer than two channels, or its input is not one channel of a 3D image; it has no
-        ``models/model.ts`` (or that is not TorchScript); no input spacing (``Spacingd``
+        ``models/model.ts`` (or that is not TorchScript) and no ``models/model.pt`` with a
+        ``network_def`` naming a ``monai.networks.nets`` class with literal arguments; no input spacing (``Spacingd``
         ``pixdim``) or patch size can be found; a needed value is an unevaluated expression;
         the YAML config cannot be read (no PyYAML); the name or version does not fit the
         manifest; ``out_dir`` is not empty.
@@ -460,10 +499,9 @@ def import_bundle(bundle_dir: Path, out_dir: Path, *, name: str | None = None) -
 
     # --- weights -------------------------------------------------------------------------
     weights = bundle_dir / "models" / "model.ts"
-    if not weights.is_file():
-        extra = " (it has models/model.pt, a state dict for its network_def: export it as TorchScript)" \
-            if (bundle_dir / "models" / "model.pt").is_file() else ""
-        raise ValueError(f"{bundle_dir}: no models/model.ts (TorchScript weights){extra}")
+    state_dict = bundle_dir / "models" / "model.pt"
+    if not weights.is_file() and not state_dict.is_file():
+        raise ValueError(f"{bundle_dir}: no models/model.ts (TorchScript) and no models/model.pt (state dict)")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: the package folder must be new or empty")
 
@@ -705,26 +743,32 @@ def import_bundle(bundle_dir: Path, out_dir: Path, *, name: str | None = None) -
     license_text = "; ".join(parts)
 
     # --- package -------------------------------------------------------------------------
-    try:
-        import torch
+    if weights.is_file():
+        try:
+            import torch
 
-        torch.jit.load(str(weights), map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError variants
-        raise ValueError(f"{weights}: not a TorchScript archive: {exc}") from exc
+            torch.jit.load(str(weights), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError variants
+            raise ValueError(f"{weights}: not a TorchScript archive: {exc}") from exc
+        runtime, network = "torchscript", None
+        mapped.append("models/model.ts -> weights model.ts, runtime torchscript, sha256")
+    else:
+        runtime, network, weights = "monai", _network_spec(config, bundle_dir), state_dict
+        mapped.append(f"network_def {network.arch} -> network (runtime monai); models/model.pt -> weights "
+                      "model.pt, sha256")
     try:
         manifest = ModelManifest(
             name=name, version=version, task="segmentation", description=description,
             modality=modality, body_region=body_region, axcodes=axcodes, spacing=spacing,
-            normalization=normalization, window=window, patch_size=patch, runtime="torchscript",
-            weights="model.ts", sha256=sha256_of(weights), labels=labels, license=license_text,
+            normalization=normalization, window=window, patch_size=patch, runtime=runtime, network=network,
+            weights=weights.name, sha256=sha256_of(weights), labels=labels, license=license_text,
             model_card="MODEL_CARD.md",
         )
     except ValidationError as exc:
         raise ValueError(f"{bundle_dir}: the imported manifest is not valid: {exc}") from exc
-    mapped.append("models/model.ts -> weights model.ts, runtime torchscript, sha256")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, out_dir / "model.ts")
+    shutil.copyfile(weights, out_dir / weights.name)
     if license_file is not None:
         shutil.copyfile(license_file, out_dir / "LICENSE")
     if data_license is not None:

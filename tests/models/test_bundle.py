@@ -271,11 +271,43 @@ def test_metadata_without_network_data_format(lung, traced, tmp_path):
         import_bundle(root, tmp_path / "out")
 
 
-def test_bundle_without_torchscript(lung, tmp_path):
-    root = write_bundle(tmp_path / "b", copy.deepcopy(metadata(lung.manifest)), inference(lung.manifest), None)
-    (root / "models" / "model.pt").write_bytes(b"state dict")
-    with pytest.raises(ValueError, match="no models/model.ts"):
-        import_bundle(root, tmp_path / "out")
+def test_bundle_with_a_state_dict_and_network_def(lung, tmp_path):
+    """No model.ts: models/model.pt is loaded into the config's network_def (a MONAI UNet, literal
+    arguments) and runs like the native package; anything else is refused with the reason."""
+    from dicom_ai.models.registry import sample_paths
+
+    config = inference(lung.manifest)
+    for t in config["preprocessing"]["transforms"]:
+        if t["_target_"] == "Orientationd":
+            t["axcodes"] = "SPL"  # the shipped weights take the node's canonical axes
+    config["pixdim"], config["patch_size"] = list(lung.manifest.spacing), list(lung.manifest.patch_size)
+    root = write_bundle(tmp_path / "b", copy.deepcopy(metadata(lung.manifest)), config, None)
+    (root / "models" / "model.pt").write_bytes((LUNG / "model.pt").read_bytes())
+    result = import_bundle(root, tmp_path / "out")
+    m = result.manifest
+    assert (m.runtime, m.weights, m.axcodes) == ("monai", "model.pt", "SPL")
+    assert m.network.arch == "monai.networks.nets.UNet" and m.network.params["channels"] == [16, 32, 64, 128]
+    assert any("network_def monai.networks.nets.UNet -> network" in line for line in result.mapped)
+    volume = load_series(sample_paths())
+    native, _ = lung.predict(volume)
+    imported, _ = SegmentationModel.load(tmp_path / "out", device="cpu").predict(volume)
+    assert np.array_equal(native, imported)
+
+    for change, message in [({"channels": "$[16, 32, 64, 128]"}, "expressions"),
+                            ({"_target_": "os.system"}, "not a class of monai.networks.nets"),
+                            (None, "needs a network_def")]:
+        bad = copy.deepcopy(config)
+        if change is None:
+            del bad["network_def"], bad["network"]
+        else:
+            bad["network_def"].update(change)
+        broken = write_bundle(tmp_path / f"bad-{len(message)}", copy.deepcopy(metadata(lung.manifest)), bad, None)
+        (broken / "models" / "model.pt").write_bytes(b"state dict")
+        with pytest.raises(ValueError, match=message):
+            import_bundle(broken, tmp_path / f"out-{len(message)}")
+    empty = write_bundle(tmp_path / "none", copy.deepcopy(metadata(lung.manifest)), config, None)
+    with pytest.raises(ValueError, match="no models/model.ts .* and no models/model.pt"):
+        import_bundle(empty, tmp_path / "out-none")
 
 
 def test_models_add_takes_a_bundle_folder(bundle, tmp_path):
