@@ -104,12 +104,15 @@ class Predictor:
         The torch module (runtimes ``monai`` and ``torchscript``), else None.
     nbytes:
         Memory the weights take (parameters and buffers; the ONNX file's size for ``onnx``).
+    max_batch:
+        The most inputs one call takes (an ONNX graph exported with a fixed batch size), else None.
     """
 
-    def __init__(self, fn, nbytes: int, module: torch.nn.Module | None = None) -> None:
+    def __init__(self, fn, nbytes: int, module: torch.nn.Module | None = None, max_batch: int | None = None) -> None:
         self._fn = fn
         self.nbytes = nbytes
         self.module = module
+        self.max_batch = max_batch
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn(x)
@@ -177,7 +180,8 @@ def _onnx_predictor(package_dir: Path, weights: Path, device: torch.device) -> P
         out = session.run(None, {input_name: x.detach().to("cpu", torch.float32).numpy()})[0]
         return torch.from_numpy(out).to(x.device)
 
-    return Predictor(run, weights.stat().st_size)
+    batch = session.get_inputs()[0].shape[0]
+    return Predictor(run, weights.stat().st_size, max_batch=batch if isinstance(batch, int) and batch > 0 else None)
 
 
 class LoadedModel:
@@ -442,6 +446,7 @@ class ClassificationModel(LoadedModel):
         sync()
         t1 = time.perf_counter()
         probs = []
+        batch_size = min(batch_size, self.predictor.max_batch or batch_size)
         for start in range(0, x.shape[0], batch_size):
             logits = self.predictor(x[start:start + batch_size])
             if logits.ndim != 2 or logits.shape[1] != len(self.manifest.classes):

@@ -4,7 +4,8 @@ A package of runtime ``"monai"`` (network definition + state dict) or ``"torchsc
 traced on one input of its patch size and written as a new package with the same manifest
 except ``runtime``, ``weights``, ``sha256`` (and no ``network``). The model card and licence
 files are copied. ONNX export uses ``torch.onnx.export`` (the ``torch.export``-based exporter;
-needs the ``onnx`` and ``onnxscript`` packages, extra ``dicom-ai[export]``) with a dynamic batch
+needs the ``onnx`` and ``onnxscript`` packages, extra ``dicom-ai[export]``; a TorchScript package
+goes through the older TorchScript-based exporter, which can read it) with a dynamic batch
 dimension, opset 18.
 """
 
@@ -70,6 +71,11 @@ def convert_package(src: Path, dest: Path, runtime: str, *, version: str | None 
             if runtime == "torchscript":
                 traced = torch.jit.trace(model.network, x, check_trace=False)
                 traced.save(str(weights))
+            elif isinstance(model.network, torch.jit.ScriptModule):
+                # torch.export cannot read TorchScript; the TorchScript-based exporter can
+                torch.onnx.export(model.network, (x,), str(weights), input_names=["image"], output_names=["logits"],
+                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                                  opset_version=18)
             else:
                 batch = torch.export.Dim("batch", min=1, max=1024)
                 torch.onnx.export(model.network, (x,), str(weights), input_names=["image"], output_names=["logits"],

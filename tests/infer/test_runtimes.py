@@ -79,3 +79,40 @@ def test_cpu_and_cuda_masks_agree(tmp_path, sample, native_mask, runtime):
     for value in (1, 2):
         a, b = mask == value, native_mask == value
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.999, value
+
+
+def test_an_onnx_classifier_with_a_fixed_batch_of_one(tmp_path, sample):
+    """ONNX graphs are often exported for batch 1: the slices are then fed one at a time, and the
+    probabilities equal the TorchScript package's."""
+    from dicom_ai.config import repo_root
+
+    region = repo_root() / "models" / "body-region"
+    reference = load_model(region, device="cpu")
+    package = tmp_path / "onnx"
+    shutil.copytree(region, package)
+    (package / "model.ts").unlink()
+    from dicom_ai.train.region import build_region_network
+
+    eager = build_region_network()  # the exporter takes eager modules, not TorchScript
+    eager.load_state_dict(reference.network.state_dict())
+    with torch.no_grad():
+        torch.onnx.export(eager.eval(), (torch.rand(1, 1, 64, 64),), str(package / "model.onnx"),
+                          input_names=["image"], dynamo=True, external_data=False)
+    write_manifest(package, reference.manifest.model_copy(update={
+        "runtime": "onnx", "weights": "model.onnx", "sha256": sha256_of(package / "model.onnx")}))
+    model = load_model(package, device="cpu")
+    assert model.predictor.max_batch == 1
+    got, _ = model.predict(sample)
+    want, _ = reference.predict(sample)
+    assert got.top.name == want.top.name
+    assert np.allclose(got.probabilities, want.probabilities, atol=1e-4)
+
+
+def test_the_torchscript_classifier_exports_to_onnx(tmp_path, sample):
+    from dicom_ai.config import repo_root
+
+    region = repo_root() / "models" / "body-region"
+    package = convert_package(region, tmp_path / "onnx", "onnx")
+    got, _ = load_model(package, device="cpu").predict(sample)
+    want, _ = load_model(region, device="cpu").predict(sample)
+    assert np.allclose(got.probabilities, want.probabilities, atol=1e-4)
