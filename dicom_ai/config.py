@@ -187,8 +187,10 @@ class WorkerSettings(_Section):
 
     device: str = "auto"  # auto | cpu | cuda
     poll_seconds: float = Field(1.0, gt=0)
-    # weights of models kept loaded between jobs; the least recently used leave first
+    # weights of models kept loaded between jobs, in RAM and in GPU memory; the least recently
+    # used on that device leave first
     model_memory_mb: float = Field(2048.0, ge=0)
+    gpu_model_memory_mb: float = Field(4096.0, ge=0)
 
 
 class WebSettings(_Section):

@@ -60,15 +60,31 @@ def model_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-class WarmModels:
-    """Loaded models kept between jobs within ``budget_mb`` of weights (CPU or GPU memory);
-    when a new one would not fit, the least recently used leave first. The model being asked
-    for is always kept, even alone over budget."""
+def model_device(model: Any) -> str:
+    """Where a loaded model's weights are: ``"cuda"`` (GPU memory) or ``"cpu"`` (RAM)."""
+    where = getattr(model, "weights_device", None)
+    if where:
+        return where
+    first = next(iter(model.network.parameters()), None)
+    return "cuda" if first is not None and first.is_cuda else "cpu"
 
-    def __init__(self, budget_mb: float, loader: Callable[[str], Any]) -> None:
-        self.budget = budget_mb * 1024 * 1024
+
+class WarmModels:
+    """Loaded models kept between jobs within a memory budget of weights per device: ``budget_mb``
+    in RAM, ``gpu_budget_mb`` in GPU memory (default: ``budget_mb``). When a new model would not
+    fit its device's budget, the least recently used models on that device leave first. The
+    model being asked for is always kept, even alone over budget."""
+
+    def __init__(self, budget_mb: float, loader: Callable[[str], Any], gpu_budget_mb: float | None = None) -> None:
+        mb = 1024 * 1024
+        self.budgets = {"cpu": budget_mb * mb, "cuda": (budget_mb if gpu_budget_mb is None else gpu_budget_mb) * mb}
         self.loader = loader
-        self._models: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._models: OrderedDict[str, tuple[Any, int, str]] = OrderedDict()
+
+    @property
+    def budget(self) -> float:
+        """The RAM budget, bytes."""
+        return self.budgets["cpu"]
 
     def get(self, path: str) -> Any:
         """The model of package ``path``, loaded now or kept from an earlier job."""
@@ -76,19 +92,28 @@ class WarmModels:
             self._models.move_to_end(path)
             return self._models[path][0]
         model = self.loader(path)
-        size = model_bytes(model)
-        while self._models and self.used + size > self.budget:
-            old, (_, old_size) = self._models.popitem(last=False)
-            log.info("model %s leaves memory (%.1f MB; budget %.0f MB)", old, old_size / 2**20,
-                     self.budget / 2**20)
-            _free_gpu_cache()
-        self._models[path] = (model, size)
+        size, where = model_bytes(model), model_device(model)
+        budget = self.budgets[where]
+        while self.used_on(where) + size > budget:
+            old = next((p for p, (_, _, w) in self._models.items() if w == where), None)
+            if old is None:
+                break
+            _, old_size, _ = self._models.pop(old)
+            log.info("model %s leaves memory (%.1f MB; %s budget %.0f MB)", old, old_size / 2**20,
+                     "GPU" if where == "cuda" else "RAM", budget / 2**20)
+            if where == "cuda":
+                _free_gpu_cache()
+        self._models[path] = (model, size, where)
         return model
+
+    def used_on(self, where: str) -> int:
+        """Bytes of weights kept on ``"cpu"`` or ``"cuda"``."""
+        return sum(size for _, size, w in self._models.values() if w == where)
 
     @property
     def used(self) -> int:
-        """Bytes of weights kept now."""
-        return sum(size for _, size in self._models.values())
+        """Bytes of weights kept now, all devices."""
+        return sum(size for _, size, _ in self._models.values())
 
     def __contains__(self, path: str) -> bool:
         return path in self._models
@@ -108,7 +133,8 @@ class JobRunner:
         self.settings = settings
         self.sessions = sessions
         self.store = store
-        self._models = WarmModels(settings.worker.model_memory_mb, self._load)
+        self._models = WarmModels(settings.worker.model_memory_mb, self._load,
+                                  gpu_budget_mb=settings.worker.gpu_model_memory_mb)
 
     def _load(self, path: str) -> Any:
         from dicom_ai.infer.runtime import load_model

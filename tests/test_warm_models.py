@@ -39,6 +39,27 @@ def test_models_stay_loaded_until_the_budget_needs_room(caplog):
     assert warm.used == 3072 * 1024
 
 
+def test_gpu_and_ram_budgets_are_kept_apart(caplog):
+    """A model on the GPU never pushes a RAM model out, and the other way round."""
+    caplog.set_level(logging.INFO, logger="dicom_ai")
+    where = {"cpu-a": "cpu", "cpu-b": "cpu", "gpu-a": "cuda", "gpu-b": "cuda"}
+
+    def loader(path):
+        model = _fake(600)
+        model.weights_device = where[path]
+        return model
+
+    warm = WarmModels(1.0, loader, gpu_budget_mb=1.0)  # 1 MB each; two 600 KiB models do not fit one
+    warm.get("cpu-a")
+    warm.get("gpu-a")
+    assert "cpu-a" in warm and "gpu-a" in warm  # 1.2 MB in all, but 600 KiB per device
+    warm.get("gpu-b")
+    assert "gpu-a" not in warm and "cpu-a" in warm and "GPU budget" in caplog.text
+    warm.get("cpu-b")
+    assert "cpu-a" not in warm and "gpu-b" in warm and "RAM budget" in caplog.text
+    assert warm.used_on("cpu") == warm.used_on("cuda") == 600 * 1024
+
+
 def test_the_shipped_model_fits_the_default_budget():
     from dicom_ai.config import default_model_path, load_settings
     from dicom_ai.infer.runtime import SegmentationModel

@@ -106,13 +106,17 @@ class Predictor:
         Memory the weights take (parameters and buffers; the ONNX file's size for ``onnx``).
     max_batch:
         The most inputs one call takes (an ONNX graph exported with a fixed batch size), else None.
+    weights_device:
+        Where the weights are: ``"cuda"`` (GPU memory) or ``"cpu"`` (RAM).
     """
 
-    def __init__(self, fn, nbytes: int, module: torch.nn.Module | None = None, max_batch: int | None = None) -> None:
+    def __init__(self, fn, nbytes: int, module: torch.nn.Module | None = None, max_batch: int | None = None,
+                 weights_device: str = "cpu") -> None:
         self._fn = fn
         self.nbytes = nbytes
         self.module = module
         self.max_batch = max_batch
+        self.weights_device = weights_device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn(x)
@@ -148,14 +152,14 @@ def load_predictor(package_dir: Path, manifest: ModelManifest, device: torch.dev
         except (RuntimeError, AttributeError) as exc:
             raise ModelPackageError(f"model package {package_dir}: weights do not fit the network: {exc}") from exc
         network.to(device).eval()
-        return Predictor(network, _module_bytes(network), network)
+        return Predictor(network, _module_bytes(network), network, weights_device=device.type)
     if manifest.runtime == "torchscript":
         try:
             module = torch.jit.load(str(weights), map_location=device)
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError variants
             raise ModelPackageError(f"model package {package_dir}: {manifest.weights} is not TorchScript: {exc}") from exc
         module.eval()
-        return Predictor(module, _module_bytes(module), module)
+        return Predictor(module, _module_bytes(module), module, weights_device=device.type)
     return _onnx_predictor(package_dir, weights, device)
 
 
@@ -181,7 +185,8 @@ def _onnx_predictor(package_dir: Path, weights: Path, device: torch.device) -> P
         return torch.from_numpy(out).to(x.device)
 
     batch = session.get_inputs()[0].shape[0]
-    return Predictor(run, weights.stat().st_size, max_batch=batch if isinstance(batch, int) and batch > 0 else None)
+    return Predictor(run, weights.stat().st_size, max_batch=batch if isinstance(batch, int) and batch > 0 else None,
+                     weights_device="cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu")
 
 
 class LoadedModel:
@@ -217,6 +222,11 @@ class LoadedModel:
     def nbytes(self) -> int:
         """Memory the weights take, bytes."""
         return self.predictor.nbytes
+
+    @property
+    def weights_device(self) -> str:
+        """``"cuda"`` or ``"cpu"``: where the weights are."""
+        return self.predictor.weights_device
 
     @classmethod
     def load(cls, package_dir: Path, device: str | None = None):
