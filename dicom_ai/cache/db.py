@@ -269,25 +269,35 @@ def migrate(engine: Engine) -> None:
     """Bring the index schema to this version of dicom-ai (Alembic ``upgrade head``).
 
     An index made before migrations existed (it has tables but no ``alembic_version``) is
-    taken to be at the baseline and upgraded from there.
+    taken to be at the baseline and upgraded from there. A failed attempt is retried for 15 s,
+    as another process may be migrating the same index at that moment.
 
     Raises
     ------
     IndexSchemaError
         If the upgrade fails (an index from an unknown version).
     """
+    import time
+
     from alembic import command
 
-    try:
-        with engine.begin() as conn:
-            insp = inspect(conn)
-            if insp.has_table("series") and not insp.has_table("alembic_version"):
-                command.stamp(_alembic(conn), BASELINE)
-            command.upgrade(_alembic(conn), "head")
-    except Exception as exc:  # noqa: BLE001 - whatever the database says, say where it came from
-        raise IndexSchemaError(
-            f"the index at {engine.url!r} cannot be brought to this version's schema: {exc}"
-        ) from exc
+    deadline = time.monotonic() + 15.0
+    while True:
+        try:
+            with engine.begin() as conn:
+                insp = inspect(conn)
+                if insp.has_table("series") and not insp.has_table("alembic_version"):
+                    command.stamp(_alembic(conn), BASELINE)
+                command.upgrade(_alembic(conn), "head")
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the database says, say where it came from
+            # another process (the node and a CLI command started together) may be creating the
+            # same new index: SQLite commits each CREATE TABLE, so wait for it to finish and look again
+            if time.monotonic() > deadline:
+                raise IndexSchemaError(
+                    f"the index at {engine.url!r} cannot be brought to this version's schema: {exc}"
+                ) from exc
+            time.sleep(0.5)
 
 
 def open_index(url: str) -> sessionmaker:

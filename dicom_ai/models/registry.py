@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Job, ModelEvent, ModelVersion, utcnow
@@ -288,27 +289,36 @@ def add_package(
             notes.append(f"built-in sample ({len(SAMPLE_SLICES)} CT slices): {summary}; "
                          f"load {load_s:.2f} s, run {sample_seconds:.2f} s")
         final = root / m.name / m.version
-        if final.exists():  # left by a crash between the move and the commit
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, final)
+        moved = False
         try:
             with sessions.begin() as s:
+                row = ModelVersion(
+                    name=m.name, version=m.version, task=m.task, runtime=m.runtime, path=str(final),
+                    sha256=m.sha256.lower(), active=False, source=str(Path(src).resolve())[:1024],
+                    sample_seconds=sample_seconds, added_at=utcnow(), added_by=who[:64],
+                )
+                s.add(row)
+                # the insert holds the index's write lock until the commit: a process adding the same
+                # name and version at the same time fails here, before it touches the folder
+                s.flush()
                 active = s.scalar(select(ModelVersion).where(ModelVersion.name == m.name, ModelVersion.active))
                 make_active = activate if activate is not None else active is None
                 if make_active and active is not None:
                     active.active = False
-                row = ModelVersion(
-                    name=m.name, version=m.version, task=m.task, runtime=m.runtime, path=str(final),
-                    sha256=m.sha256.lower(), active=make_active, source=str(Path(src).resolve())[:1024],
-                    sample_seconds=sample_seconds, added_at=utcnow(), added_by=who[:64],
-                )
-                s.add(row)
+                row.active = make_active
                 what = [f"from {Path(src).resolve()}", f"sha256 {m.sha256[:12]}…", m.runtime,
                         "active" if make_active else "not active"] + ([detail] if detail else []) + notes
                 record(s, who, "add", m.name, m.version, "; ".join(what))
+                if final.exists():  # left by a crash between a move and its commit: no row has it
+                    shutil.rmtree(final)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged.path, final)
+                moved = True
+        except IntegrityError as exc:
+            raise RegistryError(f"{m.label} is already in the registry; give the new package another version") from exc
         except Exception:
-            shutil.rmtree(final, ignore_errors=True)
+            if moved:
+                shutil.rmtree(final, ignore_errors=True)
             raise
         return row, notes
     finally:

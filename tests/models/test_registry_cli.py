@@ -181,3 +181,21 @@ def test_train_add_and_test_a_classifier(tmp_path, shared_data):
     probabilities = [float(p) for p in re.findall(r"(?:head|chest|abdomen)\S*\s*│\s*([\d.]+)", tested)]
     assert len(probabilities) == 3 and abs(sum(probabilities) - 1) < 0.01, tested
     assert "dicom-ai-body-region 1.1.0-dev on 51" in tested
+
+
+def test_first_use_by_three_processes_at_once(tmp_path):
+    """The node and CLI commands started together on a new data folder: the index is created once
+    and the shipped models are registered once, with their folders, by whichever comes first."""
+    node = NodeProcess(tmp_path / "node")
+    procs = [subprocess.Popen([sys.executable, "-m", "dicom_ai.cli", "models", "list", "--config",
+                               str(node.config_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert all(code == 0 for _, _, code in outs), outs
+    assert all("dicom-ai-lung" in out for out, _, _ in outs)
+    history = _ok(node.cli("models", "history"))
+    assert len(re.findall(r"│\s*dicom-ai\s*│\s*add\s*│", history)) == 2, history
+    root = node.workdir / "var" / "models"
+    assert sorted(str(p.parent.relative_to(root)) for p in root.rglob("manifest.json")) == [
+        "dicom-ai-body-region/1.0.0", "dicom-ai-lung/1.0.0"]
+    assert not list(root.glob(".staging-*"))
