@@ -242,8 +242,8 @@ def add_package(
 
     Steps: unpack into a staging folder under ``<data_dir>/models``; validate the manifest;
     refuse a name and version already there; verify the weights' SHA-256 (the manifest must
-    give one); run ``check`` (default :func:`run_on_sample`); move the folder to
-    ``<data_dir>/models/<name>/<version>``; add the row and an ``add`` event in one transaction.
+    give one); run ``check`` (default :func:`run_on_sample`); then, in one transaction, add the
+    row and an ``add`` event and move the folder to ``<data_dir>/models/<name>/<version>``.
     Nothing is left behind when a step fails.
 
     Parameters
