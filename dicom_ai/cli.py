@@ -322,18 +322,19 @@ def rules_test(
     from dicom_ai.schedule.facts import facts_from_files
     from dicom_ai.schedule.routing import decide, enabled_models, routes
 
-    settings = _settings(config)
+    from dicom_ai.export.scu import expand_paths
+
+    settings, sessions = _index(config)
     classes = set(image_storage_sop_classes())
     target = Path(path)
     if target.exists():
-        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
-        all_facts = facts_from_files(files, classes, calling_ae)
+        all_facts = facts_from_files(expand_paths([target]), classes, calling_ae)
     else:
-        all_facts = _cached_series_facts(settings, path, classes)
+        all_facts = _cached_series_facts(sessions, path, classes)
     if not all_facts:
         err.print(f"no DICOM series found in {path} (neither files nor a Series Instance UID in the cache)")
         raise typer.Exit(1)
-    active = routes(settings, enabled_models(settings, _index(config)[1]))
+    active = routes(settings, enabled_models(settings, sessions))
     for rule in settings.rules:
         if not rule.enabled:
             console.print(f"rule {rule.name!r} ({rule.model}) is disabled")
@@ -351,13 +352,12 @@ def rules_test(
         console.print(table)
 
 
-def _cached_series_facts(settings: Settings, series_uid: str, classes: set[str]) -> list:
+def _cached_series_facts(sessions, series_uid: str, classes: set[str]) -> list:
     from sqlalchemy import select
 
-    from dicom_ai.cache.db import Series, open_index
+    from dicom_ai.cache.db import Series
     from dicom_ai.schedule.completion import series_facts
 
-    sessions = open_index(settings.database_url)
     with sessions() as s:
         series = s.scalar(select(Series).where(Series.series_instance_uid == series_uid))
         if series is None:
@@ -674,9 +674,11 @@ def _series_files(settings: Settings, sessions, series: str) -> list[Path]:
     from dicom_ai.cache.db import Series
     from dicom_ai.cache.store import FileStore
 
+    from dicom_ai.export.scu import expand_paths
+
     target = Path(series)
     if target.exists():
-        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+        files = expand_paths([target])
     else:
         store = FileStore(settings.node.data_dir)
         with sessions() as s:

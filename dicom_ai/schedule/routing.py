@@ -69,42 +69,40 @@ def enabled_models(settings: Settings, sessions: sessionmaker | None = None) -> 
     the active versions of the model registry (:mod:`dicom_ai.models.registry`) when ``sessions``
     is given. A configuration entry pins its model: a registry version of the same name is then
     left out, with a warning. With neither, the shipped lung model."""
-    entries = [e for e in settings.models if e.enabled]
+    out = [m for m in map(_routable, (e for e in settings.models if e.enabled)) if m is not None]
     if sessions is not None:
         from dicom_ai.models.registry import active_versions
 
-        pinned = set()
-        for entry in entries:
-            try:
-                pinned.add(load_manifest(entry.path).name)
-            except (OSError, ValueError):
-                pass
+        pinned = {m.manifest.name for m in out}
         for row in active_versions(sessions):
             if row.name in pinned:
                 log.warning("model %s %s of the registry not used: [[models]] in the configuration pins %s",
                             row.name, row.version, row.name)
                 continue
-            entries.append(ModelEntry(path=Path(row.path)))
-    if not entries and not settings.models and (sessions is None or not _registry_used(sessions)):
-        entries = [ModelEntry(path=default_model_path())]
-    out = []
-    for entry in entries:
-        if not entry.enabled:
-            continue
-        try:
-            manifest = load_manifest(entry.path)
-        except (OSError, ValueError) as exc:
-            # the node keeps receiving; the admin sees why the model is not offered
-            log.error("model package %s not usable, skipped: %s", entry.path, exc)
-            continue
-        modalities = tuple(m.upper() for m in (entry.modalities or [manifest.modality]))
-        if entry.body_parts is None:
-            body_parts = body_parts_for(manifest.body_region)
-        else:
-            body_parts = tuple(b.upper() for b in entry.body_parts)
-        destinations = tuple(entry.destinations) if entry.destinations is not None else None
-        out.append(RoutableModel(entry.path, manifest, modalities, body_parts, destinations))
+            model = _routable(ModelEntry(path=Path(row.path)))
+            if model is not None:
+                out.append(model)
+    if not out and not settings.models and (sessions is None or not _registry_used(sessions)):
+        out = [m for m in [_routable(ModelEntry(path=default_model_path()))] if m is not None]
     return out
+
+
+def _routable(entry: ModelEntry) -> RoutableModel | None:
+    """The entry's package with its routing conditions; None (and an error in the log) if its
+    manifest cannot be read."""
+    try:
+        manifest = load_manifest(entry.path)
+    except (OSError, ValueError) as exc:
+        # the node keeps receiving; the admin sees why the model is not offered
+        log.error("model package %s not usable, skipped: %s", entry.path, exc)
+        return None
+    modalities = tuple(m.upper() for m in (entry.modalities or [manifest.modality]))
+    if entry.body_parts is None:
+        body_parts = body_parts_for(manifest.body_region)
+    else:
+        body_parts = tuple(b.upper() for b in entry.body_parts)
+    destinations = tuple(entry.destinations) if entry.destinations is not None else None
+    return RoutableModel(entry.path, manifest, modalities, body_parts, destinations)
 
 
 def _registry_used(sessions: sessionmaker) -> bool:
