@@ -51,22 +51,9 @@ def claim_next_job(sessions: sessionmaker) -> int | None:
 
 
 def model_bytes(model: Any) -> int:
-    """Bytes of a loaded model's weights (on whichever device they are): its ``nbytes``, or
-    the parameters and buffers of its ``network``."""
-    if hasattr(model, "nbytes"):
-        return int(model.nbytes)
-    network = model.network
-    tensors = list(network.parameters()) + list(network.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def model_device(model: Any) -> str:
-    """Where a loaded model's weights are: ``"cuda"`` (GPU memory) or ``"cpu"`` (RAM)."""
-    where = getattr(model, "weights_device", None)
-    if where:
-        return where
-    first = next(iter(model.network.parameters()), None)
-    return "cuda" if first is not None and first.is_cuda else "cpu"
+    """Bytes of a loaded model's weights, on whichever device they are
+    (:attr:`dicom_ai.infer.runtime.LoadedModel.nbytes`)."""
+    return int(model.nbytes)
 
 
 class WarmModels:
@@ -92,7 +79,7 @@ class WarmModels:
             self._models.move_to_end(path)
             return self._models[path][0]
         model = self.loader(path)
-        size, where = model_bytes(model), model_device(model)
+        size, where = model_bytes(model), model.weights_device
         budget = self.budgets[where]
         while self.used_on(where) + size > budget:
             old = next((p for p, (_, _, w) in self._models.items() if w == where), None)

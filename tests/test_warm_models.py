@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-import torch
 
 from dicom_ai.worker import WarmModels, model_bytes
 
 
 def _fake(kib: int) -> SimpleNamespace:
-    """A stand-in model with ``kib`` KiB of float32 weights."""
-    return SimpleNamespace(network=torch.nn.Linear(kib * 256, 1, bias=False))
+    """A stand-in model with ``kib`` KiB of weights in RAM."""
+    return SimpleNamespace(nbytes=kib * 1024, weights_device="cpu")
 
 
 def test_models_stay_loaded_until_the_budget_needs_room(caplog):
