@@ -428,6 +428,29 @@ class ClassificationModel(LoadedModel):
     task = "classification"
 
     @torch.inference_mode()
+    def probabilities(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Softmax class probabilities (inputs, classes) of network inputs ``x`` (from
+        :func:`classification_input`), run ``batch_size`` at a time (fewer if the runtime
+        takes fewer).
+
+        Raises
+        ------
+        ModelPackageError
+            If the network's output does not have one channel per manifest class.
+        """
+        probs = []
+        batch_size = min(batch_size, self.predictor.max_batch or batch_size)
+        for start in range(0, x.shape[0], batch_size):
+            logits = self.predictor(x[start:start + batch_size].to(self.device))
+            if logits.ndim != 2 or logits.shape[1] != len(self.manifest.classes):
+                raise ModelPackageError(
+                    f"{self.manifest.label}: output shape {tuple(logits.shape)}, expected (batch, "
+                    f"{len(self.manifest.classes)}) for its classes"
+                )
+            probs.append(torch.softmax(logits.float(), dim=1))
+        return torch.cat(probs)
+
+    @torch.inference_mode()
     def predict(self, volume: Volume, batch_size: int = 64) -> tuple[ClassResult, dict[str, float]]:
         """Classify a volume.
 
@@ -455,17 +478,7 @@ class ClassificationModel(LoadedModel):
         x = classification_input(volume, self.manifest, self.device)
         sync()
         t1 = time.perf_counter()
-        probs = []
-        batch_size = min(batch_size, self.predictor.max_batch or batch_size)
-        for start in range(0, x.shape[0], batch_size):
-            logits = self.predictor(x[start:start + batch_size])
-            if logits.ndim != 2 or logits.shape[1] != len(self.manifest.classes):
-                raise ModelPackageError(
-                    f"{self.manifest.label}: output shape {tuple(logits.shape)}, expected (batch, "
-                    f"{len(self.manifest.classes)}) for its classes"
-                )
-            probs.append(torch.softmax(logits.float(), dim=1))
-        mean = torch.cat(probs).mean(dim=0).cpu().tolist()
+        mean = self.probabilities(x, batch_size).mean(dim=0).cpu().tolist()
         sync()
         t2 = time.perf_counter()
         return ClassResult(self.manifest.classes, mean, self.manifest.attention_below), {"preprocess": t1 - t0, "inference": t2 - t1}

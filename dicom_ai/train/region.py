@@ -697,12 +697,6 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(CLASS_
     return m.tolist()
 
 
-@torch.inference_mode()
-def _slice_probabilities(model: ClassificationModel, x: torch.Tensor) -> np.ndarray:
-    out = [torch.softmax(model.predictor(x[i:i + 64].to(model.device)).float(), dim=1) for i in range(0, x.shape[0], 64)]
-    return torch.cat(out).cpu().numpy()
-
-
 def evaluate_region_package(package_dir: Path, data_root: Path | None = None, keys: list[str] | tuple[str, ...] = (),
                             external: bool = True) -> dict:
     """Score a body-region package on series of :data:`REGION_SERIES` and on :data:`EXTERNAL_IMAGES`.
@@ -729,7 +723,7 @@ def evaluate_region_package(package_dir: Path, data_root: Path | None = None, ke
         series_ok = 0
         for key in keys:
             case = _case(key, data_root, model.manifest, keep_volumes=True)
-            probs = _slice_probabilities(model, case.x)
+            probs = model.probabilities(case.x).cpu().numpy()
             pred = probs.argmax(1)
             if REGION_SERIES[key].source == "slices":
                 series_probs = probs.mean(0)
