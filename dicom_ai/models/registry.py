@@ -409,9 +409,7 @@ def seed_shipped(sessions: sessionmaker, settings: Settings) -> list[ModelVersio
                                  activate=package.resolve() == default_model_path().resolve(),
                                  detail="shipped with dicom-ai")
             added.append(row)
-        except RegistryError as exc:
+        except RegistryError as exc:  # "already in the registry": another process seeded it first
             if "already in the registry" not in str(exc):
                 log.error("shipped model %s not added: %s", package.name, exc)
-        except Exception as exc:  # noqa: BLE001 - a race with another process adding the same row
-            log.warning("shipped model %s not added: %s", package.name, exc)
     return added
