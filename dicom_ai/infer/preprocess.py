@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dicom_ai.infer.volume import Volume
+from dicom_ai.models.manifest import CANONICAL_AXIS_OF
 
 #: Patient axis (0 = x, 1 = y, 2 = z in LPS) held by each canonical array axis (slices, rows, columns).
 CANONICAL_PATIENT_AXES = (2, 1, 0)
@@ -226,7 +227,6 @@ def preprocess_volume(
 
 #: Orientation code of the canonical grid: axis 0 -> Superior, 1 -> Posterior, 2 -> Left.
 CANONICAL_AXCODES = "SPL"
-_AXIS_OF = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
 
 
 def network_axes(axcodes: str) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
@@ -247,7 +247,7 @@ def network_axes(axcodes: str) -> tuple[tuple[int, int, int], tuple[bool, bool, 
         If ``axcodes`` is not three letters naming each of S/I, P/A and L/R once.
     """
     codes = axcodes.upper()
-    perm = tuple(_AXIS_OF.get(c, -1) for c in codes)
+    perm = tuple(CANONICAL_AXIS_OF.get(c, -1) for c in codes)
     if len(codes) != 3 or sorted(perm) != [0, 1, 2]:
         raise ValueError(f"axcodes {axcodes!r}: expected three letters, one of S/I, P/A and L/R each")
     flips = tuple(c != CANONICAL_AXCODES[j] for c, j in zip(codes, perm))

@@ -27,7 +27,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 
-_AXES = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
+#: Orientation code letter -> axis of the canonical grid (0 slices S/I, 1 rows P/A, 2 columns L/R).
+CANONICAL_AXIS_OF = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
 
 
 class Code(BaseModel):
@@ -165,7 +166,7 @@ class ModelManifest(BaseModel):
                 raise ValueError("a classification model needs finding (the concept its classes answer)")
             if self.input == "slices" and self.patch_size[0] != 1:
                 raise ValueError("input 'slices' needs patch_size [1, rows, columns]")
-        if sorted(_AXES[c] for c in self.axcodes.upper()) != [0, 1, 2]:
+        if sorted(CANONICAL_AXIS_OF[c] for c in self.axcodes.upper()) != [0, 1, 2]:
             raise ValueError(f"axcodes {self.axcodes!r}: needs one of S/I, P/A and L/R each")
         if any(v <= 0 for v in self.spacing) or any(v <= 0 for v in self.patch_size):
             raise ValueError("spacing and patch_size must be positive")
