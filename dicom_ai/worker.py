@@ -56,6 +56,32 @@ def model_bytes(model: Any) -> int:
     return int(model.nbytes)
 
 
+def segmentation_findings(measurements: dict, issues: list) -> dict[str, dict[str, Any]]:
+    """A segmentation job's ``findings``: label name -> ``{"volume_ml", "mean_hu"}`` (None when
+    the label is empty), plus ``"implausible"``: the list of reasons concerning the label when
+    the result is implausible (:func:`dicom_ai.report.plausibility.check_plausibility`;
+    read by :func:`dicom_ai.web.data.findings_reasons`).
+
+    Parameters
+    ----------
+    measurements: dict[int, dicom_ai.report.measure.LabelMeasurement]
+        :func:`dicom_ai.report.measure.measure_labels` of the result.
+    issues: list[dicom_ai.report.plausibility.PlausibilityIssue]
+        Its plausibility issues (empty when plausible).
+    """
+    from dicom_ai.report.plausibility import reasons_by_label
+
+    reasons = reasons_by_label(issues)
+    findings: dict[str, dict[str, Any]] = {}
+    for m in measurements.values():
+        finding: dict[str, Any] = {"volume_ml": round(m.volume_ml, 1),
+                                   "mean_hu": None if m.is_empty else round(m.mean, 1)}
+        if m.label.value in reasons:
+            finding["implausible"] = reasons[m.label.value]
+        findings[m.label.name] = finding
+    return findings
+
+
 class WarmModels:
     """Loaded models kept between jobs within a memory budget of weights per device: ``budget_mb``
     in RAM, ``gpu_budget_mb`` in GPU memory (default: ``budget_mb``). When a new model would not
@@ -211,8 +237,11 @@ class JobRunner:
         return outputs, {model.manifest.finding.meaning: result.as_findings()}
 
     def _segment(self, job_id: int, model, volume, timings: dict[str, float]):
-        """Segmentation: SEG and SR (volumes, mean HU), the mask for the viewer, a preview."""
+        """Segmentation: SEG and SR (volumes, mean HU, plausibility), the mask for the viewer, a
+        preview. An implausible result (:mod:`dicom_ai.report.plausibility`) is logged in one
+        line and its reasons go into the findings (``"implausible"`` of each label concerned)."""
         from dicom_ai.report.measure import measure_labels
+        from dicom_ai.report.plausibility import check_plausibility
         from dicom_ai.report.preview import write_preview_png
         from dicom_ai.report.seg import build_seg
         from dicom_ai.report.sr import build_sr
@@ -225,14 +254,16 @@ class JobRunner:
         omit = all(d.omit_empty_frames for d in self.settings.destinations) if self.settings.destinations else True
         node_uid = device_uid(self.settings.node.ae_title)
         measurements = measure_labels(volume, mask, manifest)
+        issues = check_plausibility(measurements, manifest)
+        if issues:  # label names and numbers only: no patient data in the log
+            log.warning("job %d: implausible result of %s: %s", job_id, manifest.label,
+                        "; ".join(i.reason for i in issues))
         seg = build_seg(volume, mask, manifest, omit_empty_frames=omit,
                         device_serial_number=self.settings.node.ae_title)
-        sr = build_sr(volume, mask, seg, manifest, device_uid=node_uid, measurements=measurements)
+        sr = build_sr(volume, mask, seg, manifest, device_uid=node_uid, measurements=measurements,
+                      plausibility=issues)
         outputs = [self._write(job_id, kind, obj) for kind, obj in (("SEG", seg), ("SR", sr))]
-        findings = {
-            m.label.name: {"volume_ml": round(m.volume_ml, 1), "mean_hu": None if m.is_empty else round(m.mean, 1)}
-            for m in measurements.values()
-        }
+        findings = segmentation_findings(measurements, issues)
         timings["report"] = time.perf_counter() - t
         t = time.perf_counter()
         # for the web viewer: the label mask (slices, rows, columns) and each slice's file

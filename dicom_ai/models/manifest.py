@@ -11,6 +11,15 @@ weights checksum, and the coded outputs:
 * classification: ``classes``, written as a TID 1500 qualitative evaluation (PS3.16 TID 1501)
   of the concept ``finding`` with the class and its probability.
 
+A segmentation manifest may also say what a plausible result is, checked after every job by
+:func:`dicom_ai.report.plausibility.check_plausibility` (a result outside puts the study on
+attention in the worklist and is said in the SR):
+
+* ``Label.plausible_volume_ml``: ``[min, max]`` volume of the label in mL;
+* ``ModelManifest.plausible_volume_ratios``: ``[{"numerator": 1, "denominator": 2,
+  "range": [lo, hi]}, ...]``, the plausible ratio of two labels' volumes (label values);
+* a result with every label empty is implausible unless ``plausible_empty`` is true.
+
 Runtimes: ``"monai"`` (a MONAI network named in ``network`` plus a PyTorch state dict),
 ``"torchscript"`` (``torch.jit`` archive, e.g. a MONAI bundle's ``models/model.ts``) and
 ``"onnx"`` (run by onnxruntime). Every runtime takes and returns tensors
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -39,11 +49,25 @@ class Code(BaseModel):
     meaning: str
 
 
+def _check_range(what: str, bounds: tuple[float, float]) -> tuple[float, float]:
+    low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{what} {list(bounds)}: bounds must be finite numbers")
+    if low < 0:
+        raise ValueError(f"{what} {list(bounds)}: the lower bound must not be negative")
+    if not low < high:
+        raise ValueError(f"{what} {list(bounds)}: the lower bound must be below the upper bound")
+    return bounds
+
+
 class Label(BaseModel):
     """One output label of a segmentation model; becomes one SEG segment.
 
     ``value`` is the integer in the label mask; ``category`` and ``type`` are the Segmented
     Property Category and Type codes (SNOMED CT, ``SCT``); ``color`` is RGB 0-255.
+    ``plausible_volume_ml``, when given, is the ``(min, max)`` volume in mL (bounds included,
+    ``0 <= min < max``) outside which the label's volume is implausible (an empty label is
+    0 mL); see :mod:`dicom_ai.report.plausibility`.
     """
 
     value: int = Field(ge=1, le=255)
@@ -51,6 +75,33 @@ class Label(BaseModel):
     category: Code
     type: Code
     color: tuple[int, int, int] = (255, 0, 0)
+    plausible_volume_ml: tuple[float, float] | None = None
+
+    @field_validator("plausible_volume_ml")
+    @classmethod
+    def _volume_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        return None if v is None else _check_range("plausible_volume_ml", v)
+
+
+class PlausibleRatio(BaseModel):
+    """The plausible range of the ratio of two labels' volumes, ``numerator / denominator``
+    (label values of the manifest), bounds included, ``0 <= range[0] < range[1]``; e.g. left
+    lung / right lung."""
+
+    numerator: int = Field(ge=1, le=255)
+    denominator: int = Field(ge=1, le=255)
+    range: tuple[float, float]
+
+    @field_validator("range")
+    @classmethod
+    def _ratio_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _check_range("plausible ratio range", v)
+
+    @model_validator(mode="after")
+    def _two_labels(self) -> "PlausibleRatio":
+        if self.numerator == self.denominator:
+            raise ValueError(f"plausible ratio of label {self.numerator} to itself")
+        return self
 
 
 class ClassLabel(BaseModel):
@@ -103,7 +154,8 @@ class ModelManifest(BaseModel):
         ``"window"``: clip to ``window`` ``(low, high)`` (HU for CT), scale to [0, 1];
         ``"zscore"``: subtract the volume's mean, divide by its standard deviation.
     patch_size:
-        Segmentation: sliding-window patch in voxels, (slices, rows, columns).
+        Segmentation: sliding-window patch in voxels, (slices, rows, columns); ``[1, rows,
+        columns]`` with a 2D network (``spatial_dims`` 2): the model runs slice by slice.
         Classification: the input size the volume (``input = "volume"``) or each slice
         (``input = "slices"``, first element 1) is resized to.
     input:
@@ -117,6 +169,20 @@ class ModelManifest(BaseModel):
     attention_below:
         Classification: flag the study for attention when the top class's probability is
         below this (an uncertain result), besides classes marked ``attention``.
+    fill_holes_mm2:
+        Segmentation post-processing: after the largest component of each label is kept,
+        in-slice holes of at most this area (mm^2) and holes enclosed in 3D are filled
+        (:func:`dicom_ai.infer.postprocess.fill_small_holes`); None: no filling.
+    fill_holes_below:
+        With ``fill_holes_mm2``: in-slice holes of any size whose mean source value (HU for
+        CT) is below this are filled too (for the lung: aerated lung enclosed by lung).
+    plausible_volume_ratios:
+        Segmentation: plausible ranges of ratios of two labels' volumes
+        (:class:`PlausibleRatio`; both labels must be labels of the manifest).
+    plausible_empty:
+        Segmentation: a result with every label empty is plausible (e.g. a lesion model that
+        may find nothing); by default it is not ("no <labels> found" puts the study on
+        attention).
     """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -139,9 +205,13 @@ class ModelManifest(BaseModel):
     classes: list[ClassLabel] = []
     finding: Code | None = None
     attention_below: float | None = Field(None, ge=0, le=1)
+    plausible_volume_ratios: list[PlausibleRatio] = []
+    plausible_empty: bool = False
     license: str = ""
     model_card: str = "MODEL_CARD.md"
     min_slices: int = 10
+    fill_holes_mm2: float | None = Field(None, gt=0)
+    fill_holes_below: float | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelManifest":
@@ -157,6 +227,12 @@ class ModelManifest(BaseModel):
                 raise ValueError("a segmentation model needs labels")
             if len({lb.value for lb in self.labels}) != len(self.labels):
                 raise ValueError("two labels have the same value")
+            values = {lb.value for lb in self.labels}
+            for ratio in self.plausible_volume_ratios:
+                unknown = sorted({ratio.numerator, ratio.denominator} - values)
+                if unknown:
+                    raise ValueError(f"plausible ratio {ratio.numerator}/{ratio.denominator}: "
+                                     f"{unknown} are not label values")
         else:
             if len(self.classes) < 2:
                 raise ValueError("a classification model needs at least two classes")
@@ -166,10 +242,15 @@ class ModelManifest(BaseModel):
                 raise ValueError("a classification model needs finding (the concept its classes answer)")
             if self.input == "slices" and self.patch_size[0] != 1:
                 raise ValueError("input 'slices' needs patch_size [1, rows, columns]")
+            if self.plausible_volume_ratios:
+                raise ValueError("plausible_volume_ratios apply to segmentation models only")
         if sorted(CANONICAL_AXIS_OF[c] for c in self.axcodes.upper()) != [0, 1, 2]:
             raise ValueError(f"axcodes {self.axcodes!r}: needs one of S/I, P/A and L/R each")
         if any(v <= 0 for v in self.spacing) or any(v <= 0 for v in self.patch_size):
             raise ValueError("spacing and patch_size must be positive")
+        if self.network is not None and int(self.network.params.get("spatial_dims", 3)) == 2 \
+                and self.task == "segmentation" and (self.patch_size[0] != 1 or self.axcodes.upper() != "SPL"):
+            raise ValueError("a 2D segmentation network runs slice by slice: patch_size [1, rows, columns], axcodes SPL")
         return self
 
     @property

@@ -19,6 +19,16 @@ Structure (PS3.16 TID 1500 Measurement Report):
     Coefficient (112031, DCM; CID 7469) in HU (UCUM ``[hnsf'U]``) with Derivation Mean
     (373098007, SCT) and a second one with Derivation Standard Deviation (386136009, SCT;
     CID 7464). An empty segment gets its volume (0 mL) only.
+  - When the result is implausible (:mod:`dicom_ai.report.plausibility`: a volume or volume
+    ratio outside the manifest's range, or every label empty), each group the reason concerns
+    gets a CONTAINS TEXT item (121106, DCM, "Comment") = ``"Implausible result: <reason>"``,
+    one per reason, after the measurements: a qualitative evaluation with a text value (TID
+    1411's qualitative evaluation rows take a coded name with a CODE or a TEXT value, like TID
+    1501 row 12; TID 1411 is extensible besides). No coded value is used, for want of a
+    standard code that means "implausible output": (263654008, SCT, "Abnormal") of CID 222
+    "Normality Codes" would state a clinical abnormality, and (114009, DCM, "Value out of
+    range") of CID 42 is a Numeric Value Qualifier that changes how the NUM's value itself is
+    read.
 
 Evidence (Current Requested Procedure Evidence Sequence, PS3.3 C.17.2): the source images and
 the SEG; patient and study are copied from the source, so the SR joins the source study.
@@ -38,6 +48,7 @@ from dicom_ai.infer.volume import Volume
 from dicom_ai.models.manifest import Label, ModelManifest
 from dicom_ai.report import uids
 from dicom_ai.report.measure import LabelMeasurement, measure_labels
+from dicom_ai.report.plausibility import PlausibilityIssue, check_plausibility, reasons_by_label
 from dicom_ai.report.seg import MANUFACTURER, MODEL_NAME, series_description, to_code
 
 #: Concept name of the mean/std intensity measurement: (112031, DCM, "Attenuation Coefficient"),
@@ -52,6 +63,11 @@ UNIT_HU = codes.UCUM.HounsfieldUnit
 #: (373098007, SCT, "Mean") and (386136009, SCT, "Standard Deviation"), CID 7464.
 MEAN = codes.SCT.Mean
 STANDARD_DEVIATION = codes.SCT.StandardDeviation
+
+#: (121106, DCM, "Comment"): concept name of the TEXT item that says why a result is implausible.
+COMMENT = codes.DCM.Comment
+#: Start of that item's text.
+IMPLAUSIBLE_PREFIX = "Implausible result: "
 
 #: Segmented property categories for which the type is also an anatomic location (finding site):
 #: Anatomical Structure (old and new SNOMED CT concept ids) and Body Substance.
@@ -175,6 +191,7 @@ def build_sr(
     instance_number: int = 1,
     device_uid: str | None = None,
     measurements: dict[int, LabelMeasurement] | None = None,
+    plausibility: list[PlausibilityIssue] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build a TID 1500 Measurement Report with one volumetric group per SEG segment.
 
@@ -202,6 +219,10 @@ def build_sr(
     measurements: dict[int, LabelMeasurement] | None, optional
         The result of :func:`dicom_ai.report.measure.measure_labels` for this volume and mask,
         when the caller has it already; computed here otherwise.
+    plausibility: list[PlausibilityIssue] | None, optional
+        The result of :func:`dicom_ai.report.plausibility.check_plausibility` for these
+        measurements, when the caller has it already; computed here otherwise. Each issue's
+        reason is written as a Comment in the groups of the labels it concerns.
 
     Returns
     -------
@@ -225,6 +246,9 @@ def build_sr(
     if missing:
         raise ValueError(f"measurements lack labels {missing}")
     numbers = _segment_numbers(seg, manifest)
+    if plausibility is None:
+        plausibility = check_plausibility(measurements, manifest)
+    reasons = reasons_by_label(plausibility)
     is_ct = str(source[0].get("Modality", manifest.modality)).upper() == "CT"
     algorithm = hd.sr.AlgorithmIdentification(
         name=manifest.algorithm_name[:_LO_MAX], version=manifest.version[:_LO_MAX]
@@ -243,17 +267,24 @@ def build_sr(
             segment_number=numbers[label.value],
             source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
         )
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking,
-                referenced_segment=referenced_segment,
-                finding_category=to_code(label.category),
-                finding_type=to_code(label.type),
-                finding_sites=_finding_sites(label),
-                algorithm_id=algorithm,
-                measurements=_measurements(m, algorithm, is_ct),
-            )
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=referenced_segment,
+            finding_category=to_code(label.category),
+            finding_type=to_code(label.type),
+            finding_sites=_finding_sites(label),
+            algorithm_id=algorithm,
+            measurements=_measurements(m, algorithm, is_ct),
         )
+        for reason in reasons.get(label.value, []):
+            group[0].ContentSequence.append(
+                hd.sr.TextContentItem(
+                    name=COMMENT,
+                    value=IMPLAUSIBLE_PREFIX + reason,
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+            )
+        groups.append(group)
 
     return _measurement_report_sr(source, [seg], groups, manifest, "measurements", series_number=series_number,
                                   instance_number=instance_number, device_uid=device_uid)

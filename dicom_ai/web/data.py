@@ -31,8 +31,24 @@ def job_status(job: Job) -> str:
     return "done"
 
 
+def findings_reasons(findings: dict[str, Any] | None) -> list[str]:
+    """Why a segmentation job's result is implausible: the distinct reasons in its findings
+    (``findings[<label>]["implausible"]``, a list of lines, written by the worker from
+    :func:`dicom_ai.report.plausibility.check_plausibility`), in order; empty when plausible."""
+    reasons: list[str] = []
+    for f in (findings or {}).values():
+        if not isinstance(f, dict):
+            continue
+        given = f.get("implausible") or []
+        for reason in [given] if isinstance(given, str) else given:
+            if reason and reason not in reasons:
+                reasons.append(str(reason))
+    return reasons
+
+
 def findings_text(findings: dict[str, Any] | None) -> str:
-    """A job's findings in one line: ``Left lung 1850 mL, Right lung 913 mL`` (segmentation) or
+    """A job's findings in one line: ``Left lung 1850 mL, Right lung 913 mL`` (segmentation;
+    followed by ``(implausible: <reasons>)`` when the result is implausible) or
     ``Target Region: Chest (0.97)`` (classification; ``(attention)`` when it asks for it)."""
     parts = []
     for name, f in (findings or {}).items():
@@ -43,12 +59,18 @@ def findings_text(findings: dict[str, Any] | None) -> str:
         elif f.get("class") is not None:
             parts.append(f"{name}: {f['class']} ({f.get('probability', 0):.2f})"
                          + (" (attention)" if f.get("attention") else ""))
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    reasons = findings_reasons(findings)
+    if reasons:
+        text += f" (implausible: {'; '.join(reasons)})"
+    return text
 
 
 def findings_attention(findings: dict[str, Any] | None) -> bool:
-    """A classification finding asks for attention (its class is marked so, or it is uncertain)."""
-    return any(isinstance(f, dict) and f.get("attention") for f in (findings or {}).values())
+    """The findings ask for attention: a classification finding (its class is marked so, or it
+    is uncertain) or an implausible segmentation result (:func:`findings_reasons`)."""
+    return (any(isinstance(f, dict) and f.get("attention") for f in (findings or {}).values())
+            or bool(findings_reasons(findings)))
 
 
 def _study_query():
@@ -71,6 +93,7 @@ def worklist_row(study: Study) -> dict[str, Any]:
                     "status": job_status(job), "findings": job.findings or {},
                     "findings_text": findings_text(job.findings),
                     "attention": findings_attention(job.findings),
+                    "attention_reasons": findings_reasons(job.findings),
                 }
     receiving = any(s.state == "receiving" for s in study.series)
     ai = sorted(models.values(), key=lambda m: m["model"])
@@ -87,6 +110,7 @@ def worklist_row(study: Study) -> dict[str, Any]:
         "ai": ai,
         "statuses": statuses,
         "attention": any(s in ATTENTION for s in statuses) or any(m["attention"] for m in ai),
+        "attention_reasons": [f"{m['model']}: {r}" for m in ai for r in m["attention_reasons"]],
         "first_received_at": _iso(min((s.first_received_at for s in study.series), default=None)),
     }
 
@@ -169,7 +193,8 @@ def job_dict(job: Job) -> dict[str, Any]:
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at), "timings": job.timings or {},
         "findings": job.findings or {}, "findings_text": findings_text(job.findings),
-        "attention": findings_attention(job.findings), "results": [result_dict(r) for r in job.results],
+        "attention": findings_attention(job.findings), "attention_reasons": findings_reasons(job.findings),
+        "results": [result_dict(r) for r in job.results],
     }
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -73,6 +74,21 @@ def test_lidc_empty_segment(tmp_path, small_volume, small_mask, manifest) -> Non
     sr.save_as(tmp_path / "sr.dcm")
     assert_no_errors_of_ours(tmp_path / "seg.dcm", small_volume.paths[0])
     assert_no_errors_of_ours(tmp_path / "sr.dcm", small_volume.paths[0])
+
+
+def test_lidc_implausible_results(tmp_path, small_volume, small_mask, manifest) -> None:
+    """SRs whose groups say an implausible result (TEXT Comment items): a volume and a ratio
+    out of range, and nothing found at all; dciodvfy finds nothing of ours."""
+    from .test_sr import _comments, implausible_manifest
+
+    empty = np.zeros(small_volume.shape, np.uint8)
+    for name, mask, model in (("ranges", small_mask, implausible_manifest()), ("empty", empty, manifest)):
+        seg = build_seg(small_volume, mask, model)
+        sr = build_sr(small_volume, mask, seg, model)
+        sr.save_as(tmp_path / f"sr_{name}.dcm")
+        groups = hd.sr.srread(tmp_path / f"sr_{name}.dcm").content.get_volumetric_roi_measurement_groups()
+        assert all(_comments(g) for g in groups), name
+        assert_no_errors_of_ours(tmp_path / f"sr_{name}.dcm", small_volume.paths[0])
 
 
 def _restore_totalseg(dest: Path) -> list[Path]:

@@ -130,3 +130,60 @@ def test_precomputed_measurements_are_used(small_volume, small_mask, manifest) -
     assert a.ContentSequence == b.ContentSequence
     with pytest.raises(ValueError, match="lack labels"):
         build_sr(small_volume, small_mask, seg, manifest, measurements={1: given[1]})
+
+
+def _comments(group) -> list[str]:
+    """TEXT (121106, DCM, "Comment") items of a measurement group, read back with pydicom."""
+    return [item.TextValue for item in group[0].ContentSequence
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+            and item.ConceptNameCodeSequence[0].CodingSchemeDesignator == "DCM"
+            and item.RelationshipType == "CONTAINS"]
+
+
+def implausible_manifest():
+    """The lung manifest with a right lung range the 40-slice LIDC mask (about 363 mL) is
+    below, and a left / right ratio range it (about 1.2) is outside."""
+    from .conftest import make_manifest
+
+    labels = [lb.model_dump() for lb in make_manifest().labels]
+    labels[0]["plausible_volume_ml"] = (1000.0, 6000.0)
+    return make_manifest(version="2.0.0", labels=labels,
+                         plausible_volume_ratios=[{"numerator": 2, "denominator": 1, "range": (2.0, 3.0)}])
+
+
+def test_implausible_result_is_said_in_the_groups(tmp_path, small_volume, small_mask, manifest) -> None:
+    from dicom_ai.report.plausibility import check_plausibility
+
+    implausible = implausible_manifest()
+    measurements = measure_labels(small_volume, small_mask, implausible)
+    volume_issue, ratio_issue = check_plausibility(measurements, implausible)
+    seg = build_seg(small_volume, small_mask, implausible)
+    built = build_sr(small_volume, small_mask, seg, implausible)
+    built.save_as(tmp_path / "sr.dcm")
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    right, left = sr.content.get_volumetric_roi_measurement_groups()
+    assert right.finding_type.value == "3341006" and left.finding_type.value == "44029006"
+    assert _comments(right) == ["Implausible result: " + volume_issue.reason,
+                                "Implausible result: " + ratio_issue.reason]
+    assert _comments(left) == ["Implausible result: " + ratio_issue.reason]
+    assert volume_issue.reason.startswith("Right lung volume 363 mL is below the plausible range 1000 to 6000 mL")
+    # the groups still read back as before: volume and attenuation, the same values
+    assert [m.name.value for m in right.get_measurements()] == ["118565006", "112031", "112031"]
+    assert right.get_measurements()[0].value == pytest.approx(measurements[1].volume_ml, rel=1e-12)
+    # computed by build_sr when not given; the same when given
+    again = build_sr(small_volume, small_mask, seg, implausible,
+                     plausibility=check_plausibility(measurements, implausible))
+    assert again.ContentSequence == built.ContentSequence
+    # a plausible result says nothing
+    plain_seg = build_seg(small_volume, small_mask, manifest)
+    build_sr(small_volume, small_mask, plain_seg, manifest).save_as(tmp_path / "ok.dcm")
+    plain = hd.sr.srread(tmp_path / "ok.dcm").content.get_volumetric_roi_measurement_groups()
+    assert len(plain) == 2 and all(_comments(g) == [] for g in plain)
+
+
+def test_nothing_found_is_said_in_every_group(tmp_path, small_volume, manifest) -> None:
+    empty = np.zeros(small_volume.shape, np.uint8)
+    build_sr(small_volume, empty, build_seg(small_volume, empty, manifest), manifest).save_as(tmp_path / "sr.dcm")
+    groups = hd.sr.srread(tmp_path / "sr.dcm").content.get_volumetric_roi_measurement_groups()
+    assert [_comments(g) for g in groups] == [["Implausible result: no Right lung or Left lung found"]] * 2
+    assert [m.value for g in groups for m in g.get_measurements()] == [0.0, 0.0]

@@ -24,8 +24,13 @@ from dicom_ai.web.auth import add_user
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def _study(sessions, store, k, name, date, state="done", delivery="delivered", n=3):
-    """A study with one CT series of ``n`` real LIDC slices, a job and its SEG delivery."""
+LUNG_FINDINGS = {"Left lung": {"volume_ml": 1850.0, "mean_hu": -808.0},
+                 "Right lung": {"volume_ml": 913.0, "mean_hu": -790.0}}
+
+
+def _study(sessions, store, k, name, date, state="done", delivery="delivered", n=3, findings=None):
+    """A study with one CT series of ``n`` real LIDC slices, a job (``findings``, by default
+    LUNG_FINDINGS) and its SEG delivery."""
     files = sorted(peers.LIDC_SERIES.glob("*.dcm"))[100:100 + n]
     rels = []
     for i, f in enumerate(files):
@@ -40,8 +45,7 @@ def _study(sessions, store, k, name, date, state="done", delivery="delivered", n
         series.state, series.completion_signal = "complete", "association_release"
         series.completed_at = series.last_received_at
         job = Job(series=series, model_name="dicom-ai-lung", model_version="1.0.0", model_path="/m",
-                  state=state, findings={"Left lung": {"volume_ml": 1850.0, "mean_hu": -808.0},
-                                         "Right lung": {"volume_ml": 913.0, "mean_hu": -790.0}},
+                  state=state, findings=LUNG_FINDINGS if findings is None else findings,
                   timings={"inference": 1.1}, reason="" if state == "done" else "volume: gantry tilt")
         s.add(job)
         s.flush()
@@ -159,6 +163,57 @@ def test_study_page_viewer_measurements_timeline(web):
     assert client.get(f"/api/jobs/{jobs[0]}/slices/99.png").status_code == 404
     assert client.get(f"/api/jobs/{jobs[2]}/viewer").status_code == 404  # failed job: no mask
     assert client.get("/api/studies/9.9").status_code == 404
+
+
+def test_implausible_result_puts_the_study_on_attention_with_the_reason(web):
+    """A done job whose segmentation is implausible: its findings as the worker writes them
+    (measure_labels, check_plausibility and segmentation_findings on three adjacent real LIDC
+    slices and a mask like _study's), the study on attention with the reasons in the API and on
+    the pages."""
+    from dicom_ai.infer.volume import load_series
+    from dicom_ai.report.measure import measure_labels
+    from dicom_ai.report.plausibility import check_plausibility, with_adult_lung_plausibility
+    from dicom_ai.worker import segmentation_findings
+
+    from ..report.conftest import make_manifest
+
+    client, _, settings = web
+    manifest = with_adult_lung_plausibility(make_manifest(values=(2, 1), version="2.0.0"))
+    import pydicom
+
+    files = sorted(peers.LIDC_SERIES.glob("*.dcm"),
+                   key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    volume = load_series(files[100:103])
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[:, 100:200, 100:200] = 1  # an 18 mL "left lung" (3 x 100 x 100 voxels), no right lung
+    issues = check_plausibility(measure_labels(volume, mask, manifest), manifest)
+    findings = segmentation_findings(measure_labels(volume, mask, manifest), issues)
+    too_small = "Left lung volume 18 mL is below the plausible range 300 to 6000 mL"
+    not_found = "Right lung not found (plausible volume 300 to 6000 mL)"
+    assert findings == {"Right lung": {"volume_ml": 0.0, "mean_hu": None, "implausible": [not_found]},
+                        "Left lung": {"volume_ml": 18.3, "mean_hu": findings["Left lung"]["mean_hu"],
+                                      "implausible": [too_small]}}
+    sessions, store = open_index(settings.database_url), FileStore(settings.node.data_dir)
+    job_id = _study(sessions, store, 4, "LOE^LINDA", "20240401", findings=findings)
+
+    _login(client, "rad", "read-pass")
+    rows = {r["patient_id"]: r for r in client.get("/api/studies").json()}
+    (ai,) = rows["P4"]["ai"]
+    assert rows["P4"]["attention"] and ai["attention"] and ai["status"] == "delivered"
+    assert ai["attention_reasons"] == [not_found, too_small]
+    assert rows["P4"]["attention_reasons"] == [f"dicom-ai-lung 1.0.0: {not_found}", f"dicom-ai-lung 1.0.0: {too_small}"]
+    assert ai["findings_text"] == f"Right lung 0 mL, Left lung 18 mL (implausible: {not_found}; {too_small})"
+    assert ai["findings"]["Left lung"]["volume_ml"] == 18.3  # the old keys are all still there
+    assert not rows["P1"]["attention"] and rows["P1"]["attention_reasons"] == []
+    assert [r["patient_id"] for r in client.get("/api/studies", params={"sort": "status"}).json()][-1] == "P1"
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["attention"] and job["attention_reasons"] == [not_found, too_small]
+    page = client.get("/").text
+    assert f"Left lung 18 mL (implausible: {not_found}; {too_small})" in page
+    assert f'title="needs attention: dicom-ai-lung 1.0.0: {not_found}; dicom-ai-lung 1.0.0: {too_small}"' in page
+    study = client.get("/studies/1.2.4").text
+    assert "needs attention" in study and f'<li class="flag">dicom-ai-lung 1.0.0: {too_small}</li>' in study
+    assert f'<span class="flag">implausible</span>: {too_small}' in study  # in the measurements table
 
 
 def test_admin_acts(web, tmp_path):
