@@ -95,7 +95,8 @@ def send(
     aec: AecOpt = "DICOM_AI",
 ) -> None:
     """Send DICOM files by C-STORE, proposing only their SOP classes."""
-    from dicom_ai.export.scu import AssociationFailed, expand_paths, store_files
+    from dicom_ai.evaluate.series import expand_paths
+    from dicom_ai.export.scu import AssociationFailed, store_files
 
     files = expand_paths(paths)
     if not files:
@@ -205,7 +206,8 @@ def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
                               + (" — needs attention" if f.get("attention") else "")
                               + f" ({', '.join(f'{k} {v}' for k, v in f.get('probabilities', {}).items())})")
             else:
-                console.print(f"finding: {name}: {f.get('volume_ml')} mL, mean {f.get('mean_hu')} HU")
+                console.print(f"finding: {name}: {f.get('volume_ml')} mL, mean {f.get('mean_hu')} HU"
+                              + (f" — needs attention: {'; '.join(f['implausible'])}" if f.get("implausible") else ""))
         for r in job.results:
             console.print(f"result {r.kind}: {r.sop_instance_uid} ({r.path})")
             for d in r.deliveries:
@@ -322,7 +324,7 @@ def rules_test(
     from dicom_ai.schedule.facts import facts_from_files
     from dicom_ai.schedule.routing import decide, enabled_models, routes
 
-    from dicom_ai.export.scu import expand_paths
+    from dicom_ai.evaluate.series import expand_paths
 
     settings, sessions = _index(config)
     classes = set(image_storage_sop_classes())
@@ -624,7 +626,7 @@ def models_test(
             progress.update(step, advance=1, description="done")
         dice = None
         if reference is not None:
-            from dicom_ai.infer.reference import dice_scores, parse_mapping, read_reference
+            from dicom_ai.evaluate.reference import dice_scores, parse_mapping, read_reference
 
             try:
                 ref = read_reference(reference, volume, loaded.manifest.labels,
@@ -632,6 +634,10 @@ def models_test(
             except ValueError as exc:
                 err.print(f"[red]reference not usable:[/red] {escape(str(exc))}")
                 raise typer.Exit(1) from None
+            no_match = ref.no_match_message()
+            if no_match:  # nothing to score: say which names the reference has
+                err.print(f"[red]reference not usable:[/red] {escape(no_match)}")
+                raise typer.Exit(1)
             dice = dice_scores(output, ref, loaded.manifest.labels)
             progress.update(step, advance=1)
     m = loaded.manifest
@@ -668,26 +674,31 @@ def models_test(
                + (f"; {'; '.join(summary)}" if summary else ""))
 
 
-def _series_files(settings: Settings, sessions, series: str) -> list[Path]:
-    from sqlalchemy import select
+def _cache_lookup(settings: Settings, sessions):
+    """Series Instance UID -> its cached files (for :mod:`dicom_ai.evaluate.series`)."""
 
-    from dicom_ai.cache.db import Series
-    from dicom_ai.cache.store import FileStore
+    def lookup(uid: str) -> list[Path]:
+        from sqlalchemy import select
 
-    from dicom_ai.export.scu import expand_paths
+        from dicom_ai.cache.db import Series
+        from dicom_ai.cache.store import FileStore
 
-    target = Path(series)
-    if target.exists():
-        files = expand_paths([target])
-    else:
         store = FileStore(settings.node.data_dir)
         with sessions() as s:
-            row = s.scalar(select(Series).where(Series.series_instance_uid == series))
-            files = [store.abspath(i.path) for i in row.instances] if row is not None else []
-    if not files:
-        err.print(f"no files for {series} (neither a folder nor a Series Instance UID in the cache)")
-        raise typer.Exit(1)
-    return files
+            row = s.scalar(select(Series).where(Series.series_instance_uid == uid))
+            return [store.abspath(i.path) for i in row.instances] if row is not None else []
+
+    return lookup
+
+
+def _series_files(settings: Settings, sessions, series: str) -> list[Path]:
+    from dicom_ai.evaluate.series import series_files
+
+    try:
+        return series_files(series, _cache_lookup(settings, sessions))
+    except FileNotFoundError as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
 
 
 @models_app.command("export")
@@ -710,60 +721,190 @@ def models_export(
     console.print(f"wrote {output} ({runtime})")
 
 
+class _LossBar:
+    """A rich progress bar for training: stage, steps, the current loss, time left."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=err)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, stage: str, step: int, total: int, loss: float | None) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, loss="-")
+        self.progress.update(self.tasks[stage], completed=step, loss="-" if loss is None else f"{loss:.4f}")
+
+    def report(self, line: str) -> None:
+        self.progress.console.print(escape(line))
+
+
 @models_app.command("train")
 def models_train(
     output_dir: Annotated[Path, typer.Argument(help="Model package folder to write.")],
-    task: Annotated[str, typer.Option(help="'lung' (the U-Net segmenter) or 'region' (the body-region classifier).")] = "lung",
-    data_root: Annotated[Optional[Path], typer.Option(help="Real data; default ../shared/data.")] = None,
-    holdout: Annotated[list[str], typer.Option(help="Series left out (lung: lidc, crlm, totalseg; region: see "
-                                                    "python -m dicom_ai.train train-region --help).")] = [],
+    dataset: Annotated[Optional[Path], typer.Option(help="A dataset file (.toml or .csv) of the site's own cases; "
+                                                         "without it, a built-in recipe (--task).")] = None,
+    base: Annotated[Optional[str], typer.Option("--from", help="Fine-tune this package: NAME, NAME@VERSION or a "
+                                                             "folder.")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validate by patient in K folds first (0: no).")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: CUDA if any).")] = None,
+    task: Annotated[str, typer.Option(help="Built-in recipe: 'lung' (the lung segmenter) or 'region' (the "
+                                           "body-region classifier).")] = "lung",
+    design: Annotated[str, typer.Option(help="lung: '2d' (slice-wise U-Net, the shipped 2.0.0) or '3d'.")] = "2d",
+    data_root: Annotated[Optional[Path], typer.Option(help="Built-in recipes: real data; default ../shared/data.")] = None,
     seed: int = 0,
-    iterations: Annotated[Optional[int], typer.Option(help="Optimiser steps (lung 700, region 1000).")] = None,
-    max_minutes: float = 25.0,
-    cv_dir: Annotated[Optional[Path], typer.Option(help="region: first the two-fold cross-validation by series "
-                                                        "into this folder; its scores go into the package.")] = None,
-    version: Annotated[str, typer.Option(help="Version written into the manifest.")] = "1.0.0",
+    iterations: Annotated[Optional[int], typer.Option(help="Optimiser steps (dataset 1000, lung 2d 1200, region 1000).")] = None,
+    max_minutes: Annotated[float, typer.Option(help="Wall-clock stop of each training.")] = 60.0,
+    cv_dir: Annotated[Optional[Path], typer.Option(help="Built-in recipes: first the cross-validation into this "
+                                                        "folder (lung: leave one patient out; region: two folds).")] = None,
+    version: Annotated[Optional[str], typer.Option(help="Version written into the manifest.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Dataset: model name (default: the base's, or the recipe's).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Train a model on the real CTs and write a model package (reproduces models/lung-unet or
-    models/body-region); then `dicom-ai models add` it."""
+    """Train a model and write a package (then `dicom-ai models add` it): on a dataset file of
+    the site's own cases, or with a built-in recipe on the real CTs (reproduces models/)."""
     import json
 
     from dicom_ai.logconf import setup_logging
 
     setup_logging()
-    if task == "lung":
-        from dicom_ai.train.loop import train_lung_model
+    with _LossBar() as bar:
+        if dataset is not None:
+            from dicom_ai.train.dataset import DatasetError, train_on_dataset
 
-        result = train_lung_model(output_dir, data_root=data_root, holdout=holdout or None, seed=seed,
-                                  max_minutes=max_minutes, iterations=iterations or 700, version=version)
-    elif task == "region":
-        from dicom_ai.train.region import crossvalidate_region, train_region_model
+            settings, sessions = _registry(config)
+            base_dir = _package_of(settings, sessions, base) if base else None
+            try:
+                result = train_on_dataset(dataset, output_dir, base=base_dir, folds=folds, device=device,
+                                          iterations=iterations or 1000, version=version, name=name, seed=seed,
+                                          max_minutes=max_minutes, lookup=_cache_lookup(settings, sessions),
+                                          progress=bar.update, report=bar.report)
+            except DatasetError as exc:
+                err.print(f"[red]not trained:[/red] {escape(str(exc))}")
+                raise typer.Exit(1) from None
+        elif task == "lung":
+            from dicom_ai.train.lung import DESIGNS, crossvalidate, train_lung
 
-        cv = crossvalidate_region(cv_dir, data_root=data_root, seed=seed) if cv_dir else None
-        result = train_region_model(output_dir, data_root=data_root, holdout=holdout, seed=seed,
-                                    iterations=iterations or 1000, max_minutes=max_minutes, crossvalidation=cv,
-                                    version=version)
-    else:
-        err.print(f"[red]unknown task {task!r}:[/red] 'lung' or 'region'")
-        raise typer.Exit(2)
+            if design not in DESIGNS:
+                err.print(f"[red]unknown design {design!r}:[/red] {', '.join(DESIGNS)}")
+                raise typer.Exit(2)
+            steps = iterations or DESIGNS[design].iterations
+            if cv_dir:
+                crossvalidate(cv_dir, design, data_root, seed=seed, iterations=steps)
+            result = train_lung(output_dir, design, data_root, version=version or "2.0.0", seed=seed,
+                                iterations=steps, max_minutes=max_minutes,
+                                on_step=lambda s, loss: bar.update("lung " + design, s + 1, steps, loss))
+        elif task == "region":
+            from dicom_ai.train.region import crossvalidate_region, train_region_model
+
+            cv = crossvalidate_region(cv_dir, data_root=data_root, seed=seed) if cv_dir else None
+            result = train_region_model(output_dir, data_root=data_root, seed=seed,
+                                        iterations=iterations or 1000, max_minutes=max_minutes, crossvalidation=cv,
+                                        version=version or "1.0.0")
+        else:
+            err.print(f"[red]unknown task {task!r}:[/red] 'lung' or 'region'")
+            raise typer.Exit(2)
     console.print_json(json.dumps(result, default=str))
 
 
 @models_app.command("evaluate")
 def models_evaluate(
-    package_dir: Annotated[Path, typer.Argument(help="Model package folder.")],
-    series: Annotated[Path, typer.Argument(help="DICOM series folder or NIfTI CT.")],
-    reference: Annotated[str, typer.Option(help="'classical', a label map .nii.gz or .npy")] = "classical",
-    device: Optional[str] = None,
+    model: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or a package folder.")],
+    target: Annotated[str, typer.Argument(help="A dataset file (.toml or .csv), or one series (folder, NIfTI CT, "
+                                               "Series Instance UID) with --reference or --class.")],
+    reference: Annotated[Optional[Path], typer.Option(help="One series: its SEG, RTSTRUCT or NIfTI reference.")] = None,
+    mapping: Annotated[list[str], typer.Option("--map", help="One series: reference name to label, e.g. "
+                                                             "'Lung_L=Left lung'. Repeatable.")] = [],
+    klass: Annotated[Optional[str], typer.Option("--class", help="One series: its reference class.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json, evaluation.md and the overlay "
+                                                     "PNGs (default: evaluation-<model>-<version>).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: CUDA if any).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Run a model on a series and print Dice per label against a reference."""
-    import json
+    """Score a model on a dataset: Dice, HD95, mean surface distance and volume difference per
+    label and case (segmentation), or accuracy, sensitivity, specificity, precision, F1, ROC AUC
+    and the confusion matrix (classification), with bootstrap 95 % CIs."""
+    from dicom_ai.evaluate.run import evaluate_cases, write_report
+    from dicom_ai.models.manifest import load_manifest
+    from dicom_ai.train.dataset import DatasetCase, DatasetError, load_dataset
 
-    from dicom_ai.train.evaluate import evaluate_model
+    settings, sessions = _registry(config)
+    package = _package_of(settings, sessions, model)
+    m = load_manifest(package)
+    if target.lower().endswith((".toml", ".csv")):
+        try:
+            ds = load_dataset(Path(target))
+        except DatasetError as exc:
+            err.print(f"[red]dataset not usable:[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        cases = ds.cases
+    elif reference is None and klass is None:
+        err.print("one series needs --reference (segmentation) or --class (classification), or give a dataset file")
+        raise typer.Exit(2)
+    else:
+        cases = [DatasetCase(series=target, reference=str(reference) if reference else None, klass=klass,
+                             mapping=list(mapping))]
+    out = out or Path(f"evaluation-{m.name}-{m.version}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err) as progress:
+        bar = progress.add_task("evaluate", total=len(cases))
 
-    ref = reference if reference == "classical" else Path(reference)
-    result = evaluate_model(package_dir, series, ref, device=device)
-    console.print_json(json.dumps(result, default=str))
+        def step(i: int, n: int, name: str) -> None:
+            progress.update(bar, completed=i - 1, description=f"case {escape(name)}")
+
+        result = evaluate_cases(package, m.task, cases, lookup=_cache_lookup(settings, sessions), device=device,
+                                overlays=out / "overlays", progress=step)
+        progress.update(bar, completed=len(cases), description="done")
+    json_path, md_path = write_report(result, out)
+    _print_evaluation(result)
+    console.print(f"wrote {json_path} and {md_path}")
+    if any("error" in r for r in result["cases"]):
+        for r in result["cases"]:
+            if "error" in r:
+                err.print(f"[yellow]not scored:[/yellow] {escape(Path(r['series']).name)}: {escape(r['error'])}")
+
+
+def _print_evaluation(result: dict) -> None:
+    """The evaluation as rich tables: per case, then the summary with its 95 % CIs."""
+    def f(v) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    if result["task"] == "segmentation":
+        table = Table("case", "label", "Dice", "HD95 mm", "MSD mm", "volume mL", "ref mL", "vol diff %",
+                      title=result["model"])
+        for r in result["cases"]:
+            for name, mt in r.get("metrics", {}).items():
+                table.add_row(escape(Path(r["series"]).name), name, f(mt["dice"]), f(mt["hd95_mm"]), f(mt["msd_mm"]),
+                              f(mt["volume_ml"]), f(mt["reference_ml"]), f(mt["volume_difference_pct"]))
+        console.print(table)
+        summ = Table("label", "metric", "n", "mean", "95 % CI", "min", "max", title="summary")
+        for name, metrics in result["summary"].items():
+            for metric, s in metrics.items():
+                ci = s.get("ci95")
+                summ.add_row(name, metric, str(s["n"]), f(s.get("mean")), "-" if not ci else f"{ci[0]:.3f} - {ci[1]:.3f}",
+                             f(s.get("min")), f(s.get("max")))
+        console.print(summ)
+    else:
+        table = Table("case", "reference", "predicted", "probabilities", title=result["model"])
+        for r in result["cases"]:
+            if "error" not in r:
+                table.add_row(escape(Path(r["series"]).name), r["reference"], r["predicted"], str(r["probabilities"]))
+        console.print(table)
+        s = result["summary"]
+        if s:
+            console.print(f"accuracy {f(s['accuracy'])}, 95 % CI {s['accuracy_ci95']}")
+            summ = Table("class", "cases", "sensitivity", "specificity", "precision", "F1", "ROC AUC")
+            for name, c in s["per_class"].items():
+                summ.add_row(name, str(c["cases"]), f(c["sensitivity"]), f(c["specificity"]), f(c["precision"]),
+                             f(c["f1"]), f(c["roc_auc"]))
+            console.print(summ)
+            console.print(f"confusion matrix (rows: reference, columns: predicted): {s['confusion_matrix']}")
 
 
 def main() -> None:  # pragma: no cover

@@ -19,10 +19,12 @@ import urllib.request
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from dicom_ai.cache.db import Delivery, Job, Result
 from dicom_ai.config import Settings, load_settings, repo_root
-from dicom_ai.export.scu import expand_paths, store_files
+from dicom_ai.evaluate.series import expand_paths
+from dicom_ai.export.scu import store_files
 
 DEMO_SERIES = repo_root() / "demo" / "ct_chest_LIDC-IDRI-0314" / "image"
 
@@ -151,7 +153,8 @@ def _wait_and_report(node, out_dir: Path, console: Console, timeout: float, t_se
                       f"{elapsed:.0f} s after the last slice was acknowledged")
         console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in job.timings.items()))
         for name, f in job.findings.items():
-            console.print(f"  {name}: {f['volume_ml'] / 1000:.2f} L ({f['volume_ml']:.0f} mL), mean {f['mean_hu']} HU")
+            console.print(f"  {name}: {f['volume_ml'] / 1000:.2f} L ({f['volume_ml']:.0f} mL), mean {f['mean_hu']} HU"
+                          + "".join(f" [red]implausible: {escape(r)}[/red]" for r in f.get("implausible", [])))
         ok = True
         for r in s.query(Result).filter(Result.job_fk == job.id):
             for d in r.deliveries:

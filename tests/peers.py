@@ -644,3 +644,17 @@ class Orthanc:
         return self.post(
             f"/modalities/{name}/store", {"Resources": res, "Synchronous": synchronous}
         )
+
+
+def save_nifti(mask, volume, path: Path) -> None:
+    """Write a label mask (slices, rows, columns) as NIfTI (axes columns, rows, slices; RAS affine)."""
+    import nibabel as nib
+    import numpy as np
+
+    origin = volume.index_to_patient(np.zeros((1, 3)))[0]
+    axes = [volume.index_to_patient(np.eye(3)[[d]])[0] - origin for d in (2, 1, 0)]  # columns, rows, slices
+    affine = np.eye(4)
+    affine[:3, :3] = np.stack(axes, axis=1)
+    affine[:3, 3] = origin
+    affine[:2] *= -1  # LPS -> RAS
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.transpose(2, 1, 0)), affine), str(path))

@@ -48,18 +48,6 @@ class SendOutcome:
         return self.status is not None and (self.status == 0 or (self.status & 0xF000) == 0xB000)
 
 
-def expand_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files as given, and every file under the folders given (sorted)."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file()))
-        else:
-            out.append(p)
-    return out
-
-
 def _headers(paths: list[Path]) -> list[tuple[Path, str, str]]:
     out = []
     for p in paths:

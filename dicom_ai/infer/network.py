@@ -24,6 +24,29 @@ LUNG_UNET_PARAMS: dict = {
 }
 
 
+class SliceWise(torch.nn.Module):
+    """A 2D network applied to each slice of a (batch, channels, 1, rows, columns) input.
+
+    Slice-wise models (manifest ``patch_size`` ``[1, rows, columns]``, a network of
+    ``spatial_dims`` 2) run through the same 3D sliding window as volumetric ones: each window is
+    one slice, whose depth axis this wrapper removes before the 2D network and restores after.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x.shape
+        y = self.net(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w))
+        return y.reshape(b, d, y.shape[1], h, w).permute(0, 2, 1, 3, 4)
+
+
+def is_slicewise(spec: NetworkSpec | None) -> bool:
+    """Whether a manifest network is 2D (``spatial_dims`` 2), run slice by slice."""
+    return spec is not None and int(spec.params.get("spatial_dims", 3)) == 2
+
+
 def monai_network_class(arch: str) -> type[torch.nn.Module]:
     """The class ``arch`` names in ``monai.networks.nets`` (``"monai.networks.nets.UNet"`` or
     ``"UNet"``).

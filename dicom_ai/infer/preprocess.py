@@ -289,12 +289,16 @@ def canonical_order(values: tuple, axcodes: str) -> tuple:
 def upsample_argmax(
     logits: torch.Tensor, size: tuple[int, int, int], slab: int = 16
 ) -> torch.Tensor:
-    """Trilinear upsampling of class scores to ``size`` followed by argmax, in slabs of slices.
+    """Trilinear upsampling of class scores to ``size`` followed by argmax, one output slice at a
+    time.
 
     Equivalent to ``F.interpolate(logits, size, mode="trilinear", align_corners=False)``
-    followed by ``argmax`` over classes, but done separably (in-plane bilinear per needed
-    model slice, then linear along the slices) for ``slab`` output slices at a time, so memory
-    stays bounded by ``C x slab x H x W`` floats instead of the whole upsampled volume.
+    followed by ``argmax`` over classes, done separably: each model slice is upsampled in-plane
+    (bilinear) once, and each output slice is the linear blend of its two neighbouring model
+    slices. Where both neighbours have the same argmax class, every blend of them has it too
+    (a class that is largest at both ends of a linear path is largest all along it), so the
+    blend is computed only for the pixels where they differ, the contours. Memory stays bounded
+    by a few ``C x H x W`` planes whatever the number of slices.
 
     Parameters
     ----------
@@ -303,7 +307,7 @@ def upsample_argmax(
     size:
         Output (D, H, W) in voxels.
     slab:
-        Output slices per step.
+        Kept for callers of the earlier slab-wise version; not used.
 
     Returns
     -------
@@ -313,22 +317,36 @@ def upsample_argmax(
     C, d, h, w = logits.shape
     D, H, W = size
     out = torch.empty((D, H, W), dtype=torch.uint8, device=logits.device)
-    scale = d / D
-    for z0 in range(0, D, slab):
-        z1 = min(D, z0 + slab)
-        zo = torch.arange(z0, z1, device=logits.device, dtype=torch.float32)
-        src = ((zo + 0.5) * scale - 0.5).clamp(0, d - 1)
-        lo = src.floor().long()
-        hi = (lo + 1).clamp(max=d - 1)
-        frac = (src - lo.float()).view(1, -1, 1, 1)
-        first, last = int(lo.min()), int(hi.max())
-        part = logits[:, first : last + 1].float()  # (C, n, h, w)
-        if (h, w) != (H, W):
-            part = F.interpolate(part.permute(1, 0, 2, 3), size=(H, W), mode="bilinear", align_corners=False)
-            part = part.permute(1, 0, 2, 3)
-        a = part[:, lo - first]
-        b = part[:, hi - first]
-        out[z0:z1] = _argmax_classes(a * (1 - frac) + b * frac)
+    src = ((torch.arange(D, dtype=torch.float64) + 0.5) * (d / D) - 0.5).clamp(0, d - 1)
+    lo = src.floor().long()
+    frac = (src - lo.double()).tolist()
+    lo = lo.tolist()
+    planes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def plane(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if k not in planes:
+            part = logits[:, k].float()
+            if (h, w) != (H, W):
+                part = F.interpolate(part[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+            planes[k] = (part, _argmax_classes(part))
+        return planes[k]
+
+    for z in range(D):
+        a = lo[z]
+        b = min(a + 1, d - 1)
+        for k in [k for k in planes if k < a]:
+            del planes[k]
+        scores_a, index_a = plane(a)
+        f = frac[z]
+        if b == a or f == 0.0:
+            out[z] = index_a
+            continue
+        scores_b, index_b = plane(b)
+        differ = index_a != index_b
+        result = index_a.clone()
+        if bool(differ.any()):
+            result[differ] = _argmax_classes(scores_a[:, differ] * (1 - f) + scores_b[:, differ] * f)
+        out[z] = result
     return out
 
 

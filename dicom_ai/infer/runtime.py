@@ -19,7 +19,11 @@ Pipeline of :meth:`SegmentationModel.predict` (all torch, on the model's device)
    slices (bounded memory) and the argmax taken there (smooth contours, no staircase from a
    nearest-neighbour upsampling of labels), the reorientation is undone, and for each label
    only the largest 3D connected component is kept. The mask is uint8 with the manifest's
-   label values.
+   label values; with ``fill_holes_mm2`` in the manifest, holes inside each label are filled
+   (:mod:`dicom_ai.infer.postprocess`).
+
+Slice-wise models (a 2D network, ``patch_size`` ``[1, rows, columns]``) run through the same
+sliding window, one slice per window (:class:`dicom_ai.infer.network.SliceWise`).
 
 :meth:`ClassificationModel.predict` preprocesses the same way, resizes the volume (or each axial
 slice) to ``manifest.patch_size``, and returns the softmax class probabilities (averaged over
@@ -35,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
-from dicom_ai.infer.network import build_network
+from dicom_ai.infer.network import SliceWise, build_network, is_slicewise
+from dicom_ai.infer.postprocess import fill_small_holes, keep_largest_component
 from dicom_ai.infer.preprocess import (
     canonical_order,
     from_canonical,
@@ -60,37 +64,6 @@ class ModelPackageError(RuntimeError):
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def keep_largest_component(mask: np.ndarray, labels: list[int]) -> np.ndarray:
-    """Keep, for each label value, only its largest 3D connected component (26-connectivity).
-
-    Parameters
-    ----------
-    mask:
-        uint8 label mask (slices, rows, columns); modified in place and returned.
-    labels:
-        Label values to process.
-
-    Returns
-    -------
-    np.ndarray
-        The same array.
-    """
-    struct = ndi.generate_binary_structure(3, 3)
-    for value in labels:
-        objs = ndi.find_objects((mask == value).astype(np.uint8))
-        if not objs or objs[0] is None:
-            continue
-        box = objs[0]
-        sub = mask[box]
-        comp, n = ndi.label(sub == value, structure=struct)
-        if n <= 1:
-            continue
-        sizes = np.bincount(comp.ravel())
-        sizes[0] = 0
-        sub[(comp != 0) & (comp != int(np.argmax(sizes)))] = 0
-    return mask
 
 
 class Predictor:
@@ -152,7 +125,8 @@ def load_predictor(package_dir: Path, manifest: ModelManifest, device: torch.dev
         except (RuntimeError, AttributeError) as exc:
             raise ModelPackageError(f"model package {package_dir}: weights do not fit the network: {exc}") from exc
         network.to(device).eval()
-        return Predictor(network, _module_bytes(network), network, weights_device=device.type)
+        fn = SliceWise(network) if is_slicewise(manifest.network) else network
+        return Predictor(fn, _module_bytes(network), fn, weights_device=device.type)
     if manifest.runtime == "torchscript":
         try:
             module = torch.jit.load(str(weights), map_location=device)
@@ -317,7 +291,8 @@ class SegmentationModel(LoadedModel):
         volume:
             Source volume (CT in HU), array (slices, rows, columns).
         sw_batch_size:
-            Patches per forward pass of the sliding window.
+            Patches per forward pass of the sliding window (at least 16 for a slice-wise
+            model, whose patches are single slices).
 
         Returns
         -------
@@ -335,6 +310,8 @@ class SegmentationModel(LoadedModel):
         image, tf = self._preprocess(volume)
         sync()
         t1 = time.perf_counter()
+        if 1 in m.patch_size:  # slice-wise network: batch many slices per call
+            sw_batch_size = max(sw_batch_size, 16)
         logits = sliding_window_inference(
             image,
             roi_size=tuple(m.patch_size),
@@ -359,6 +336,9 @@ class SegmentationModel(LoadedModel):
             for index, value in enumerate(values):
                 mask[indices == index] = value
         keep_largest_component(mask, [lab.value for lab in m.labels])
+        if m.fill_holes_mm2:
+            fill_small_holes(mask, [lab.value for lab in m.labels], volume.spacing, m.fill_holes_mm2,
+                             volume.array, m.fill_holes_below)
         t3 = time.perf_counter()
         return mask, {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
 

@@ -1,11 +1,6 @@
-"""Training and evaluation of dicom-ai models (labels, data, augmentation, loss, metrics).
-
-Public API: :func:`train_lung_model`, :func:`evaluate_model` (also ``python -m dicom_ai.train``).
+"""Training of dicom-ai models: the shared optimisation loop (:mod:`~dicom_ai.train.loop`), the
+segmentation trainers (:mod:`~dicom_ai.train.segmentation`), the package writer
+(:mod:`~dicom_ai.train.package`), one module per recipe (:mod:`~dicom_ai.train.lung`,
+:mod:`~dicom_ai.train.region`) and training on a site's own dataset
+(:mod:`~dicom_ai.train.dataset`). Scoring lives in :mod:`dicom_ai.evaluate`.
 """
-
-from __future__ import annotations
-
-from dicom_ai.train.evaluate import evaluate_model
-from dicom_ai.train.loop import train_lung_model
-
-__all__ = ["evaluate_model", "train_lung_model"]

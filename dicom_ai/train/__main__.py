@@ -1,15 +1,14 @@
-"""``python -m dicom_ai.train``: train or evaluate the lung model and the body-region classifier.
+"""``python -m dicom_ai.train``: the built-in recipes (lung model, body-region classifier).
 
 Examples
 --------
-Reproduce the shipped weights (about 10-15 min on 2 CPU cores)::
+Reproduce the shipped lung model 2.0.0 (about 7 min on 2 CPU cores), its leave-one-patient-out
+cross-validation (6 folds, about 40 min), the 3D design's folds, and the label overlays::
 
-    python -m dicom_ai.train train models/lung-unet
-
-Held-out run and its evaluation::
-
-    python -m dicom_ai.train train /tmp/lung-holdout --holdout crlm
-    python -m dicom_ai.train evaluate /tmp/lung-holdout ../shared/data/ct_abdomen_CRLM-CT-1006/image
+    python -m dicom_ai.train train models/lung-unet-2
+    python -m dicom_ai.train crossvalidate /tmp/lung-cv --design 2d
+    python -m dicom_ai.train crossvalidate /tmp/lung-cv --design 3d --patient LIDC-IDRI-0001
+    python -m dicom_ai.train montage /tmp/lung-labels
 
 Body-region classifier: the shipped package with its two-fold cross-validation (about 1.5 min on
 2 CPU cores), a single held-out run, and scoring a package::
@@ -27,32 +26,36 @@ import logging
 import sys
 from pathlib import Path
 
-from dicom_ai.train.data import LUNG_SERIES, default_data_root
+from dicom_ai.train.data import default_data_root
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dicom_ai.train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train the lung U-Net and write a model package")
+    from dicom_ai.train.lung import DESIGNS, LUNG_CASES
+
+    tr = sub.add_parser("train", help="train the lung model on every CC BY chest CT and write its package")
     tr.add_argument("output_dir", type=Path, help="model package folder to write (manifest.json, model.pt)")
     tr.add_argument("--data-root", type=Path, default=default_data_root(), help="real data folder (default: %(default)s)")
-    tr.add_argument(
-        "--holdout", action="append", choices=sorted(LUNG_SERIES), default=[], help="leave a series out (repeatable)"
-    )
+    tr.add_argument("--design", choices=sorted(DESIGNS), default="2d")
+    tr.add_argument("--version", default="2.0.0")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    tr.add_argument("--iterations", type=int, default=700, help="optimiser steps (default: %(default)s)")
-    tr.add_argument("--max-minutes", type=float, default=25.0, help="wall-clock safety stop (default: %(default)s)")
+    tr.add_argument("--iterations", type=int, default=None, help="optimiser steps (default: the design's)")
+    tr.add_argument("--max-minutes", type=float, default=60.0, help="wall-clock safety stop (default: %(default)s)")
 
-    ev = sub.add_parser("evaluate", help="Dice per label of a model package on one series")
-    ev.add_argument("package_dir", type=Path)
-    ev.add_argument("series", type=Path, help="DICOM series folder or NIfTI CT")
-    ev.add_argument(
-        "--reference",
-        default="classical",
-        help="'classical' (HU extraction), a TotalSegmentator .nii.gz label map, or a .npy label array",
-    )
-    ev.add_argument("--device", default=None)
+    cv = sub.add_parser("crossvalidate", help="leave-one-patient-out cross-validation of a lung design")
+    cv.add_argument("output_dir", type=Path, help="folder for one JSON per fold and the summary")
+    cv.add_argument("--data-root", type=Path, default=default_data_root())
+    cv.add_argument("--design", choices=sorted(DESIGNS), default="2d")
+    cv.add_argument("--patient", action="append", default=[], help="hold out only these patients (repeatable)")
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--iterations", type=int, default=None)
+
+    mo = sub.add_parser("montage", help="overlay montages of the lung training labels, one PNG per series")
+    mo.add_argument("output_dir", type=Path)
+    mo.add_argument("--data-root", type=Path, default=default_data_root())
+    mo.add_argument("--case", action="append", choices=sorted(LUNG_CASES), default=[])
 
     from dicom_ai.train.region import REGION_SERIES
 
@@ -80,16 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "train":
-        from dicom_ai.train.loop import train_lung_model
+        from dicom_ai.train.lung import train_lung
 
-        result = train_lung_model(
-            args.output_dir,
-            data_root=args.data_root,
-            holdout=args.holdout,
-            seed=args.seed,
-            max_minutes=args.max_minutes,
-            iterations=args.iterations,
-        )
+        result = train_lung(args.output_dir, args.design, args.data_root, version=args.version, seed=args.seed,
+                            iterations=args.iterations, max_minutes=args.max_minutes)
+    elif args.command == "crossvalidate":
+        from dicom_ai.train.lung import crossvalidate
+
+        result = crossvalidate(args.output_dir, args.design, args.data_root, patients=args.patient or None,
+                               seed=args.seed, iterations=args.iterations)
+    elif args.command == "montage":
+        from dicom_ai.train.lung import label_montage
+
+        result = {k: str(label_montage(k, args.data_root, args.output_dir)) for k in (args.case or LUNG_CASES)}
     elif args.command == "train-region":
         from dicom_ai.train.region import crossvalidate_region, train_region_model
 
@@ -103,11 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_region_package(args.package_dir, args.data_root, args.series, external=not args.no_external)
         if args.path:
             result["paths"] = {str(p): classify_path(args.package_dir, p) for p in args.path}
-    else:
-        from dicom_ai.train.evaluate import evaluate_model
-
-        ref = args.reference if args.reference == "classical" else Path(args.reference)
-        result = evaluate_model(args.package_dir, args.series, ref, device=args.device)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0

@@ -5,7 +5,7 @@ Label values: 0 background, 1 left lung, 2 right lung (patient left = +x in DICO
 Two sources, used in this order of preference:
 
 * :func:`labels_from_totalsegmentator` - a TotalSegmentator v2 label map (NIfTI, RAS) sampled
-  onto a DICOM volume (nearest neighbour through both affines); lobes 10 (upper left) and
+  onto a DICOM volume by :func:`dicom_ai.evaluate.reference.sample_label_map`; lobes 10 (upper left) and
   11 (lower left) become left lung, 12, 13, 14 (upper, middle, lower right) become right lung.
 * :func:`classical_lung_labels` - a documented threshold pipeline on the canonical grid:
 
@@ -31,52 +31,18 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from dicom_ai.evaluate.reference import sample_label_map
 from dicom_ai.infer.volume import Volume
 
 LEFT, RIGHT = 1, 2
+#: Largest in-slice hole (mm^2) the classical extraction fills: vessels and small nodules are
+#: lung; the diaphragm domes, seen from above as larger holes, are not.
+CLASSICAL_MAX_HOLE_MM2 = 400.0
+#: An air component is lung when its mean is between -950 HU (darker: bowel gas) and this.
+CLASSICAL_AERATED_MAX_HU = -500.0
 #: TotalSegmentator v2 class numbers of the lung lobes (label map ``total`` task, 117 classes).
 TOTALSEG_LEFT_LOBES = (10, 11)  # lung_upper_lobe_left, lung_lower_lobe_left
 TOTALSEG_RIGHT_LOBES = (12, 13, 14)  # lung_upper/middle/lower_lobe_right
-
-
-def sample_label_map(volume: Volume, nifti_path: Path) -> np.ndarray:
-    """Sample a NIfTI label map (RAS affine) onto ``volume``'s grid, nearest neighbour.
-
-    The NIfTI affine maps voxel indices to RAS mm; DICOM patient coordinates are LPS, so
-    ``x_ras = -x_lps``, ``y_ras = -y_lps``. Every voxel centre of the volume is mapped to the
-    NIfTI grid and the nearest label is taken; voxels outside the map get 0.
-
-    Parameters
-    ----------
-    volume:
-        Target grid.
-    nifti_path:
-        Label map file (``.nii`` / ``.nii.gz``).
-
-    Returns
-    -------
-    np.ndarray
-        int64 (slices, rows, columns), the label map's values.
-    """
-    import nibabel as nib
-
-    img = nib.load(str(nifti_path))
-    data = np.asarray(img.dataobj)
-    inv = np.linalg.inv(img.affine)
-    S, R, C = volume.shape
-    out = np.zeros((S, R, C), dtype=np.int64)
-    rr, cc = np.meshgrid(np.arange(R), np.arange(C), indexing="ij")
-    for k in range(S):
-        ijk = np.stack([np.full(rr.size, k), rr.ravel(), cc.ravel()], axis=1)
-        lps = volume.index_to_patient(ijk)
-        ras = lps * np.array([-1.0, -1.0, 1.0])
-        vox = ras @ inv[:3, :3].T + inv[:3, 3]
-        idx = np.rint(vox).astype(np.int64)
-        ok = np.all((idx >= 0) & (idx < np.array(data.shape[:3])), axis=1)
-        lab = np.zeros(rr.size, dtype=np.int64)
-        lab[ok] = data[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
-        out[k] = lab.reshape(R, C)
-    return out
 
 
 def labels_from_totalsegmentator(volume: Volume, nifti_path: Path) -> np.ndarray:
@@ -184,7 +150,8 @@ def _split_two(mask: np.ndarray, min_vox: int) -> list[np.ndarray] | None:
 
 
 def classical_lung_labels(
-    hu: np.ndarray, spacing: tuple[float, float, float], min_ml: float = 30.0, max_hole_mm2: float = 400.0
+    hu: np.ndarray, spacing: tuple[float, float, float], min_ml: float = 30.0,
+    max_hole_mm2: float = CLASSICAL_MAX_HOLE_MM2
 ) -> np.ndarray:
     """Left/right lung labels by HU thresholding on a canonical (z, y, x) CT volume.
 
@@ -231,9 +198,9 @@ def classical_lung_labels(
     sizes = ndi.sum(np.ones_like(lab), lab, index=idx)
     means = ndi.mean(hu, lab, index=idx)
     min_vox = int(min_ml / voxel_ml)
-    big = [s for s, m in zip(sizes, means) if -950 <= m <= -500]
+    big = [s for s, m in zip(sizes, means) if -950 <= m <= CLASSICAL_AERATED_MAX_HU]
     floor = max(min_vox, 0.1 * max(big)) if big else min_vox
-    keep = [i for i, s, m in zip(idx, sizes, means) if s >= floor and -950 <= m <= -500]
+    keep = [i for i, s, m in zip(idx, sizes, means) if s >= floor and -950 <= m <= CLASSICAL_AERATED_MAX_HU]
     parts: list[np.ndarray] = []
     for i in keep:
         comp = lab == i

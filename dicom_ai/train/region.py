@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from dicom_ai.evaluate.series import series_files, volume_from_nifti
 from dicom_ai.infer.preprocess import canonical_transform, resampled_shape
 from dicom_ai.infer.runtime import ClassificationModel, classification_input
 from dicom_ai.infer.volume import Volume, load_series
@@ -62,10 +63,9 @@ from dicom_ai.train.data import (
     default_data_root,
     hu_on_model_grid,
     labels_to_model_grid,
-    series_files,
-    volume_from_nifti,
 )
-from dicom_ai.train.labels import classical_lung_labels, sample_label_map
+from dicom_ai.evaluate.reference import sample_label_map
+from dicom_ai.train.labels import classical_lung_labels
 from dicom_ai.train.loop import optimise, seed_everything
 
 logger = logging.getLogger(__name__)

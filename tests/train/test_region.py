@@ -13,7 +13,7 @@ import torch
 from dicom_ai.infer.runtime import ClassificationModel
 from dicom_ai.infer.volume import VolumeError, load_series
 from dicom_ai.models.manifest import load_manifest, sha256_of
-from dicom_ai.train.data import series_files
+from dicom_ai.evaluate.series import series_files
 from dicom_ai.train.region import (
     ABDOMEN,
     CHEST,

@@ -1,6 +1,6 @@
 """Reference segmentations (SEG, RTSTRUCT, NIfTI) on a source volume's grid, on real data.
 
-Every expected value is computed here independently of :mod:`dicom_ai.infer.reference`: from
+Every expected value is computed here independently of :mod:`dicom_ai.evaluate.reference`: from
 the SEG frames and their source image references read with pydicom, from the RTSTRUCT contour
 polygons (shoelace areas), and from the training code's TotalSegmentator labels.
 """
@@ -16,10 +16,20 @@ import pydicom
 import pytest
 
 import peers
-from dicom_ai.infer.reference import dice_scores, parse_mapping, read_reference, reference_kind
+from dicom_ai.evaluate.reference import (
+    clinic_key,
+    dice_scores,
+    match_clinic_name,
+    parse_mapping,
+    read_reference,
+    reference_kind,
+    segment_code,
+    tg263_code,
+)
 from dicom_ai.infer.volume import load_series
 from dicom_ai.models.manifest import Code, Label
-from dicom_ai.train.labels import labels_from_totalsegmentator, sample_label_map
+from dicom_ai.evaluate.reference import sample_label_map
+from dicom_ai.train.labels import labels_from_totalsegmentator
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SEGS = DATA / "dcmqi" / "segmentations"
@@ -32,6 +42,9 @@ HD = DATA / "highdicom" / "test_files"
 MR = DATA / "mr_thigh_STS_001_T1"
 RTSTRUCT = MR / "mask" / "1-1.dcm"
 TOTALSEG_MAP = DATA / "totalsegmentator_examples" / "example_seg_dicom.nii.gz"
+LUNG1 = DATA / "ct_chest_NSCLC-Radiomics-LUNG1-003_EVALUATION-ONLY"  # evaluation only (CC BY-NC 3.0)
+LUNG1_RTSTRUCT = LUNG1 / "rtstruct" / "1-1.dcm"
+BREAST_SEG = DATA / "seg_other_tools" / "UCSF-BR-06_BreastMRI_SEG_noReferencedSeries.dcm"
 
 ANATOMY = Code(value="123037004", scheme="SCT", meaning="Anatomical Structure")
 
@@ -269,6 +282,167 @@ def test_nifti_organs_on_the_dicom_grid(totalseg_volume):
 def test_nifti_of_another_region_is_refused(ct3):
     with pytest.raises(ValueError, match="does not overlap"):
         read_reference(TOTALSEG_MAP, ct3, [LIVER])
+
+
+# --- clinic names (TG-263 and the like) ----------------------------------------------------
+
+LEFT_NAMES = ["Lung-Left", "Lung_L", "LUNG_LT", "Left Lung", "L Lung", "lung left", "LeftLung", "Lung L",
+              "lung_l", "LUNG-LEFT", "Lung_Lt", "Lung sin", "left_lung"]
+RIGHT_NAMES = ["Lung-Right", "Lung_R", "LUNG_RT", "Right Lung", "R Lung", "lung right", "RightLung", "Lung R",
+               "RIGHT LUNG", "Lung_dx"]
+NOT_ONE_LUNG = ["Lungs", "Lung_Total", "Lungs-GTV", "GTV-1", "gtv-2", "Lung-GTV", "LungGTV", "PTV_Lung_L",
+                "zLung_L", "z_Lung_R", "Heart", "Esophagus", "Spinal-Cord", "Lung", "Lung_L_R", "Lung_L_PRV05",
+                "LUNGL", "Lung lobe L"]
+
+
+@pytest.mark.parametrize("name", LEFT_NAMES + RIGHT_NAMES + NOT_ONE_LUNG)
+def test_clinic_names_of_the_lungs(name):
+    from dicom_ai.train.lung import LUNG_LABELS
+
+    expected = 1 if name in LEFT_NAMES else 2 if name in RIGHT_NAMES else None
+    assert match_clinic_name(name, LUNG_LABELS) == expected
+    # the label names alone (no usable code) give the same answer, and the codes alone too
+    by_name = [label(1, "Left lung"), label(2, "Right lung")]  # no code, meaning = name
+    assert match_clinic_name(name, by_name) == expected
+    coded = [label(7, "Pulmo sinister", "44029006"), label(8, "Pulmo dexter", "3341006")]
+    assert match_clinic_name(name, coded) == {1: 7, 2: 8, None: None}[expected]
+    # never the other side: with only the other lung as a label, a lateral name matches nothing
+    if expected == 1:
+        assert match_clinic_name(name, [RIGHT_LUNG]) is None
+    if expected == 2:
+        assert match_clinic_name(name, [LEFT_LUNG]) is None
+
+
+def test_clinic_name_rules():
+    assert clinic_key("Lung-Left") == clinic_key("LUNG_LT") == clinic_key("Left Lung") == (("lung",), "left")
+    cord = (("cord", "spinal"), None)
+    assert clinic_key("SpinalCord") == clinic_key("Spinal-Cord") == clinic_key("spinal cord") == cord
+    assert clinic_key("Bowel_Small") == clinic_key("Small bowel")
+    for helper in ["GTV-1", "Lung-GTV", "zLung_L", "Lung_L_R", "CTV_60", "ITV", "PTVp"]:
+        assert clinic_key(helper) is None, helper
+    assert clinic_key("zygoma") == (("zygoma",), None)  # a z word is no z prefix
+    # TG-263 names map by SNOMED CT code; the total lungs are their own concept, never one side
+    assert tg263_code("Lung-Left") == tg263_code("Lung_L") == "44029006"
+    assert tg263_code("LUNG_RT") == "3341006"
+    assert tg263_code("Lungs") == "74101002" and tg263_code("Lung_Total") is None
+    assert tg263_code("Spinal-Cord") == "2748008" and tg263_code("esophagus") == "32849002"
+    assert tg263_code("Kidney_L") == "18639004" and tg263_code("Kidney R") == "9846003"
+    organs = [label(1, "Heart", "80891009"), label(2, "Cor", "80891009")]
+    assert match_clinic_name("HEART", organs) == 1  # by code: the first label of that code
+    assert match_clinic_name("Heart", [label(3, "Cardiac muscle"), label(4, "heart")]) == 4  # by name
+    # a name that fits two labels equally (same structure and side, no TG-263 code) matches none
+    assert match_clinic_name("Lung_L", [label(1, "Left lung"), label(2, "Lung, left")]) is None
+
+
+@pytest.fixture(scope="module")
+def lung1():
+    if not LUNG1.is_dir():
+        pytest.skip(f"real data not found at {LUNG1}")
+    return load_series(files(LUNG1 / "image"))
+
+
+def test_clinical_rtstruct_matches_the_lungs_by_their_clinic_names(lung1):
+    """LUNG1-003's clinical RTSTRUCT (ROIs Lung-Left, Lung-Right, Heart, ...) scores a lung model
+    without --map; each lung lands on its own side of the patient (LPS: +x is the patient's left)."""
+    from dicom_ai.train.lung import LUNG_LABELS
+
+    ref = read_reference(LUNG1_RTSTRUCT, lung1, LUNG_LABELS)
+    assert ref.kind == "RTSTRUCT" and ref.matched == {1: "Lung-Left", 2: "Lung-Right"}
+    assert sorted(ref.unmatched) == sorted(["Heart", "Esophagus", "Spinal-Cord", "GTV-1", "gtv-2", "gtv-3"])
+    assert ref.no_match_message() is None
+    x = {}
+    for value in (1, 2):
+        voxels = np.argwhere(ref.mask == value)
+        assert len(voxels) * lung1.voxel_volume_ml > 500  # a lung, not a nodule
+        x[value] = float(lung1.index_to_patient(voxels.mean(axis=0)[None])[0, 0])
+    assert x[1] > 0 > x[2], x
+    # each label is on exactly the slices its ROI's contours reference (read with pydicom)
+    ds = pydicom.dcmread(LUNG1_RTSTRUCT)
+    number = {str(r.ROIName): r.ROINumber for r in ds.StructureSetROISequence}
+    k_of = {d.SOPInstanceUID: k for k, d in enumerate(lung1.datasets)}
+    for value, roi in ((1, "Lung-Left"), (2, "Lung-Right")):
+        rc = next(c for c in ds.ROIContourSequence if c.ReferencedROINumber == number[roi])
+        slices = {k_of[c.ContourImageSequence[0].ReferencedSOPInstanceUID] for c in rc.ContourSequence}
+        assert {k for k in range(lung1.shape[0]) if (ref.mask[k] == value).any()} == slices
+    # an explicit mapping still comes first: swapped on purpose, it is obeyed
+    swapped = read_reference(LUNG1_RTSTRUCT, lung1, LUNG_LABELS, {"Lung-Left": 2, "Lung-Right": 1})
+    assert swapped.matched == {1: "Lung-Right", 2: "Lung-Left"}
+    np.testing.assert_array_equal(swapped.mask == 2, ref.mask == 1)
+
+
+def test_no_match_message_lists_the_names_found(lung1, mr, ct3):
+    ref = read_reference(LUNG1_RTSTRUCT, lung1, [LIVER])
+    assert ref.matched == {} and not ref.mask.any()
+    message = ref.no_match_message()
+    assert message is not None
+    assert message.startswith("no ROI of 1-1.dcm matches a label of the model (labels: 1=Liver)")
+    rois = [str(r.ROIName) for r in pydicom.dcmread(LUNG1_RTSTRUCT, stop_before_pixels=True).StructureSetROISequence]
+    assert len(rois) == 8 and "ROIs found: " + ", ".join(rois) + ";" in message
+    assert message.endswith("map them with --map NAME=LABEL")
+    mr_message = read_reference(RTSTRUCT, mr, [LEFT_LUNG, RIGHT_LUNG]).no_match_message()
+    assert mr_message == (
+        "no ROI of 1-1.dcm matches a label of the model (labels: 1=Left lung, 2=Right lung); "
+        "ROIs found: GTV_Mass, GTV_Edema; map them with --map NAME=LABEL"
+    )
+    seg_message = read_reference(LIVER_SEG, ct3, [LEFT_LUNG, RIGHT_LUNG]).no_match_message()
+    assert seg_message is not None
+    assert "no segment of liver.dcm" in seg_message and "segments found: Liver;" in seg_message
+    assert read_reference(LIVER_SEG, ct3, [LIVER]).no_match_message() is None
+
+
+def _recoded_liver_seg(tmp_path: Path, name: str, code: tuple[str, str, str], modifier=None, region=None) -> Path:
+    """The dcmqi liver SEG with its one segment relabelled and recoded."""
+    ds = pydicom.dcmread(LIVER_SEG)
+    segment = ds.SegmentSequence[0]
+    segment.SegmentLabel = name
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    if modifier is not None:
+        mod = pydicom.Dataset()
+        mod.CodeValue, mod.CodingSchemeDesignator, mod.CodeMeaning = modifier
+        item.SegmentedPropertyTypeModifierCodeSequence = [mod]
+    segment.SegmentedPropertyTypeCodeSequence = [item]
+    if region is not None:
+        segment.AnatomicRegionSequence = [region]
+    elif "AnatomicRegionSequence" in segment:
+        del segment.AnatomicRegionSequence
+    out = tmp_path / f"{name}.dcm"
+    ds.save_as(out)
+    return out
+
+
+def test_seg_lateral_codes_and_clinic_labels(ct3, tmp_path):
+    labels = [LEFT_LUNG, RIGHT_LUNG]
+    lung = ("T-28000", "SRT", "Lung")
+    # "Lung" + laterality modifier (SNOMED RT or CT) is that side's lung, whatever the label says
+    left = read_reference(_recoded_liver_seg(tmp_path, "segment A", lung, ("G-A101", "SRT", "Left")), ct3, labels)
+    assert left.matched == {1: "segment A"} and set(np.unique(left.mask)) == {0, 1}
+    right = read_reference(_recoded_liver_seg(tmp_path, "segment B", lung, ("24028007", "SCT", "Right")), ct3, labels)
+    assert right.matched == {2: "segment B"}
+    # "Lung" without a side is no single lung
+    assert read_reference(_recoded_liver_seg(tmp_path, "segment C", lung), ct3, labels).matched == {}
+    # a code that fits no label: the Segment Label as clinics write it
+    by_name = read_reference(_recoded_liver_seg(tmp_path, "Lung_R", ("T-D0050", "SRT", "Tissue")), ct3, labels)
+    assert by_name.matched == {2: "Lung_R"}
+    # the code comes before the name: a "Left lung"-coded segment labelled Lung_R goes left
+    coded = read_reference(_recoded_liver_seg(tmp_path, "Lung_R", ("44029006", "SCT", "Left lung")), ct3, labels)
+    assert coded.matched == {1: "Lung_R"}
+    # a tumour in the left lung's region is not the left lung
+    region = pydicom.Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "44029006", "SCT", "Left lung"
+    tumour = _recoded_liver_seg(tmp_path, "Mass", ("M-80003", "SRT", "Neoplasm, Primary"), region=region)
+    assert read_reference(tumour, ct3, labels).matched == {}
+
+
+def test_seg_laterality_from_the_anatomic_region_of_the_same_structure():
+    """A real SEG (UCSF breast MRI) codes its segment as type "Breast" (private MRSC code) in the
+    Anatomic Region "Breast" with the modifier "Left" (SNOMED RT G-A101): the left breast."""
+    segment = pydicom.dcmread(BREAST_SEG, stop_before_pixels=True).SegmentSequence[0]
+    assert segment.AnatomicRegionSequence[0].AnatomicRegionModifierSequence[0].CodeValue == "G-A101"
+    assert segment_code(segment) == "80248007"  # SNOMED CT Left breast structure
+    without = pydicom.Dataset()
+    without.SegmentedPropertyTypeCodeSequence = segment.SegmentedPropertyTypeCodeSequence
+    assert segment_code(without) == "B-1000"  # no region: the type code as it is
 
 
 # --- file types and --map ------------------------------------------------------------------

@@ -8,17 +8,33 @@ formats are read (:func:`read_reference` tells them apart):
   FRACTIONAL (thresholded at :data:`FRACTION_THRESHOLD`) and LABELMAP. Each frame is put on the
   slice of the source image it references (Derivation Image Sequence > Source Image Sequence >
   Referenced SOP Instance UID, PS3.3 C.7.6.16.2.6), else on the slice nearest to its Image
-  Position (Patient) along the slice normal (PS3.3 C.7.6.16.2.3). Segment -> label: the
-  ``mapping`` (by Segment Label or Segment Number), else the Segmented Property Type code
-  (SNOMED RT ``SRT`` codes are translated to SNOMED CT ``SCT`` first), else the Segment Label
-  equal to the label name (case-insensitive).
+  Position (Patient) along the slice normal (PS3.3 C.7.6.16.2.3).
 * **RT Structure Set** (RTSTRUCT, PS3.3 C.8.8.5 Structure Set Module, C.8.8.6 ROI Contour
   Module): CLOSED_PLANAR contours are rasterized onto the slice whose plane they lie in.
-  ROI -> label: the ``mapping`` (by ROI Name or ROI Number), else the ROI Name equal to the
-  label name (case-insensitive).
 * **NIfTI label map** (``.nii`` / ``.nii.gz``, RAS affine): sampled onto the volume's grid
-  nearest-neighbour by :func:`dicom_ai.train.labels.sample_label_map`. Value -> label: the
+  nearest-neighbour by :func:`sample_label_map`. Value -> label: the
   ``mapping`` (``"10,11=1"``) when one is given, else the values that are manifest label values.
+
+SEG segment / RTSTRUCT ROI -> manifest label, the first rule that applies (:class:`_Matcher`):
+
+1. the ``mapping`` (the CLI's ``--map``), by Segment Label or Segment Number, ROI Name or ROI
+   Number; a label it targets gets nothing by the other rules;
+2. SEG only: the segment's SNOMED CT code is a label's Segmented Property Type code
+   (:func:`segment_code`: SNOMED RT ``SRT`` codes are translated to ``SCT`` first, e.g. T-62000
+   -> 10200004; a paired organ with a laterality modifier, "Lung" + "Left", is "Left lung");
+3. the name as clinics write it (:func:`match_clinic_name`): a name that reads as an AAPM
+   TG-263 standard name (``Lung_L``, ``Lung-Left``, ``LUNG_LT``; :data:`TG263_SNOMED`) goes to
+   the label of that SNOMED CT code; else a name whose structure words and side (left / l / lt
+   / sin, right / r / rt / dx; split on ``-``, ``_``, spaces and camelCase, any case) equal
+   those of one label's name or type code meaning (``Left Lung``, ``lung left``, ``LeftLung``
+   for "Left lung"). Never across sides (``Lung-Left`` is not "Right lung"), never both organs
+   (``Lungs``, ``Lung_Total``), target volumes (``GTV-1``, ``Lung-GTV``) or TG-263 ``z``
+   helper structures (``zLung_L``);
+4. the Segment Label / ROI Name equal to the label name (case-insensitive; ``GTV_Mass`` for a
+   label named so).
+
+The rest is listed in ``Reference.unmatched``; when nothing matches,
+:meth:`Reference.no_match_message` says so with the names found.
 
 All masks are uint8 arrays of shape (slices, rows, columns) in the order of
 :class:`dicom_ai.infer.volume.Volume` (slices sorted along the slice normal), holding manifest
@@ -29,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +91,10 @@ class Reference:
     notes:
         What was skipped and why (frames or contours off the volume, open contours, ``mapping``
         entries that matched nothing), for the user.
+    source:
+        The reference's file name (for messages).
+    labels:
+        The manifest labels it was matched against.
     """
 
     mask: np.ndarray
@@ -81,6 +102,24 @@ class Reference:
     unmatched: list[str]
     kind: str
     notes: list[str] = field(default_factory=list)
+    source: str = ""
+    labels: list[Label] = field(default_factory=list, repr=False)
+
+    def no_match_message(self) -> str | None:
+        """None when a part of the reference matched a label; else why nothing can be scored,
+        with the label names and the names (values) found in the reference, e.g. ``no ROI of
+        1-1.dcm matches a label of the model (labels: 1=Left lung, 2=Right lung); ROIs found:
+        Lung-L, Lung-R; map them with --map NAME=LABEL``."""
+        if self.matched:
+            return None
+        part = {"SEG": "segment", "RTSTRUCT": "ROI", "NIFTI": "label map value"}.get(self.kind, "part")
+        known = ", ".join(f"{lab.value}={lab.name}" for lab in self.labels) or "none"
+        found = ", ".join(self.unmatched) or "none"
+        example = "VALUE=LABEL (e.g. 10,11=1)" if self.kind == "NIFTI" else "NAME=LABEL"
+        return (
+            f"no {part} of {self.source or 'the reference'} matches a label of the model (labels: {known}); "
+            f"{part}s found: {found}; map them with --map {example}"
+        )
 
 
 # --- label matching ----------------------------------------------------------------------
@@ -156,8 +195,177 @@ def parse_mapping(items: list[str], labels: list[Label]) -> dict[str, int]:
     return out
 
 
+# --- clinic names (RTSTRUCT ROI Names, SEG Segment Labels) ------------------------------
+
+LEFT, RIGHT, BOTH = "left", "right", "both"
+
+#: Name tokens that state a side: left / l / lt / sin / sinister, right / r / rt / dx / dexter.
+LATERALITY_TOKENS: dict[str, str] = {
+    "left": LEFT, "l": LEFT, "lt": LEFT, "sin": LEFT, "sinister": LEFT, "sinistra": LEFT,
+    "right": RIGHT, "r": RIGHT, "rt": RIGHT, "dx": RIGHT, "dexter": RIGHT, "dextra": RIGHT,
+}
+#: Words of SNOMED CT code meanings that name no structure ("Structure of left lung").
+_FILLER_TOKENS = frozenset({"structure", "of", "the"})
+#: A token that starts like this names a target volume (GTV-1, PTVp, Lung-GTV, IGTV), no organ.
+_TARGET_VOLUME_PREFIXES = ("gtv", "ctv", "ptv", "itv", "igtv")
+
+#: AAPM TG-263 standard structure names (Mayo et al., "American Association of Physicists in
+#: Medicine Task Group 263: Standardizing Nomenclatures in Radiation Oncology", Med Phys 2018)
+#: -> SNOMED CT concept, for common organs. Names are compared as :func:`clinic_key` reads
+#: them, so ``Lung_L``, ``Lung-Left``, ``LUNG_LT`` and ``Left Lung`` are all ``Lung_L``.
+#: ``Lungs`` / ``Kidneys`` are both organs together (their own concepts): never one side.
+TG263_SNOMED: dict[str, str] = {
+    "Lung_L": "44029006",  # Left lung structure
+    "Lung_R": "3341006",  # Right lung structure
+    "Lungs": "74101002",  # Both lungs
+    "Heart": "80891009",  # Heart structure
+    "Liver": "10200004",  # Liver structure
+    "Spleen": "78961009",  # Splenic structure
+    "Kidney_L": "18639004",  # Left kidney structure
+    "Kidney_R": "9846003",  # Right kidney structure
+    "Kidneys": "17373004",  # Both kidneys
+    "Esophagus": "32849002",  # Esophageal structure
+    "SpinalCord": "2748008",  # Spinal cord structure
+    "Breast_L": "80248007",  # Left breast structure
+    "Breast_R": "73056007",  # Right breast structure
+}
+
+#: SNOMED CT laterality qualifiers (CID 244; SNOMED RT G-A101 / G-A100 / G-A102 translate to them).
+_LATERALITY_CODES: dict[str, str] = {"7771000": LEFT, "24028007": RIGHT, "51440002": BOTH}
+#: (paired organ, laterality) -> the SNOMED CT concept of that side, for SEG segments coded as
+#: the organ plus a laterality modifier (PS3.3 C.8.20.2: Segmented Property Type Modifier Code
+#: Sequence, or the Anatomic Region Modifier Sequence of the same structure).
+_LATERAL_CODES: dict[tuple[str, str], str] = {
+    ("39607008", LEFT): "44029006", ("39607008", RIGHT): "3341006", ("39607008", BOTH): "74101002",
+    ("64033007", LEFT): "18639004", ("64033007", RIGHT): "9846003", ("64033007", BOTH): "17373004",
+    ("76752008", LEFT): "80248007", ("76752008", RIGHT): "73056007",
+}
+
+#: A clinic name read as (structure tokens, sorted; laterality or None).
+ClinicKey = tuple[tuple[str, ...], str | None]
+
+
+def _name_tokens(text: str) -> list[str]:
+    """Lower-case words of a name: split on anything but letters and digits (``-``, ``_``,
+    spaces, dots) and on camelCase (``LeftLung`` -> left, lung; ``SpinalCord`` -> spinal, cord;
+    an all-capitals run stays one word: ``LUNG_LT`` -> lung, lt)."""
+    out: list[str] = []
+    for word in re.split(r"[\W_]+", str(text)):
+        word = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", word)
+        out.extend(w.casefold() for w in word.split())
+    return out
+
+
+def clinic_key(name: str) -> ClinicKey | None:
+    """The structure and side a clinic name gives, or None when it names no single organ.
+
+    Rule: the name is split into words (:func:`_name_tokens`); the words in
+    :data:`LATERALITY_TOKENS` give its side (``Lung_L``, ``LUNG_LT``, ``Left Lung``,
+    ``lung left`` are all ((lung,), left)); the other words, less fillers of SNOMED CT
+    meanings (``structure``, ``of``), sorted, are its structure (``Bowel_Small`` = ``Small
+    bowel``). None for: a name starting with the TG-263 ``z`` prefix of helper structures
+    (``zLung_L``, ``z_PTV``); a target volume (a word starting with GTV / CTV / PTV / ITV:
+    ``GTV-1``, ``Lung-GTV``); both sides named at once (``Lung_L_R``); no structure word.
+    """
+    raw = str(name).strip()
+    if re.match(r"z(?![a-z])|[zZ][\W_]", raw):
+        return None
+    tokens = _name_tokens(raw)
+    words = [w.casefold() for w in re.split(r"[\W_]+", raw) if w]  # PTVp: one word, camelCase "PT Vp"
+    if any(t.startswith(_TARGET_VOLUME_PREFIXES) for t in tokens + words):
+        return None
+    sides = {LATERALITY_TOKENS[t] for t in tokens if t in LATERALITY_TOKENS}
+    if len(sides) > 1:
+        return None
+    structure = tuple(sorted(t for t in tokens if t not in LATERALITY_TOKENS and t not in _FILLER_TOKENS))
+    if not structure:
+        return None
+    return structure, (sides.pop() if sides else None)
+
+
+#: :data:`TG263_SNOMED` by :func:`clinic_key` (every TG-263 name there reads as one organ).
+_TG263_BY_KEY: dict[ClinicKey, str] = {
+    key: code for name, code in TG263_SNOMED.items() if (key := clinic_key(name)) is not None
+}
+
+
+def tg263_code(name: str) -> str | None:
+    """SNOMED CT concept of a clinic name that reads as a :data:`TG263_SNOMED` name
+    (``Lung-Left`` -> 44029006), else None."""
+    key = clinic_key(name)
+    return _TG263_BY_KEY.get(key) if key is not None else None
+
+
+def match_clinic_name(name: str, labels: list[Label]) -> int | None:
+    """Manifest label value that a clinic ROI name / segment label names, else None.
+
+    Rule, first that applies: (1) the name reads as a TG-263 name (:func:`tg263_code`) whose
+    SNOMED CT concept is a label's Segmented Property Type code (SNOMED RT codes translated);
+    (2) the name's structure and side (:func:`clinic_key`) equal those of exactly one label's
+    name or of its type code meaning. A name of another side (``Lung-Left`` for Right lung),
+    of both organs (``Lungs``, ``Lung_Total``), of a target volume (``GTV-1``, ``Lung-GTV``)
+    or of a ``z`` helper structure matches no label.
+    """
+    key = clinic_key(name)
+    if key is None:
+        return None
+    code = _TG263_BY_KEY.get(key)
+    if code is not None:
+        for lab in labels:
+            if _sct(lab.type.value) == code:
+                return lab.value
+    hits = {
+        lab.value for lab in labels
+        if key in (clinic_key(lab.name), clinic_key(lab.type.meaning))
+    }
+    return hits.pop() if len(hits) == 1 else None
+
+
+def _laterality(modifiers) -> str | None:
+    """Side given by a modifier code sequence (SNOMED CT or SNOMED RT laterality), else None."""
+    for item in modifiers or []:
+        side = _LATERALITY_CODES.get(_sct(str(item.get("CodeValue", "") or "")))
+        if side is not None:
+            return side
+    return None
+
+
+def segment_code(segment: pydicom.Dataset) -> str | None:
+    """SNOMED CT concept a SEG segment is coded as, laterality included, or None.
+
+    The Segmented Property Type code (SNOMED RT translated to SNOMED CT). When the segment also
+    states a side, by a laterality in its Segmented Property Type Modifier Code Sequence or, for
+    an Anatomic Region that is the same structure as the type (same code or code meaning), in
+    that region's Anatomic Region Modifier Sequence, a paired organ becomes its side's concept
+    (:data:`_LATERAL_CODES`: Lung + Left -> Left lung). The Anatomic Region is not used otherwise:
+    the region of a tumour is not the tumour.
+    """
+    codes = segment.get("SegmentedPropertyTypeCodeSequence", [])
+    if not len(codes):
+        return None
+    item = codes[0]
+    code = _sct(str(item.get("CodeValue", "") or ""))
+    side = _laterality(item.get("SegmentedPropertyTypeModifierCodeSequence"))
+    if side is None:
+        for region in segment.get("AnatomicRegionSequence", []):
+            region_code = _sct(str(region.get("CodeValue", "") or ""))
+            same = region_code == code or (
+                _norm(region.get("CodeMeaning", "") or "") == _norm(item.get("CodeMeaning", "") or "") != ""
+            )
+            if same:
+                side = _laterality(region.get("AnatomicRegionModifierSequence"))
+                if str(item.get("CodingSchemeDesignator", "")).upper() not in ("SCT", "SRT"):
+                    code = region_code  # a private type code (e.g. MRSC B-1000 "Breast")
+                break
+    if side is not None:
+        code = _LATERAL_CODES.get((code, side), code)
+    return code or None
+
+
 class _Matcher:
-    """Reference segment / ROI -> manifest label value, by the rules in the module docstring.
+    """Reference segment / ROI -> manifest label value, by the rules in the module docstring:
+    the mapping, the SEG code (:func:`segment_code`), the clinic name
+    (:func:`match_clinic_name`: TG-263 names and structure + side), the label name.
 
     Labels that the mapping targets are taken by the mapping only: a segment whose code or name
     matches such a label is not added to it.
@@ -170,9 +378,9 @@ class _Matcher:
         if bad:
             raise ValueError(f"mapping targets label value(s) {bad} that the model does not have ({sorted(values)})")
         self.used: set[str] = set()
-        free = [lab for lab in labels if lab.value not in set(self.mapping.values())]
-        self.by_code = {_sct(lab.type.value): lab.value for lab in free}
-        self.by_name = {_norm(lab.name): lab.value for lab in free}
+        self.free = [lab for lab in labels if lab.value not in set(self.mapping.values())]
+        self.by_code = {_sct(lab.type.value): lab.value for lab in self.free}
+        self.by_name = {_norm(lab.name): lab.value for lab in self.free}
 
     def match(self, keys: list[str], code: str | None, name: str) -> int | None:
         for key in keys:
@@ -181,6 +389,9 @@ class _Matcher:
                 return self.mapping[_norm(key)]
         if code and _sct(code) in self.by_code:
             return self.by_code[_sct(code)]
+        value = match_clinic_name(name, self.free)
+        if value is not None:
+            return value
         return self.by_name.get(_norm(name))
 
     def unused_notes(self) -> list[str]:
@@ -351,9 +562,7 @@ def _read_seg(path: Path, volume: Volume, matcher: _Matcher) -> Reference:
         if labelmap and n == 0:
             continue  # the LABELMAP background segment
         shown = name if names.count(name) == 1 else f"{name} [{n}]"
-        codes = s.get("SegmentedPropertyTypeCodeSequence", [])
-        code = str(codes[0].get("CodeValue", "")) if len(codes) else None
-        value = matcher.match([name, str(n)], code, name)
+        value = matcher.match([name, str(n)], segment_code(s), name)
         if value is None:
             unmatched.append(shown)
         else:
@@ -542,10 +751,48 @@ def _read_rtstruct(path: Path, volume: Volume, matcher: _Matcher) -> Reference:
 # --- NIfTI -----------------------------------------------------------------------------------
 
 
-def _read_nifti(path: Path, volume: Volume, labels: list[Label], mapping: dict[str, int] | None) -> Reference:
+def sample_label_map(volume: Volume, nifti_path: Path) -> np.ndarray:
+    """Sample a NIfTI label map (RAS affine) onto ``volume``'s grid, nearest neighbour.
+
+    The NIfTI affine maps voxel indices to RAS mm; DICOM patient coordinates are LPS, so
+    ``x_ras = -x_lps``, ``y_ras = -y_lps``. Every voxel centre of the volume is mapped to the
+    NIfTI grid and the nearest label is taken; voxels outside the map get 0.
+
+    Parameters
+    ----------
+    volume:
+        Target grid.
+    nifti_path:
+        Label map file (``.nii`` / ``.nii.gz``).
+
+    Returns
+    -------
+    np.ndarray
+        int64 (slices, rows, columns), the label map's values.
+    """
     import nibabel as nib
 
-    from dicom_ai.train.labels import sample_label_map
+    img = nib.load(str(nifti_path))
+    data = np.asarray(img.dataobj)
+    inv = np.linalg.inv(img.affine)
+    S, R, C = volume.shape
+    out = np.zeros((S, R, C), dtype=np.int64)
+    rr, cc = np.meshgrid(np.arange(R), np.arange(C), indexing="ij")
+    for k in range(S):
+        ijk = np.stack([np.full(rr.size, k), rr.ravel(), cc.ravel()], axis=1)
+        lps = volume.index_to_patient(ijk)
+        ras = lps * np.array([-1.0, -1.0, 1.0])
+        vox = ras @ inv[:3, :3].T + inv[:3, 3]
+        idx = np.rint(vox).astype(np.int64)
+        ok = np.all((idx >= 0) & (idx < np.array(data.shape[:3])), axis=1)
+        lab = np.zeros(rr.size, dtype=np.int64)
+        lab[ok] = data[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
+        out[k] = lab.reshape(R, C)
+    return out
+
+
+def _read_nifti(path: Path, volume: Volume, labels: list[Label], mapping: dict[str, int] | None) -> Reference:
+    import nibabel as nib
 
     try:
         img = nib.load(str(path))
@@ -648,13 +895,16 @@ def read_reference(
         Reference segment label / segment number / ROI name / ROI number / label map value
         -> manifest label value, e.g. from :func:`parse_mapping`. Names are compared
         case-insensitively. For SEG and RTSTRUCT it comes before the automatic matching
-        (property type code, then name); labels it targets get no automatically matched
-        segment. For a NIfTI map it replaces the identity matching.
+        (property type code, clinic name, label name: see the module docstring); labels it
+        targets get no automatically matched segment. For a NIfTI map it replaces the
+        identity matching.
 
     Returns
     -------
     Reference
-        ``mask`` uint8 (slices, rows, columns) with manifest label values.
+        ``mask`` uint8 (slices, rows, columns) with manifest label values. A reference of which
+        nothing matches a label is returned (``matched`` empty, ``mask`` all 0);
+        :meth:`Reference.no_match_message` says so with the names found, for the user.
 
         * SEG: BINARY frames (pixels > 0), FRACTIONAL frames (value / Maximum Fractional Value
           >= :data:`FRACTION_THRESHOLD`) and LABELMAP frames (pixel value = segment number;
@@ -689,8 +939,12 @@ def read_reference(
         ref = _read_seg(path, volume, _Matcher(labels, mapping))
     else:
         ref = _read_rtstruct(path, volume, _Matcher(labels, mapping))
+    ref.source, ref.labels = path.name, list(labels)
     for note in ref.notes:
         logger.info("%s: %s", path.name, note)
+    message = ref.no_match_message()
+    if message:  # info, as the notes: the caller decides (the CLI refuses such a reference)
+        logger.info("%s", message)
     return ref
 
 
@@ -709,7 +963,7 @@ def dice_scores(pred: np.ndarray, ref: Reference, labels: list[Label]) -> dict[i
     Returns
     -------
     dict
-        Label value -> Dice in [0, 1] (:func:`dicom_ai.train.loop.dice_per_label`, MONAI's
+        Label value -> Dice in [0, 1] (:func:`dicom_ai.evaluate.metrics.dice_per_label`, MONAI's
         DiceMetric), or None when the reference has no counterpart for the label (not in
         ``ref.matched``: it cannot judge it) or the label is in neither mask.
 
@@ -724,7 +978,24 @@ def dice_scores(pred: np.ndarray, ref: Reference, labels: list[Label]) -> dict[i
     scored = [lab.value for lab in labels if lab.value in ref.matched and ((pred == lab.value).any() or (ref.mask == lab.value).any())]
     out: dict[int, float | None] = {lab.value: None for lab in labels}
     if scored:
-        from dicom_ai.train.loop import dice_per_label
+        from dicom_ai.evaluate.metrics import dice_per_label
 
         out.update(dice_per_label(pred, ref.mask, scored))
     return out
+
+
+def read_matched_reference(path: Path, volume: Volume, labels: list[Label], mapping_items: list[str] | None = None) -> Reference:
+    """:func:`read_reference` with the CLI's ``--map`` items (:func:`parse_mapping`), refusing a
+    reference of which nothing matches a label.
+
+    Raises
+    ------
+    ValueError
+        As :func:`read_reference` and :func:`parse_mapping`, and when no segment, ROI or value
+        matches a label (the message lists the names found).
+    """
+    mapping = parse_mapping(mapping_items, labels) if mapping_items else None
+    ref = read_reference(Path(path), volume, labels, mapping)
+    if not ref.matched:
+        raise ValueError(ref.no_match_message())
+    return ref

@@ -1,0 +1,62 @@
+"""Dataset files (TOML and CSV) of a site's own cases, and folds by patient."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicom_ai.train.dataset import DatasetError, load_dataset, patient_folds
+
+
+def test_toml_dataset_with_labels_and_relative_paths(tmp_path):
+    (tmp_path / "ct1").mkdir()
+    (tmp_path / "ds.toml").write_text("""
+task = "segmentation"
+labels = [{ value = 1, name = "Left lung", code = "44029006" }, { value = 2, name = "Right lung", code = "3341006" }]
+[[cases]]
+series = "ct1"
+reference = "ct1.seg.dcm"
+map = ["Lung_L=Left lung"]
+patient = "P1"
+[[cases]]
+series = "1.2.826.0.1.3680043.8.498.1"
+reference = "/abs/ref.nii.gz"
+""")
+    ds = load_dataset(tmp_path / "ds.toml")
+    assert ds.task == "segmentation" and [lb.name for lb in ds.labels] == ["Left lung", "Right lung"]
+    assert ds.labels[0].type.value == "44029006" and ds.labels[0].type.scheme == "SCT"
+    first, second = ds.cases
+    assert first.series == str(tmp_path / "ct1") and first.reference == str(tmp_path / "ct1.seg.dcm")
+    assert first.mapping == ["Lung_L=Left lung"] and first.patient == "P1"
+    assert second.series == "1.2.826.0.1.3680043.8.498.1"  # a Series Instance UID stays as written
+    assert second.reference == "/abs/ref.nii.gz" and second.patient is None
+
+
+def test_csv_dataset_takes_its_task_from_the_columns(tmp_path):
+    (tmp_path / "cls.csv").write_text("series,class,patient\na/ct,chest,P1\nb/ct,abdomen,P2\n")
+    ds = load_dataset(tmp_path / "cls.csv")
+    assert ds.task == "classification" and [c.klass for c in ds.cases] == ["chest", "abdomen"]
+    (tmp_path / "seg.csv").write_text("series,reference,map\nx,x.nii.gz,10=1;20=2\n")
+    seg = load_dataset(tmp_path / "seg.csv")
+    assert seg.task == "segmentation" and seg.cases[0].mapping == ["10=1", "20=2"]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("a.toml", "task = 'segmentation'\n[[cases]]\nseries = 'x'\n", "has no reference"),
+    ("b.toml", "task = 'segmentation'\n", "no cases"),
+    ("c.csv", "series,class\nx,\n", "has no class"),
+    ("d.toml", "cases = [\n", "not valid TOML"),
+    ("e.json", "{}", "expected a .toml or .csv"),
+    ("f.toml", "task = 'detection'\n[[cases]]\nseries = 'x'\nclass = 'y'\n", "task 'detection'"),
+])
+def test_bad_dataset_files_are_refused_with_the_reason(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path / name)
+
+
+def test_patient_folds_never_split_a_patient():
+    folds = patient_folds(["b", "a", "a", "c", "d", "c"], 2)
+    assert sorted(sum(folds, [])) == ["a", "b", "c", "d"] and all(folds)
+    assert not set(folds[0]) & set(folds[1])
+    with pytest.raises(DatasetError, match="--folds 5"):
+        patient_folds(["a", "b"], 5)
