@@ -1,5 +1,6 @@
 """Per-model load time and warm inference time on the LIDC chest CT (275 slices), each runtime
-beside the reference (the shipped lung model as a MONAI state dict) in the same run.
+beside the reference (the previous lung model, dicom-ai-lung 1.0.0, a 3D U-Net as a MONAI state
+dict) in the same run.
 
 Each package is measured in its own fresh process (no weights cached by an earlier one):
 
@@ -10,8 +11,9 @@ Each package is measured in its own fresh process (no weights cached by an earli
 
     python benchmarks/models.py [--runs 3] [--loads 5] [--device cpu] [PACKAGE ...]
 
-Without packages: the shipped lung model, its TorchScript and ONNX exports (made in a temporary
-folder), and the shipped body-region classifier when present.
+Without packages: dicom-ai-lung 1.0.0 (reference), the default dicom-ai-lung 2.0.0 (slice-wise 2D
+U-Net) and its TorchScript and ONNX exports (made in a temporary folder), and the shipped
+body-region classifier when present.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         packages = list(args.packages)
         if not packages:
-            packages = [default_model_path()]
+            packages = [REPO / "models" / "lung-unet", default_model_path()]
             for runtime in ("torchscript", "onnx"):
                 packages.append(convert_package(default_model_path(), Path(tmp) / runtime, runtime))
             if (REPO / "models" / "body-region" / "manifest.json").is_file():

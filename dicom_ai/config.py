@@ -318,8 +318,8 @@ def repo_root() -> Path:
 
 
 def default_model_path() -> Path:
-    """The shipped lung segmentation package."""
-    return repo_root() / "models" / "lung-unet"
+    """The shipped default lung segmentation package (2.0.0; 1.0.0 stays in ``models/lung-unet``)."""
+    return repo_root() / "models" / "lung-unet-2d"
 
 
 def _format_error(exc: ValidationError) -> str:

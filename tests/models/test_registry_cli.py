@@ -19,6 +19,7 @@ from dicom_ai.infer.runtime import SegmentationModel
 from dicom_ai.infer.volume import load_series
 from dicom_ai.report import build_seg
 from nodeproc import NodeProcess
+from peers import save_nifti
 
 
 def _ok(out):
@@ -48,11 +49,11 @@ def test_models_verbs_add_enable_test_disable_remove_history(tmp_path, shared_da
     cli = node.cli
 
     listing = _ok(cli("models", "list"))
-    assert _active(listing) == ["1.0.0"], listing  # the shipped model, seeded on first use
+    assert _active(listing) == ["2.0.0"], listing  # the shipped default, seeded on first use
 
-    # TorchScript export as 1.1.0, added by alice: checked on the built-in sample, not active yet
+    # TorchScript export as 2.1.0, added by alice: checked on the built-in sample, not active yet
     _ok(cli("models", "export", str(default_model_path()), str(tmp_path / "ts"), "--runtime", "torchscript",
-            "--version", "1.1.0"))
+            "--version", "2.1.0"))
     added = _ok(cli("models", "add", str(tmp_path / "ts"), "--user", "alice", timeout=180))
     assert "built-in sample (48 CT slices): Left lung" in added and "not active" in added, added
     again = cli("models", "add", str(tmp_path / "ts"))
@@ -61,28 +62,28 @@ def test_models_verbs_add_enable_test_disable_remove_history(tmp_path, shared_da
     # weights that do not match the manifest's sha256: refused, nothing kept
     bad = tmp_path / "bad"
     shutil.copytree(tmp_path / "ts", bad)
-    _set_version(bad, "1.2.0")
+    _set_version(bad, "2.2.0")
     weights = bad / "model.ts"
     weights.write_bytes(weights.read_bytes()[:-16] + bytes(16))
     refused = cli("models", "add", str(bad))
     assert refused.returncode == 1 and "SHA-256 of model.ts" in refused.stderr, refused.stderr
-    assert _versions(node) == ["1.0.0", "1.1.0"]
+    assert _versions(node) == ["1.0.0", "2.0.0", "2.1.0"]
 
-    # an ONNX export, zipped, as 1.3.0
+    # an ONNX export, zipped, as 2.3.0
     _ok(cli("models", "export", str(default_model_path()), str(tmp_path / "onnx" / "lung"), "--runtime", "onnx",
-            "--version", "1.3.0", timeout=180))
+            "--version", "2.3.0", timeout=180))
     archive = tmp_path / "lung-onnx.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for f in (tmp_path / "onnx" / "lung").iterdir():
             zf.write(f, f"lung/{f.name}")
     assert "onnx" in _ok(cli("models", "add", str(archive), "--user", "bob", timeout=180))
-    assert _versions(node) == ["1.0.0", "1.1.0", "1.3.0"]
+    assert _versions(node) == ["1.0.0", "2.0.0", "2.1.0", "2.3.0"]
 
     # one active version per model
-    _ok(cli("models", "enable", "dicom-ai-lung@1.1.0", "--user", "alice"))
-    assert _active(_ok(cli("models", "list"))) == ["1.1.0"]
+    _ok(cli("models", "enable", "dicom-ai-lung@2.1.0", "--user", "alice"))
+    assert _active(_ok(cli("models", "list"))) == ["2.1.0"]
     shown = _ok(cli("models", "show", "dicom-ai-lung"))
-    assert "dicom-ai-lung 1.1.0" in shown and "torchscript" in shown and "SCT 44029006 Left lung" in shown
+    assert "dicom-ai-lung 2.1.0" in shown and "torchscript" in shown and "SCT 44029006 Left lung" in shown
     assert "dicom-ai-lung (default)" in shown  # the rule that routes series to it
 
     # test against a reference SEG made by the shipped model: the TorchScript export must agree
@@ -93,39 +94,26 @@ def test_models_verbs_add_enable_test_disable_remove_history(tmp_path, shared_da
     build_seg(volume, mask, native.manifest).save_as(tmp_path / "reference-seg.dcm")
     tested = _ok(cli("models", "test", "dicom-ai-lung", str(crlm[0].parent), "--reference",
                      str(tmp_path / "reference-seg.dcm"), "--user", "carol", timeout=180))
-    assert "dicom-ai-lung 1.1.0 on 51 × 512 × 512" in tested and "inference" in tested
+    assert "dicom-ai-lung 2.1.0 on 51 × 512 × 512" in tested and "inference" in tested
     dice = dict(re.findall(r"(Left lung|Right lung)\s*│[^│]*│[^│]*│\s*([\d.]+)", tested))
     assert dice == {"Left lung": "1.0000", "Right lung": "1.0000"}, tested
 
     # retire: the active version cannot be removed; disabled, it can, with its files
-    blocked = cli("models", "remove", "dicom-ai-lung@1.1.0")
+    blocked = cli("models", "remove", "dicom-ai-lung@2.1.0")
     assert blocked.returncode == 1 and "is active" in blocked.stderr
     _ok(cli("models", "disable", "dicom-ai-lung", "--user", "alice"))
     assert _active(_ok(cli("models", "list"))) == []
-    _ok(cli("models", "remove", "dicom-ai-lung@1.1.0", "--user", "alice"))
-    assert _versions(node) == ["1.0.0", "1.3.0"]
-    missing = cli("models", "enable", "dicom-ai-lung@1.1.0")
-    assert missing.returncode == 1 and "no version '1.1.0'" in missing.stderr
+    _ok(cli("models", "remove", "dicom-ai-lung@2.1.0", "--user", "alice"))
+    assert _versions(node) == ["1.0.0", "2.0.0", "2.3.0"]
+    missing = cli("models", "enable", "dicom-ai-lung@2.1.0")
+    assert missing.returncode == 1 and "no version '2.1.0'" in missing.stderr
 
     history = _ok(cli("models", "history", "dicom-ai-lung"))
     rows = re.findall(r"│\s*(\S+)\s*│\s*(add|enable|disable|remove|test)\s*│\s*dicom-ai-lung\s*│\s*(\S+)\s*│", history)
-    assert rows == [("alice", "remove", "1.1.0"), ("alice", "disable", "1.1.0"), ("carol", "test", "1.1.0"),
-                    ("alice", "enable", "1.1.0"), ("bob", "add", "1.3.0"), ("alice", "add", "1.1.0"),
-                    ("dicom-ai", "add", "1.0.0")], history
+    assert rows == [("alice", "remove", "2.1.0"), ("alice", "disable", "2.1.0"), ("carol", "test", "2.1.0"),
+                    ("alice", "enable", "2.1.0"), ("bob", "add", "2.3.0"), ("alice", "add", "2.1.0"),
+                    ("dicom-ai", "add", "2.0.0"), ("dicom-ai", "add", "1.0.0")], history
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", history)
-
-
-def _save_nifti(mask, volume, path: Path) -> None:
-    """Write a label mask (slices, rows, columns) as NIfTI (axes columns, rows, slices; RAS affine)."""
-    import nibabel as nib
-
-    origin = volume.index_to_patient(np.zeros((1, 3)))[0]
-    axes = [volume.index_to_patient(np.eye(3)[[d]])[0] - origin for d in (2, 1, 0)]  # columns, rows, slices
-    affine = np.eye(4)
-    affine[:3, :3] = np.stack(axes, axis=1)
-    affine[:3, 3] = origin
-    affine[:2] *= -1  # LPS -> RAS
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.transpose(2, 1, 0)), affine), str(path))
 
 
 def test_models_test_against_a_nifti_reference(tmp_path, shared_data):
@@ -136,7 +124,7 @@ def test_models_test_against_a_nifti_reference(tmp_path, shared_data):
     mask, _ = SegmentationModel.load(default_model_path(), device="cpu").predict(volume)
     reference = np.where(mask == 1, 10, np.where(mask == 2, 20, 0)).astype(np.uint8)
     reference[: len(crlm) // 2][reference[: len(crlm) // 2] == 20] = 0  # right lung only in the upper half
-    _save_nifti(reference, volume, tmp_path / "reference.nii.gz")
+    save_nifti(reference, volume, tmp_path / "reference.nii.gz")
     out = node.cli("models", "test", str(default_model_path()), str(crlm[0].parent), "--reference",
                    str(tmp_path / "reference.nii.gz"), "--map", "10=Left lung", "--map", "20=Right lung",
                    timeout=180)
@@ -194,8 +182,8 @@ def test_first_use_by_three_processes_at_once(tmp_path):
     assert all(code == 0 for _, _, code in outs), outs
     assert all("dicom-ai-lung" in out for out, _, _ in outs)
     history = _ok(node.cli("models", "history"))
-    assert len(re.findall(r"│\s*dicom-ai\s*│\s*add\s*│", history)) == 2, history
+    assert len(re.findall(r"│\s*dicom-ai\s*│\s*add\s*│", history)) == 3, history
     root = node.workdir / "var" / "models"
     assert sorted(str(p.parent.relative_to(root)) for p in root.rglob("manifest.json")) == [
-        "dicom-ai-body-region/1.0.0", "dicom-ai-lung/1.0.0"]
+        "dicom-ai-body-region/1.0.0", "dicom-ai-lung/1.0.0", "dicom-ai-lung/2.0.0"]
     assert not list(root.glob(".staging-*"))
