@@ -10,15 +10,21 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-Boxes = dict[int, tuple[slice, ...]]
-
-
-def label_boxes(mask: np.ndarray) -> Boxes:
+def label_boxes(mask: np.ndarray) -> dict[int, tuple[slice, ...]]:
     """Bounding box of every label value present in a uint8 mask, in one pass."""
     return {i + 1: box for i, box in enumerate(ndi.find_objects(mask)) if box is not None}
 
 
-def keep_largest_component(mask: np.ndarray, labels: list[int], boxes: Boxes | None = None) -> np.ndarray:
+def _regions(mask: np.ndarray, labels: list[int]):
+    """(value, bounding box, view of ``mask`` on it) for each label value present."""
+    boxes = label_boxes(mask)
+    for value in labels:
+        box = boxes.get(value)
+        if box is not None:
+            yield value, box, mask[box]
+
+
+def keep_largest_component(mask: np.ndarray, labels: list[int]) -> np.ndarray:
     """Keep, for each label value, only its largest 3D connected component (26-connectivity).
 
     Parameters
@@ -27,8 +33,6 @@ def keep_largest_component(mask: np.ndarray, labels: list[int], boxes: Boxes | N
         uint8 label mask (slices, rows, columns); modified in place and returned.
     labels:
         Label values to process.
-    boxes:
-        :func:`label_boxes` of ``mask``, when the caller has them.
 
     Returns
     -------
@@ -36,12 +40,7 @@ def keep_largest_component(mask: np.ndarray, labels: list[int], boxes: Boxes | N
         The same array.
     """
     struct = ndi.generate_binary_structure(3, 3)
-    boxes = label_boxes(mask) if boxes is None else boxes
-    for value in labels:
-        box = boxes.get(value)
-        if box is None:
-            continue
-        sub = mask[box]
+    for value, _, sub in _regions(mask, labels):
         comp, n = ndi.label(sub == value, structure=struct)
         if n <= 1:
             continue
@@ -53,7 +52,7 @@ def keep_largest_component(mask: np.ndarray, labels: list[int], boxes: Boxes | N
 
 def fill_small_holes(mask: np.ndarray, labels: list[int], spacing: tuple[float, float, float],
                      max_mm2: float, image: np.ndarray | None = None,
-                     below: float | None = None, boxes: Boxes | None = None) -> np.ndarray:
+                     below: float | None = None) -> np.ndarray:
     """Fill, per label and axial slice, background holes enclosed by the label of at most
     ``max_mm2`` (vessel cross-sections, small nodules), holes of any size whose mean ``image``
     value is below ``below`` (for the lung: aerated lung enclosed by lung), and holes enclosed
@@ -71,16 +70,9 @@ def fill_small_holes(mask: np.ndarray, labels: list[int], spacing: tuple[float, 
     image, below:
         The source image (slices, rows, columns; HU for CT) and the mean value under which a
         hole of any size is filled; both or neither.
-    boxes:
-        :func:`label_boxes` of ``mask`` (or boxes holding each label), when the caller has them.
     """
     max_px = max_mm2 / (float(spacing[1]) * float(spacing[2]))
-    boxes = label_boxes(mask) if boxes is None else boxes
-    for value in labels:
-        box = boxes.get(value)
-        if box is None:
-            continue
-        sub = mask[box]
+    for value, box, sub in _regions(mask, labels):
         m = sub == value
         filled = ndi.binary_fill_holes(m)
         for z in range(m.shape[0]):
