@@ -9,7 +9,7 @@ and sent uncompressed (PS3.4 B.4.1, PS3.5 10).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -38,7 +38,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import random
 import tempfile
 import time
@@ -302,7 +301,6 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
 def _new_network(manifest: ModelManifest, base: Path | None, device: torch.device) -> torch.nn.Module:
     """The network to train: the base package's weights (fine-tuning) or a fresh one."""
     from dicom_ai.infer.runtime import load_predictor
-    from dicom_ai.train.region import build_region_network
 
     if base is not None:
         bm = load_manifest(base)
