@@ -284,6 +284,9 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
         params["out_channels"] = len(dataset.labels) + 1
         m.network.params = params
         m.description = f"{', '.join(lb.name for lb in dataset.labels)} segmentation (slice-wise 2D U-Net); research use only"
+        # the lung recipe's hole filling and plausible ranges describe lungs, not these labels
+        m.fill_holes_mm2 = m.fill_holes_below = None
+        m.plausible_volume_ratios = []
     else:
         if not dataset.classes or len(dataset.classes) < 2:
             raise DatasetError("a new classifier needs at least two classes in the dataset file (or --from PACKAGE)")
@@ -295,7 +298,10 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
     if name:
         m.name = name
     m.sha256 = ""
-    return m
+    try:
+        return ModelManifest.model_validate(m.model_dump())
+    except ValueError as exc:
+        raise DatasetError(f"the model to train has no valid manifest: {exc}") from exc
 
 
 def _new_network(manifest: ModelManifest, base: Path | None, device: torch.device) -> torch.nn.Module:

@@ -60,3 +60,20 @@ def test_patient_folds_never_split_a_patient():
     assert not set(folds[0]) & set(folds[1])
     with pytest.raises(DatasetError, match="--folds 5"):
         patient_folds(["a", "b"], 5)
+
+
+def test_a_new_segmentation_model_takes_the_dataset_labels_and_no_lung_rules(tmp_path):
+    """Without --from: the slice-wise design with one output per label, and none of the lung
+    recipe's hole filling or plausible ranges (they describe lungs)."""
+    from dicom_ai.train.dataset import base_manifest
+
+    (tmp_path / "liver.toml").write_text("task = 'segmentation'\n"
+                                         "labels = [{ value = 3, name = 'Liver', code = '10200004' }]\n"
+                                         "[[cases]]\nseries = 'x'\nreference = 'y.nii.gz'\n")
+    m = base_manifest(load_dataset(tmp_path / "liver.toml"), None, "1.0.0", "site-liver")
+    assert (m.name, m.version, m.network.params["out_channels"]) == ("site-liver", "1.0.0", 2)
+    assert m.labels[0].type.value == "10200004" and m.labels[0].plausible_volume_ml is None
+    assert m.fill_holes_mm2 is None and m.fill_holes_below is None and m.plausible_volume_ratios == []
+    with pytest.raises(DatasetError, match="needs labels"):
+        (tmp_path / "nolabels.toml").write_text("task = 'segmentation'\n[[cases]]\nseries = 'x'\nreference = 'y'\n")
+        base_manifest(load_dataset(tmp_path / "nolabels.toml"), None, "1.0.0", None)
