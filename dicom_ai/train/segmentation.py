@@ -13,8 +13,8 @@ torch, on the CPU or GPU):
 
 * reconstruction kernel: Gaussian blur (soft kernels) or unsharp masking (sharp kernels);
 * noise: Gaussian noise of 0-40 HU SD (dose, sharp kernels);
-* slice thickness: 1-3 adjacent model slices averaged (3-9 mm at 3 mm slices), the partial
-  volume effect of thick reconstructions;
+* slice thickness: 3 or 5 adjacent model slices averaged (9 or 15 mm at 3 mm slices; probability
+  0.3), the partial volume effect of thick reconstructions;
 * field of view and patient size: scale 0.8-1.25, rotation up to 0.2 rad, translation, on a
   fixed canvas, outside filled with air;
 * calibration: HU offset of up to +-40 HU and HU scale of +-5 %.
