@@ -55,7 +55,7 @@ from dicom_ai.models.manifest import ClassLabel, Code, Label, ModelManifest, loa
 from dicom_ai.train.data import hu_on_model_grid, labels_to_model_grid
 from dicom_ai.train.loop import seed_everything
 from dicom_ai.train.package import write_package
-from dicom_ai.train.segmentation import SegCase, train_slicewise, train_volumetric
+from dicom_ai.train.segmentation import SegCase, train_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -332,16 +332,12 @@ def _train(manifest: ModelManifest, cases: list[LoadedCase], base: Path | None, 
     if manifest.task == "segmentation":
         segs = [c.seg for c in cases]
         window = tuple(manifest.window) if manifest.window else (-1000.0, 500.0)
-        if 1 in manifest.patch_size and is_slicewise(manifest.network):
-            run = train_slicewise(net, segs, window=window, iterations=iterations, learning_rate=lr,
-                                  max_minutes=max_minutes, seed=seed, on_step=on_step, device=device)
-        else:
-            run = train_volumetric(net, segs, window=window, patch=tuple(manifest.patch_size), iterations=iterations,
-                                   learning_rate=lr, max_minutes=max_minutes, seed=seed, on_step=on_step, device=device)
+        run = train_segmentation(net, segs, slicewise=1 in manifest.patch_size and is_slicewise(manifest.network),
+                                 window=window, patch=tuple(manifest.patch_size), iterations=iterations,
+                                 learning_rate=lr, max_minutes=max_minutes, seed=seed, on_step=on_step, device=device)
     else:
         run = _train_classifier(net, cases, iterations, lr, seed, max_minutes, on_step, device)
-    return net, {"iterations": run.steps, "wall_s": round(run.wall_s, 1), "stopped_early": run.stopped_early,
-                 "final_loss": float(np.mean(run.losses[-25:])) if run.losses else float("nan")}
+    return net, run.summary()
 
 
 def _train_classifier(net, cases: list[LoadedCase], iterations: int, lr: float, seed: int, max_minutes: float,

@@ -46,6 +46,11 @@ class Optimised:
     stopped_early: bool
     wall_s: float
 
+    def summary(self) -> dict:
+        """For a training log: steps, early stop, wall time (s) and the mean loss of the last 25 steps."""
+        return {"iterations": self.steps, "stopped_early": self.stopped_early, "wall_s": round(self.wall_s, 1),
+                "final_loss": float(np.mean(self.losses[-25:])) if self.losses else float("nan")}
+
 
 def optimise(
     net: torch.nn.Module,

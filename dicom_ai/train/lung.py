@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicom_ai.evaluate.series import series_files, volume_from_nifti
+from dicom_ai.evaluate.series import load_volume, volume_from_nifti
 from dicom_ai.infer.network import LUNG_UNET_PARAMS, build_network
-from dicom_ai.infer.volume import Volume, load_series
+from dicom_ai.infer.volume import Volume
 from dicom_ai.models.manifest import Code, Label, ModelManifest, NetworkSpec
 from dicom_ai.train.data import (
     default_data_root,
@@ -49,7 +49,7 @@ from dicom_ai.train.data import (
 from dicom_ai.train.labels import CLASSICAL_AERATED_MAX_HU, CLASSICAL_MAX_HOLE_MM2, classical_lung_labels, labels_from_totalsegmentator
 from dicom_ai.train.loop import seed_everything
 from dicom_ai.train.package import write_package
-from dicom_ai.train.segmentation import SegCase, train_slicewise, train_volumetric
+from dicom_ai.train.segmentation import SegCase, train_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,9 @@ def _cache_dir() -> Path:
     return Path(base) / "dicom-ai" / "lung-cases"
 
 
-def load_volume(case: LungCase, data_root: Path) -> Volume:
-    return load_series(series_files(Path(data_root) / case.dicom_dir))
+def load_case_volume(case: LungCase, data_root: Path) -> Volume:
+    """The case's series as a :class:`Volume`."""
+    return load_volume(Path(data_root) / case.dicom_dir)
 
 
 def prepare(case: LungCase, data_root: Path, spacing: tuple[float, float, float],
@@ -193,7 +194,7 @@ def prepare(case: LungCase, data_root: Path, spacing: tuple[float, float, float]
     if path.is_file():
         d = np.load(path)
         return SegCase(case.key, case.patient, d["hu"], d["label"])
-    volume = volume or load_volume(case, data_root)
+    volume = volume or load_case_volume(case, data_root)
     hu = hu_on_model_grid(volume, spacing)
     if case.totalseg:
         label = labels_to_model_grid(labels_from_totalsegmentator(volume, Path(data_root) / case.totalseg), volume, spacing)
@@ -223,16 +224,10 @@ def train_design(design: Design, cases: list[SegCase], *, seed: int = 0, iterati
     seed_everything(seed)
     net = build_lung_network(design)
     iterations = design.iterations if iterations is None else iterations
-    if design.params["spatial_dims"] == 2:
-        run = train_slicewise(net, cases, window=LUNG_WINDOW, iterations=iterations, batch_size=design.batch_size,
-                              max_minutes=max_minutes, seed=seed, on_step=on_step)
-    else:
-        run = train_volumetric(net, cases, window=LUNG_WINDOW, patch=design.patch, iterations=iterations,
-                               batch_size=design.batch_size, max_minutes=max_minutes, seed=seed, on_step=on_step)
-    log = {"design": design.name, "cases": [c.name for c in cases], "seed": seed, "iterations": run.steps,
-           "stopped_early": run.stopped_early, "wall_s": round(run.wall_s, 1),
-           "final_loss": float(np.mean(run.losses[-25:])) if run.losses else float("nan")}
-    return net, log
+    run = train_segmentation(net, cases, slicewise=design.params["spatial_dims"] == 2, window=LUNG_WINDOW,
+                             patch=design.patch, iterations=iterations, batch_size=design.batch_size,
+                             max_minutes=max_minutes, seed=seed, on_step=on_step)
+    return net, {"design": design.name, "cases": [c.name for c in cases], "seed": seed, **run.summary()}
 
 
 def score_package(package_dir: Path, data_root: Path, keys: list[str], *, clinical: bool = True,
@@ -270,11 +265,11 @@ def score_package(package_dir: Path, data_root: Path, keys: list[str], *, clinic
 
     for key in keys:
         case = LUNG_CASES[key]
-        volume = load_volume(case, data_root)
+        volume = load_case_volume(case, data_root)
         score(key, volume, reference_labels(case, data_root, volume), None)
     if clinical:
         image, rt = EVALUATION_CASES["lung1003"]
-        volume = load_series(series_files(Path(data_root) / image))
+        volume = load_volume(Path(data_root) / image)
         ref = read_reference(Path(data_root) / rt, volume, LUNG_LABELS, {"Lung-Left": 1, "Lung-Right": 2}).mask
         score("lung1003", volume, ref, classical_reference(volume, DESIGNS["2d"].spacing))
     if totalseg:

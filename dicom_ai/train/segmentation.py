@@ -319,3 +319,17 @@ def train_volumetric(
 
     return optimise(net, batch_loss, iterations=iterations, learning_rate=learning_rate,
                     max_minutes=max_minutes, on_step=on_step)
+
+
+def train_segmentation(net: torch.nn.Module, cases: list[SegCase], *, slicewise: bool, window: tuple[float, float],
+                       patch: tuple[int, int, int], iterations: int, batch_size: int | None = None,
+                       **options) -> Optimised:
+    """Train a segmentation network with the trainer of its design: :func:`train_slicewise`
+    for a 2D network run slice by slice, else :func:`train_volumetric` on 3D patches of
+    ``patch`` voxels (z, y, x). ``batch_size`` None takes the trainer's default; ``options``
+    (learning_rate, max_minutes, seed, on_step, device) go to the trainer."""
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if slicewise:
+        return train_slicewise(net, cases, window=window, iterations=iterations, **options)
+    return train_volumetric(net, cases, window=window, patch=patch, iterations=iterations, **options)
