@@ -858,7 +858,7 @@ def models_evaluate(
         def step(i: int, n: int, name: str) -> None:
             progress.update(bar, completed=i - 1, description=f"case {escape(name)}")
 
-        result = evaluate_cases(package, m.task, cases, lookup=_cache_lookup(settings, sessions), device=device,
+        result = evaluate_cases(package, cases, lookup=_cache_lookup(settings, sessions), device=device,
                                 overlays=out / "overlays", progress=step)
         progress.update(bar, completed=len(cases), description="done")
     json_path, md_path = write_report(result, out)

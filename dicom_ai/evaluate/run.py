@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 WORST_SLICES = 3
 
 
-def evaluate_cases(package_dir: Path, task: str, cases: list, *, lookup: CacheLookup | None = None,
+def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None = None,
                    device: str | None = None, overlays: Path | None = None,
                    progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Run a package on cases and score them.

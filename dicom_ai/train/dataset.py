@@ -458,7 +458,7 @@ def train_on_dataset(
             with tempfile.TemporaryDirectory() as tmp:
                 fold_manifest = manifest.model_copy(deep=True)
                 _save(Path(tmp), fold_manifest, net, run)
-                result = evaluate_cases(Path(tmp), dataset.task, test, lookup=lookup, device="cpu")
+                result = evaluate_cases(Path(tmp), test, lookup=lookup, device="cpu")
             log["folds"].append({"fold": i, "patients": held, **run, "summary": result["summary"],
                                  "cases": result["cases"]})
             if report:
