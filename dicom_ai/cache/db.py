@@ -41,10 +41,17 @@ class Base(DeclarativeBase):
 
 
 class Patient(Base):
+    """A patient as the senders identify them. Rows are keyed on Patient ID (0010,0020), Issuer
+    of Patient ID (0010,0021) and Patient's Name (0010,0010) together: two people sharing an ID
+    (or both without one) stay two rows. Birth date and sex are kept to detect conflicts."""
+
     __tablename__ = "patients"
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     patient_name: Mapped[str] = mapped_column(String(324), default="")
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")  # DA, YYYYMMDD or ""
+    sex: Mapped[str] = mapped_column(String(16), default="")  # M | F | O | ""
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
 
@@ -205,6 +212,24 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # carried in the session cookie and compared on every request: raising it (logout, a new
+    # role or password) ends every session the user has open
+    session_version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class IdentityConflict(Base):
+    """An instance refused because its patient attributes differ from those already stored for
+    its study or series, or a re-sent SOP Instance UID whose content differs (kept for review)."""
+
+    __tablename__ = "identity_conflicts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # patient | study | resent
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    series_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")  # which attributes differ (no values)
 
 
 class Counter(Base):
