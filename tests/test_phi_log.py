@@ -65,3 +65,21 @@ def test_log_holds_no_patient_data_and_no_forged_line(tmp_path: Path, shared_dat
     forged = [line for line in log.splitlines() if line.startswith(FORGED)]
     assert forged == []
     assert "\\n" + FORGED in log  # the refusal is logged, with the newline escaped
+
+
+def test_formatter_escapes_every_control_character_and_withholds_library_values() -> None:
+    import logging
+
+    from dicom_ai.logconf import FORMAT, OneLineFormatter
+
+    fmt = OneLineFormatter(FORMAT)
+
+    def line(name: str, msg: str, *args: object) -> str:
+        return fmt.format(logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None))
+
+    out = line("dicom_ai.receive.scp", "refused %s", "1.2\r\n\x1b[31m\x85\u2028x")
+    assert "\n" not in out and "\r" not in out and "\x1b" not in out and "\x85" not in out
+    assert out.endswith("refused 1.2\\r\\n\\x1b[31m\\x85\\u2028x")
+    assert line("dicom_ai.x", 'ours "kept"').endswith('ours "kept"')  # our own messages quote UIDs
+    for logger in ("py.warnings", "pydicom", "highdicom.seg"):
+        assert "Doe^Jane" not in line(logger, "Invalid value for VR PN: 'Doe^Jane' and \"Doe^Jane\"")
