@@ -47,8 +47,22 @@ class NodeSettings(_Section):
     acse_timeout: float = 30.0  # s
     dimse_timeout: float = 60.0  # s
     network_timeout: float = 60.0  # s
+    # s a connection may take to send its A-ASSOCIATE-RQ (TLS handshake included) before it is
+    # dropped; waiting connections hold no association slot and no thread
+    association_request_timeout: float = Field(10.0, gt=0)
+    # open associations of the whole node (all receiver processes together; counted in shared
+    # memory, not split), and of those from any one remote address; over either: A-ASSOCIATE-RJ
+    # transient, local limit exceeded (PS3.8 9.3.4)
+    max_associations: int = Field(64, ge=1)
+    max_associations_per_address: int = Field(24, ge=1)
     require_called_ae_title: bool = True  # refuse associations addressed to another AE title
+    # the largest data set one C-STORE may bring, counted as it arrives and again after a
+    # deflated transfer syntax is inflated; larger ones are answered 0xA700 (MiB)
+    max_instance_mb: int = Field(512, ge=1)
     min_free_mb: int = Field(500, ge=0)  # below this free space in data_dir: refuse with 0xA700
+    # a SOP Instance UID received again, in the same series, with other content: keep the
+    # first copy and answer success (a retry after a lost response must not loop) or replace it
+    resent_instance: Literal["keep_first", "replace"] = "keep_first"
     # processes accepting associations on the one port (each runs its own C-STORE handlers,
     # all share the index); 0 = one per CPU core, at most 4
     receivers: int = Field(0, ge=0, le=32)
@@ -194,13 +208,37 @@ class WorkerSettings(_Section):
 
 
 class WebSettings(_Section):
-    """``[web]``: the worklist, REST API and /metrics, served by ``dicom-ai serve``."""
+    """``[web]``: the worklist, REST API and /metrics, served by ``dicom-ai serve``.
+
+    ``secure_cookies`` marks the session cookie ``Secure`` (RFC 6265 4.1.2.5) and names it with
+    the ``__Host-`` prefix, so a browser sends it over HTTPS only: set it when a TLS reverse proxy
+    is in front. ``trusted_origins`` (``scheme://host[:port]``) may send POSTs besides the
+    request's own Host, for a proxy that rewrites Host. After ``login_failures_per_user``
+    failed logins of one name (``login_failures_per_address`` from one address) each further one
+    locks it for 1, 2, 4, ... s, at most ``login_lockout_max_seconds``. A successful HTTP Basic
+    check is remembered ``basic_cache_seconds`` (0 = never), while the user is unchanged.
+    """
 
     enabled: bool = True
     port: int = Field(8080, ge=1, le=65535)
     bind_address: str = "127.0.0.1"  # loopback unless opened on purpose
     session_hours: float = Field(12.0, gt=0)  # a login lasts this long
     refresh_seconds: int = Field(15, ge=0)  # the worklist reloads itself; 0 = never
+    secure_cookies: bool = False  # true behind TLS: the session cookie is sent over HTTPS only
+    trusted_origins: list[str] = []
+    login_failures_per_user: int = Field(5, ge=1)
+    login_failures_per_address: int = Field(20, ge=1)
+    login_lockout_max_seconds: float = Field(900.0, gt=0)
+    basic_cache_seconds: float = Field(60.0, ge=0, le=3600)
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        """Each an origin as browsers send it (RFC 6454): ``scheme://host[:port]``, no path."""
+        for origin in value:
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not scheme://host[:port]")
+        return [o.lower() for o in value]
 
 
 class ModelEntry(_Section):

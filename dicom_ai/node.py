@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_ai.cache.db import open_index
+from dicom_ai.cache.index import index_orphans
 from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
@@ -22,11 +24,14 @@ from dicom_ai.export.outbox import deliver_due, recover_deliveries
 from dicom_ai.models.registry import generation, seed_shipped
 from dicom_ai.receive.process import start_receiver
 from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes, open_listener
+from dicom_ai.receive.transport import AssociationSlots
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
 from dicom_ai.schedule.routing import enabled_models, routes
 from dicom_ai.worker import start_worker
 
 log = logging.getLogger(__name__)
+
+RECEIVER_GRACE = 10.0  # s receiver processes get to stop before they are killed
 
 
 class Node:
@@ -50,6 +55,7 @@ class Node:
         self._deliveries_recovered = False
         self.web = None
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
+        self.slots: AssociationSlots | None = None  # the node's association counts, all processes
 
     def _refresh_models(self) -> None:
         """Take up registry changes (``dicom-ai models add/enable/disable/remove``) without a restart."""
@@ -89,9 +95,13 @@ class Node:
     def start(self) -> None:
         """Recover state left by a previous run, then start every part."""
         removed = self.store.remove_stale_temporaries()
+        # instance files renamed into place but never indexed (killed before the commit)
+        orphans_indexed, orphans_removed = index_orphans(self.sessions, self.store)
         requeued = recover_after_restart(self.sessions)
-        if removed or requeued:
-            log.info("recovered: %d temporary files removed, %d jobs requeued", removed, requeued)
+        if removed or orphans_indexed or orphans_removed or requeued:
+            log.info("recovered: %d temporary files removed, %d unindexed instance files indexed "
+                     "and %d removed, %d jobs requeued", removed, orphans_indexed, orphans_removed,
+                     requeued)
         self.worker, self._worker_stop = start_worker(self.settings)
         interval = self.settings.completion.check_interval_seconds
         self.scheduler.add_job(self._completion_tick, "interval", seconds=interval, max_instances=1,
@@ -104,9 +114,12 @@ class Node:
         self.scheduler.start()
         node = self.settings.node
         self.listener = open_listener(node.bind_address, node.port)
-        self.scp.start(self.listener)
+        # [node] max_associations(_per_address) hold for the node: one row of counts per process
+        self.slots = AssociationSlots(node.max_associations, node.max_associations_per_address,
+                                      processes=node.receiver_count())
+        self.scp.start(self.listener, slots=self.slots.for_process(0))
         for number in range(1, node.receiver_count()):
-            self.receivers[number] = start_receiver(self.settings, self.listener, number)
+            self.receivers[number] = start_receiver(self.settings, self.listener, number, self.slots)
         if self.settings.web.enabled:
             self._start_web()
         log.info(
@@ -132,20 +145,26 @@ class Node:
         log.info("web pages on http://%s:%d/", web.bind_address, web.port)
 
     def stop(self, worker_grace: float = 30.0) -> None:
-        """Stop every part; idempotent."""
+        """Stop every part; idempotent. The receivers (this process's SCP and the receiver
+        processes, all at once) take at most ~8 s whatever their peers do
+        (:meth:`StorageSCP.stop`); a receiver process still there after ``RECEIVER_GRACE`` s is
+        killed."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         log.info("stopping")
         if self.web is not None:
             self.web.should_exit = True
+        for _proc, stop in self.receivers.values():
+            stop.set()  # they stop while this process's SCP does
         self.scp.stop()
-        for proc, stop in self.receivers.values():
-            stop.set()
+        deadline = time.monotonic() + RECEIVER_GRACE
         for proc, _stop in self.receivers.values():
-            proc.join(10)
+            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                proc.terminate()
+                log.warning("receiver %s did not stop in %.0f s; killing it", proc.name, RECEIVER_GRACE)
+                proc.kill()
+                proc.join(2)
         if self.listener is not None:
             self.listener.close()
         self.scheduler.shutdown(wait=True)
@@ -177,6 +196,7 @@ class Node:
                 for number, (proc, _stop) in list(self.receivers.items()):
                     if not proc.is_alive():
                         log.error("receiver %d died (exit code %s); restarting it", number, proc.exitcode)
-                        self.receivers[number] = start_receiver(self.settings, self.listener, number)
+                        self.receivers[number] = start_receiver(self.settings, self.listener, number,
+                                                                self.slots)
         finally:
             self.stop()

@@ -173,7 +173,7 @@ class JobRunner:
                 job.finished_at = utcnow()
 
     def _run(self, job_id: int, t0: float) -> None:
-        from dicom_ai.infer.volume import load_series
+        from dicom_ai.infer.volume import check_one_patient, load_series
 
         with self.sessions() as session:
             job = session.get(Job, job_id)
@@ -185,6 +185,7 @@ class JobRunner:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         volume = load_series(paths)
+        check_one_patient(volume.datasets)  # one patient, whatever the index says (PS3.3 C.7.1.1)
         timings["load"] = time.perf_counter() - t
         t = time.perf_counter()
         model = self.model(model_path)  # kept loaded: only the first job of a model pays this
@@ -280,15 +281,20 @@ class JobRunner:
         return outputs, findings
 
 
-def worker_main(settings_json: str, stop: Any) -> None:
-    """Entry point of the worker process: poll for queued jobs until ``stop`` is set."""
+def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None) -> None:
+    """Entry point of the worker process: poll for queued jobs until ``stop`` is set, or the
+    node process ``parent_pid`` is gone: the kernel kills the worker when the node dies, however
+    it dies (:func:`~dicom_ai.receive.process.die_with_parent`; a job it was running is requeued
+    at the next start), and between jobs it checks ``os.getppid()`` too."""
     from dicom_ai.logconf import setup_logging
+    from dicom_ai.receive.process import die_with_parent
 
+    parent = parent_pid if parent_pid is not None else os.getppid()
+    die_with_parent(parent)  # first: the node may die while this process is starting
     settings = Settings.model_validate_json(settings_json)
     setup_logging()
     sessions = open_index(settings.database_url)
     runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir))
-    parent = os.getppid()
     log.info("worker started")
     while not stop.is_set():
         if os.getppid() != parent:  # the node was killed: its successor starts its own worker
@@ -307,7 +313,8 @@ def start_worker(settings: Settings) -> tuple[mp.Process, Any]:
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     proc = ctx.Process(
-        target=worker_main, args=(settings.model_dump_json(),), kwargs={"stop": stop}, name="dicom-ai-worker", daemon=False
+        target=worker_main, args=(settings.model_dump_json(),),
+        kwargs={"stop": stop, "parent_pid": os.getpid()}, name="dicom-ai-worker", daemon=False,
     )
     proc.start()
     return proc, stop

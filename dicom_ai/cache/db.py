@@ -41,9 +41,12 @@ class Base(DeclarativeBase):
 
 
 class Patient(Base):
-    """A patient as the senders identify them. Rows are keyed on Patient ID (0010,0020), Issuer
-    of Patient ID (0010,0021) and Patient's Name (0010,0010) together: two people sharing an ID
-    (or both without one) stay two rows. Birth date and sex are kept to detect conflicts."""
+    """A patient as the senders identify them (PS3.3 C.7.1.1 Patient Module). Rows are keyed on
+    Patient ID (0010,0020), Issuer of Patient ID (0010,0021) and Patient's Name (0010,0010)
+    together: two people sharing an ID (or both without one) stay two rows. Birth date and sex
+    are kept to detect conflicts: a new study goes under a row with its key only when they
+    agree too (:mod:`dicom_ai.cache.identity`), else under a new row. Values are stored
+    normalised (:class:`~dicom_ai.cache.identity.PatientIdentity`)."""
 
     __tablename__ = "patients"
     id: Mapped[int] = mapped_column(primary_key=True)

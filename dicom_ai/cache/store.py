@@ -70,6 +70,54 @@ def atomic_write(dest: Path, data: bytes | memoryview) -> int:
     return len(data)
 
 
+class Staged:
+    """A file written durably under a temporary name beside its destination, not yet in place
+    (:meth:`FileStore.stage`). :meth:`place` renames it into place (atomic), :meth:`sync` makes
+    the rename durable, :meth:`discard` removes it unless placed. A crash before the rename
+    leaves only a temporary name, which :meth:`FileStore.remove_stale_temporaries` sweeps."""
+
+    def __init__(self, tmp: Path, dest: Path, size: int) -> None:
+        self.tmp, self.dest, self.size = tmp, dest, size
+        self.placed = False
+
+    def place(self) -> None:
+        """Rename the file to its destination, replacing a file there (atomic: never seen
+        half-written); idempotent."""
+        if not self.placed:
+            os.replace(self.tmp, self.dest)
+            self.placed = True
+
+    def sync(self) -> None:
+        """fsync the destination folder, so the rename survives a power loss."""
+        if self.placed:
+            fsync_dir(self.dest.parent)
+
+    def discard(self) -> None:
+        """Remove the temporary file, if it was not placed."""
+        if not self.placed:
+            self.tmp.unlink(missing_ok=True)
+
+
+def dataset_offset(data: bytes | memoryview) -> int:
+    """Where the data set starts in a DICOM file (PS3.10 7.1: 128-byte preamble, ``DICM``, File
+    Meta Information whose group length (0002,0000) is its first element); 0 for a stream in
+    another form."""
+    head = bytes(data[128:144])
+    if head[:4] != b"DICM" or head[4:10] != b"\x02\x00\x00\x00UL":
+        return 0
+    return 144 + int.from_bytes(head[12:16], "little")
+
+
+def same_dataset(path: Path, data: bytes | memoryview) -> bool:
+    """True when the file at ``path`` holds the same data set as ``data``, byte for byte (the File
+    Meta Information, which the receiver makes, is left out); False too when it cannot be read."""
+    try:
+        stored = path.read_bytes()
+    except OSError:
+        return False
+    return memoryview(stored)[dataset_offset(stored):] == memoryview(data)[dataset_offset(data):]
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
     """Copy a file atomically and durably (see :func:`atomic_write`)."""
     with _atomic_file(dest) as out, open(src, "rb") as inp:
@@ -100,6 +148,27 @@ class FileStore:
 
     def write(self, relpath: str, data: bytes | memoryview) -> int:
         return atomic_write(self.abspath(relpath), data)
+
+    def stage(self, relpath: str, data: bytes | memoryview) -> Staged:
+        """Write ``data`` durably under a temporary name beside ``relpath`` (see :class:`Staged`).
+
+        Raises
+        ------
+        OSError
+            If it cannot be written (no temporary file is left then).
+        """
+        dest = self.abspath(relpath)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return Staged(Path(tmp), dest, len(data))
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

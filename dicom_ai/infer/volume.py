@@ -194,6 +194,30 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     return kept
 
 
+def check_one_patient(datasets: list[pydicom.Dataset]) -> None:
+    """Refuse a series whose slices disagree about the patient (PS3.3 C.7.1.1 Patient Module:
+    Patient ID, Issuer of Patient ID, Patient's Name, Birth Date, Sex; compared as the receiver
+    compares them, :func:`dicom_ai.cache.identity.mixed_patients`). The receiver refuses such
+    instances; this guards series indexed before it did, so that no result is ever made from,
+    or sent under the name of, a volume of two patients.
+
+    Raises
+    ------
+    VolumeError
+        Naming the attributes that differ (not their values: the message is logged).
+    """
+    from dicom_ai.cache.identity import mixed_patients
+
+    differing = mixed_patients(datasets)
+    if differing:
+        raise VolumeError(
+            f"the series mixes patients: {', '.join(differing)} "
+            f"{'differs' if len(differing) == 1 else 'differ'} between its "
+            f"{len(datasets)} slices; not processed (correct the identity at the sender and send "
+            "the series again)"
+        )
+
+
 def load_series(paths: list[Path]) -> Volume:
     """Read the files of one series and assemble a :class:`Volume`.
 

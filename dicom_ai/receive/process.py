@@ -5,24 +5,61 @@ itself; ``[node] receivers - 1`` spawned processes serve the same socket. The ke
 connections on it and whichever process is free accepts the next, so concurrent associations
 spread over the processes. Every process writes its own instances (atomically, durably) and
 indexes them in the shared index (SQLite in WAL mode serialises the short write transactions).
+The node's ``[node] max_associations`` and ``max_associations_per_address`` are counted across
+all of them (:class:`~dicom_ai.receive.transport.AssociationSlots`). A receiver ends with the node
+however the node ends (:func:`die_with_parent`), so no orphan keeps answering on the port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
+import sys
 from typing import Any
 
 from dicom_ai.config import Settings
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # prctl(2) option, <linux/prctl.h>
+PARENT_POLL = 0.5  # s between checks that the node process is still there (besides prctl)
 
-def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any, number: int) -> None:
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when the node process ``parent_pid`` ends, however it ends.
+
+    On Linux the kernel then sends this process SIGKILL (prctl ``PR_SET_PDEATHSIG``, prctl(2);
+    it fires when the thread that started the process ends, which in the node is the main
+    thread). A node that died before this call (while this process was starting) is caught by
+    the check that follows: the process exits at once. Elsewhere only the caller's polling of
+    ``os.getppid()`` applies. Call it first thing in a child's entry function.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as exc:
+            log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
+    if os.getppid() != parent_pid:
+        sys.stderr.write(f"node process {parent_pid} gone before process {os.getpid()} started; exiting\n")
+        os._exit(0)
+
+
+def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any, number: int,
+                  parent_pid: int | None = None, slots: Any = None) -> None:
     """Entry point of a receiver process: serve ``listening_socket`` until ``stop`` is set or
-    the node process is gone."""
+    the node process ``parent_pid`` is gone (:func:`die_with_parent`, and a check every
+    ``PARENT_POLL`` s). Associations count in ``slots``, the node's
+    :class:`~dicom_ai.receive.transport.AssociationSlots` (row ``number``, cleared first: a
+    receiver this one replaces took its associations with it). The process exits as soon as
+    its SCP has stopped, which is bounded (:meth:`StorageSCP.stop`)."""
+    parent = parent_pid if parent_pid is not None else os.getppid()
+    die_with_parent(parent)
     from dicom_ai.cache.db import open_index
     from dicom_ai.cache.store import FileStore
     from dicom_ai.logconf import setup_logging
@@ -30,24 +67,33 @@ def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any
 
     settings = Settings.model_validate_json(settings_json)
     setup_logging()
+    if slots is not None:
+        slots = slots.for_process(number)
+        slots.clear()
     scp = StorageSCP(settings, FileStore(settings.node.data_dir), open_index(settings.database_url))
-    scp.start(listening_socket)
+    scp.start(listening_socket, slots=slots)
     log.info("receiver %d started (pid %d)", number, os.getpid())
-    parent = os.getppid()
-    while not stop.wait(1.0):
+    while not stop.wait(PARENT_POLL):
         if os.getppid() != parent:
             log.warning("node process gone; receiver exits")
             break
     scp.stop()
+    log.info("receiver %d stopped", number)
+    logging.shutdown()
+    os._exit(0)  # no waiting on threads a stuck peer might still hold
 
 
-def start_receiver(settings: Settings, listening_socket: socket.socket, number: int) -> tuple[mp.Process, Any]:
-    """Spawn receiver process ``number`` on ``listening_socket``; returns it and its stop event."""
+def start_receiver(settings: Settings, listening_socket: socket.socket, number: int,
+                   slots: Any = None) -> tuple[mp.Process, Any]:
+    """Spawn receiver process ``number`` on ``listening_socket`` counting its associations in
+    ``slots`` (the node's :class:`~dicom_ai.receive.transport.AssociationSlots`); returns it and
+    its stop event. The process ends when the calling thread's process ends, however it ends
+    (:func:`die_with_parent`)."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     proc = ctx.Process(
         target=receiver_main,
-        args=(settings.model_dump_json(), listening_socket, stop, number),
+        args=(settings.model_dump_json(), listening_socket, stop, number, os.getpid(), slots),
         name=f"dicom-ai-receiver-{number}",
         daemon=False,
     )

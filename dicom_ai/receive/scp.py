@@ -25,26 +25,35 @@ from pydicom import uid
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy.orm import sessionmaker
 
-from dicom_ai.cache.index import InstanceMeta, count, index_instance, mark_released
-from dicom_ai.cache.store import FileStore, InvalidUID, check_uid
+from dicom_ai.cache.index import InstanceMeta, count, instance_meta, mark_released, store_instance
+from dicom_ai.cache.store import FileStore, InvalidUID
 from dicom_ai.config import Settings
-from dicom_ai.schedule.facts import instance_facts
 from dicom_ai.receive.validate import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
     Refusal,
     check_pixel_data,
+    read_received,
+)
+from dicom_ai.receive.transport import (
+    AssociationGate,
+    AssociationSlots,
+    GuardedSocket,
+    effective_pdu_limit,
+    read_pdu,
 )
 
 log = logging.getLogger(__name__)
 
-TLS_HANDSHAKE_TIMEOUT = 10.0  # s a peer may take to complete the TLS handshake
+STOP_ABORT_WAIT = 0.5  # s open associations get to send their A-ABORT at stop
+STOP_TIMEOUT = 5.0  # s, at most, for the associations to end at stop
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0x0110
@@ -80,6 +89,11 @@ class LowLatencyDUL(DULServiceProvider):
     320 vs 570 instances/s with a handler that does nothing). This subclass polls every 0.1 ms
     for ``BUSY_WINDOW`` s after the last PDU arrived, and at pynetdicom's 1 ms otherwise, so an
     idle association costs no more CPU than with pynetdicom's default.
+
+    On a :class:`~dicom_ai.receive.transport.GuardedSocket` (every association the
+    :class:`AssociationServer` admits) PDUs are read by :func:`~dicom_ai.receive.transport.read_pdu`:
+    a declared length over the limit is refused with A-ABORT before the body is read (PS3.8
+    9.3.8), and a PDU not complete within ``[node] network_timeout`` s is aborted.
     """
 
     BUSY_WINDOW = 0.05  # s after the last PDU during which the fast poll is used
@@ -102,17 +116,73 @@ class LowLatencyDUL(DULServiceProvider):
             self._busy_until = time.monotonic() + self.BUSY_WINDOW
         return ready
 
+    def _read_pdu_data(self) -> None:
+        if isinstance(self.socket, GuardedSocket):
+            read_pdu(self, self.socket)
+        else:
+            super()._read_pdu_data()
+
+
+class BoundedBuffer(BytesIO):
+    """The buffer a DIMSE message's data set is gathered in, holding at most ``limit`` bytes.
+
+    Fragments past the limit are counted and dropped, and the buffer empties itself, so a sender
+    claiming or streaming any size costs at most ``limit`` bytes; the C-STORE handler sees
+    ``overflowed`` and answers 0xA700 once the message is complete (PS3.7 9.1.1.1.9: a response
+    comes only after the whole request)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.received = 0  # bytes of data set fragments, kept or not
+        self.overflowed = False
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        self.received += n
+        if self.overflowed:
+            return n
+        if self.received > self.limit:
+            self.overflowed = True
+            self.seek(0)
+            self.truncate(0)
+            return n
+        return super().write(data)
+
+
+#: the longest command set accepted (PS3.7 E.1: a command set holds a few short elements)
+MAX_COMMAND_SET = 64 * 1024  # bytes
+
 
 class WaitingDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider whose non-blocking ``get_msg`` waits up to ``WAIT`` s.
+    """pynetdicom's DIMSE provider whose non-blocking ``get_msg`` waits up to ``WAIT`` s, and
+    whose messages are bounded in size.
 
     The acceptor's reactor loop sleeps 1 ms, then asks for a decoded message without blocking:
     a message that is ready waits for the end of that sleep. Waiting on the queue instead wakes
     the loop as soon as the message is complete, and makes an idle association's loop turn ~90
     times a second instead of ~1000 (release and abort are still seen within ``WAIT`` s).
+
+    Each message's data set is gathered in a :class:`BoundedBuffer` of ``max_data_set`` bytes
+    (the AE's ``dicom_ai_max_data_set``); a command set longer than ``MAX_COMMAND_SET`` aborts
+    the association (A-ABORT, PS3.8 9.3.8).
     """
 
     WAIT = 0.01  # s
+
+    def receive_primitive(self, primitive: Any) -> None:
+        if self.message is None:
+            limit = getattr(self.assoc.ae, "dicom_ai_max_data_set", None)
+            self.message = DIMSEMessage()
+            if limit:
+                self.message.data_set = BoundedBuffer(limit)
+        message = self.message
+        super().receive_primitive(primitive)
+        if self.message is message and message.encoded_command_set.tell() > MAX_COMMAND_SET:
+            log.warning("association from %s aborted: a command set longer than %d bytes",
+                        self.assoc.requestor.address, MAX_COMMAND_SET)
+            self.message = None
+            self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT (PS3.8 9.2.3, AA-8)
 
     def get_msg(self, block: bool = False) -> Any:
         if block:
@@ -133,8 +203,12 @@ def _use_low_latency_dul(event: evt.Event) -> None:
         assoc.dimse.__class__ = WaitingDIMSE
 
 
-def open_listener(bind_address: str, port: int, backlog: int = 64) -> socket.socket:
+def open_listener(bind_address: str, port: int, backlog: int = 1024) -> socket.socket:
     """Bind and listen on ``bind_address:port``; the socket the receiver processes share.
+
+    ``backlog`` connections may wait for an accept (the kernel caps it at
+    ``net.core.somaxconn``): a burst of connections then waits for the gate instead of having
+    its SYNs dropped and retried a second or more later.
 
     Raises
     ------
@@ -145,20 +219,54 @@ def open_listener(bind_address: str, port: int, backlog: int = 64) -> socket.soc
     return socket.create_server((bind_address, port), family=family, backlog=backlog)
 
 
-class AssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded association server with two changes.
+class _AdmittedRequest(RequestHandler):
+    """pynetdicom's request handler for a connection the gate admitted: the association's socket
+    becomes a :class:`GuardedSocket` that serves the A-ASSOCIATE-RQ the gate read, and the
+    handler returns when the association has ended."""
 
+    def __init__(self, request: socket.socket, client_address: Any, server: AssociationServer,
+                 first_pdu: bytes) -> None:
+        self.first_pdu = first_pdu
+        super().__init__(request, client_address, server)
+
+    def handle(self) -> None:
+        server: AssociationServer = self.server  # type: ignore[assignment]
+        assoc = self._create_association()
+        GuardedSocket.adopt(assoc.dul.socket, self.first_pdu, server.ae.network_timeout,
+                            server.ae.maximum_pdu_size, str(self.client_address[0]))
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        if not server.track(assoc, True):
+            return  # the server is stopping
+        try:
+            assoc.start()
+            assoc.join()
+        finally:
+            assoc.dul.kill_dul()
+            server.track(assoc, False)
+
+
+class AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server behind an :class:`AssociationGate`.
+
+    * The gate (``gate``, set before :meth:`serve_forever`) accepts connections and reads and
+      checks each A-ASSOCIATE-RQ (and any TLS handshake) without a thread of its own; only an
+      admitted connection gets a thread (:meth:`admit`), which runs pynetdicom's association on a
+      :class:`GuardedSocket` and gives its association slot back when it ends.
     * It can serve a listening socket opened elsewhere (:func:`open_listener`) and shared by
       several receiver processes: the kernel queues connections on the one socket and whichever
       process is free accepts the next (the socket is non-blocking here, so a process that loses
       the race just goes back to waiting).
-    * With TLS, the handshake gets ``TLS_HANDSHAKE_TIMEOUT`` s: pynetdicom's own ``get_request``
-      handshakes with no limit in the accept loop, where one client stalling its handshake would
-      hold every other connection.
+    * :meth:`shutdown` ends within ``STOP_ABORT_WAIT + STOP_TIMEOUT`` s whatever the peers do.
     """
+
+    gate: AssociationGate | None = None
+    request_queue_size = 1024  # listen backlog of a socket of its own (see open_listener)
 
     def __init__(self, *args: Any, listening_socket: socket.socket | None = None, **kwargs: Any):
         self._shared_socket = listening_socket
+        self._open: set[Any] = set()  # associations running
+        self._stopping = False
+        self._open_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -180,21 +288,107 @@ class AssociationServer(ThreadedAssociationServer):
         else:
             self.socket.close()  # no shutdown(): that would stop the other processes listening
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = self.socket.accept()  # BlockingIOError if another process took it
-        context = self.ssl_context
-        if context is None:
-            return sock, address
-        sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Run the gate until :meth:`shutdown`.
+
+        Raises
+        ------
+        RuntimeError
+            If ``gate`` is not set.
+        """
+        if self.gate is None:
+            raise RuntimeError("AssociationServer.gate is not set")
+        self.gate.serve()
+
+    def admit(self, sock: socket.socket, client_address: Any, first_pdu: bytes) -> None:
+        """The gate's ``admit``: run the association in a thread of its own.
+
+        Raises
+        ------
+        RuntimeError
+            If no thread can be started (the gate then closes the connection).
+        """
+        threading.Thread(target=self._run_association, args=(sock, client_address, first_pdu),
+                         name=f"association-{client_address[0]}", daemon=True).start()
+
+    def _run_association(self, sock: socket.socket, client_address: Any, first_pdu: bytes) -> None:
         try:
-            tls_sock = context.wrap_socket(sock, server_side=True)
-        except OSError as exc:  # ssl.SSLError and timeouts
-            sock.close()
-            reason = getattr(exc, "reason", None) or exc
-            log.warning("connection from %s refused: TLS handshake failed: %s", address[0], reason)
-            raise
-        tls_sock.settimeout(None)
-        return tls_sock, address
+            _AdmittedRequest(sock, client_address, self, first_pdu)
+        except Exception:  # noqa: BLE001 - one association's fault must not escape its thread
+            log.exception("association from %s failed", client_address[0])
+        finally:
+            if self.gate is not None:
+                self.gate.slots.release(str(client_address[0]))
+            self.shutdown_request(sock)
+
+    def track(self, assoc: Any, running: bool) -> bool:
+        """Note that ``assoc`` starts or ended (for :meth:`shutdown`); False when it must not
+        start because the server is stopping."""
+        with self._open_lock:
+            if not running:
+                self._open.discard(assoc)
+            elif self._stopping:
+                return False
+            else:
+                self._open.add(assoc)
+        return True
+
+    def open_associations(self) -> list[Any]:
+        """The associations running now."""
+        with self._open_lock:
+            return list(self._open)
+
+    def _wait_for(self, assocs: list[Any], until: float) -> list[Any]:
+        while True:
+            with self._open_lock:
+                left = [a for a in assocs if a in self._open]
+            if not left or time.monotonic() >= until:
+                return left
+            time.sleep(0.02)
+
+    def shutdown(self) -> None:
+        """Stop accepting (connections waiting in the gate are closed), then end the open
+        associations: each gets an A-ABORT (PS3.8 9.3.8) and ``STOP_ABORT_WAIT`` s to send it;
+        then the connections still open are shut down, which also ends a read or write blocked
+        on a peer that stopped mid-PDU. Returns after at most ``STOP_TIMEOUT`` s more."""
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate.done.wait(2.0)
+        with self._open_lock:
+            self._stopping = True
+        assocs = self.open_associations()
+        if assocs:
+            deadline = time.monotonic() + STOP_ABORT_WAIT + STOP_TIMEOUT
+            for assoc in assocs:
+                try:
+                    assoc.abort(block=False)
+                except Exception:  # noqa: BLE001 - the forced end below still applies
+                    log.debug("abort failed", exc_info=True)
+            left = self._wait_for(assocs, time.monotonic() + STOP_ABORT_WAIT)
+            for assoc in left:
+                _force_end(assoc)
+            left = self._wait_for(left, deadline)
+            if left:
+                log.warning("%d association(s) did not end within %g s of the stop", len(left),
+                            STOP_ABORT_WAIT + STOP_TIMEOUT)
+        self.server_close()
+        if self in self.ae._servers:
+            self.ae._servers.remove(self)
+
+
+def _force_end(assoc: Any) -> None:
+    """End pynetdicom association ``assoc`` without its cooperation: stop both its reactors and
+    shut its connection down (a blocked read or write returns at once)."""
+    assoc._kill = True
+    assoc.is_established = False
+    assoc._reactor_checkpoint.set()
+    assoc.dul.kill_dul()
+    raw = getattr(assoc.dul.socket, "socket", None)
+    if raw is not None:
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def image_storage_sop_classes() -> list[str]:
@@ -207,18 +401,6 @@ def image_storage_sop_classes() -> list[str]:
     return out
 
 
-def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
-    value = ds.get(keyword, "")
-    return str(value if value is not None else "")[:limit]
-
-
-def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
 
 class StorageSCP:
     """C-ECHO/C-STORE SCP bound to one :class:`FileStore` and index."""
@@ -228,11 +410,13 @@ class StorageSCP:
         self.store = store
         self.sessions = sessions
         self.ae = AE(ae_title=settings.node.ae_title)
-        self.ae.maximum_pdu_size = settings.node.max_pdu
+        # the Maximum Length Received offered (PS3.8 D.1) and enforced (max_pdu 0: the hard cap)
+        self.ae.maximum_pdu_size = effective_pdu_limit(settings.node.max_pdu)
         self.ae.acse_timeout = settings.node.acse_timeout
         self.ae.dimse_timeout = settings.node.dimse_timeout
         self.ae.network_timeout = settings.node.network_timeout
-        self.ae.maximum_associations = 32
+        self.ae.dicom_ai_max_data_set = settings.node.max_instance_mb * 1024 * 1024  # WaitingDIMSE
+        self.ae.maximum_associations = settings.node.max_associations  # AssociationSlots rules
         self.ae.require_called_aet = settings.node.require_called_ae_title
         self.ae.add_supported_context(Verification)
         for sop_class in image_storage_sop_classes():
@@ -243,22 +427,29 @@ class StorageSCP:
         self._ids = itertools.count(1)
 
     # -- association policy -------------------------------------------------------------
+    def _refusal(self, calling: str, called: str, address: str) -> tuple[int, str] | None:
+        """Why an association from ``calling`` at ``address`` to ``called`` is refused: the
+        A-ASSOCIATE-RJ reason (result permanent, source service user; PS3.8 9.3.4: 3 calling,
+        7 called AE title not recognised) and a line for the log; None when it is allowed.
+        The gate (:class:`AssociationGate`) asks before an association thread exists."""
+        if self.settings.peer_for(calling, address) is None:
+            return 0x03, f"calling AE title {calling!r} from {address} is not in [[peers]]"
+        if self.settings.node.require_called_ae_title and called != self.settings.node.ae_title:
+            return 0x07, f"called AE title {called!r} (from {calling!r} at {address}) is not ours"
+        return None
+
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         calling = assoc.requestor.primitive.calling_ae_title.strip()
         called = assoc.requestor.primitive.called_ae_title.strip()
         address = assoc.requestor.address
-        # A-ASSOCIATE-RJ: permanent (1), service user (1), reason 3 calling / 7 called AE title
-        # not recognised (PS3.8 9.3.4)
-        if self.settings.peer_for(calling, address) is None:
-            reason, why = 0x03, f"calling AE title {calling!r} from {address} is not in [[peers]]"
-        elif self.settings.node.require_called_ae_title and called != self.settings.node.ae_title:
-            reason, why = 0x07, f"called AE title {called!r} (from {calling!r} at {address}) is not ours"
-        else:
+        refusal = self._refusal(calling, called, address)  # the gate asked already; again here
+        if refusal is None:
             self._associations[assoc] = (f"{os.getpid()}-{next(self._ids)}", set())
             log.info("association from %s at %s accepted", calling, address)
             self._count("associations_accepted")
             return
+        reason, why = refusal
         log.warning("association refused: %s", why)
         self._count("associations_refused")
         assoc.acse.send_reject(0x01, 0x01, reason)
@@ -272,16 +463,23 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> int | tuple[int, Any]:
         calling = event.assoc.requestor.ae_title.strip()
         rq = event.request
+        limit = self.settings.node.max_instance_mb * 1024 * 1024
+        if getattr(rq.DataSet, "overflowed", False):  # see BoundedBuffer
+            log.warning("C-STORE %s from %s refused (0xA700): its data set of %d bytes exceeds "
+                        "[node] max_instance_mb = %d", rq.AffectedSOPInstanceUID, calling,
+                        rq.DataSet.received, self.settings.node.max_instance_mb)
+            return STATUS_OUT_OF_RESOURCES
         try:
             raw = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - any decoding fault is the sender's
             log.warning("C-STORE from %s refused (0xC000): cannot read data set: %s", calling, exc)
             return STATUS_CANNOT_UNDERSTAND
         try:
-            ds = pydicom.dcmread(BytesIO(raw))
+            transfer_syntax = event.context.transfer_syntax
+            ds = read_received(raw, rq.DataSet.getbuffer(), transfer_syntax, event.file_meta, limit)
             association_id, series_seen = self._associations.get(event.assoc, ("", set()))
-            meta = self._meta(ds, rq, event.context.transfer_syntax, association_id)
-            check_pixel_data(ds, event.context.transfer_syntax)
+            meta = self._meta(ds, rq, transfer_syntax, association_id)
+            check_pixel_data(ds, transfer_syntax, limit)
         except Refusal as refusal:
             log.warning("C-STORE from %s refused (0x%04X): %s", calling, refusal.status, refusal)
             return refusal.status
@@ -298,15 +496,28 @@ class StorageSCP:
             )
             return STATUS_OUT_OF_RESOURCES
         relpath = self.store.instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+        # identity checks, write and index (dicom_ai.cache.index): an instance whose patient
+        # differs from its study's, whose series is stored under another study, or whose SOP
+        # Instance UID is stored in another series is refused with 0xA900 (PS3.4 B.2.3) and
+        # nothing stored changes; a re-sent UID in the same series follows [node] resent_instance
         try:
-            size = self.store.write(relpath, raw)
-            index_instance(self.sessions, meta, relpath, size, calling)
+            stored = store_instance(self.sessions, self.store, meta, relpath, raw, calling,
+                                    self.settings.node.resent_instance)
         except OSError as exc:
             log.error("C-STORE %s failed (0xA700): %s", meta.sop_instance_uid, exc)
             return STATUS_OUT_OF_RESOURCES
         except Exception:
             log.exception("C-STORE %s failed (0x0110): could not index", meta.sop_instance_uid)
             return STATUS_PROCESSING_FAILURE
+        conflict = stored.conflict  # its detail names attributes, never their values (no PHI)
+        if stored.outcome == "refused":
+            log.warning("C-STORE %s of series %s from %s refused (0x%04X): %s conflict: %s",
+                        meta.sop_instance_uid, meta.series_uid, calling, STATUS_DATASET_MISMATCH,
+                        conflict.kind, conflict.detail)
+            return STATUS_DATASET_MISMATCH
+        if stored.outcome in ("kept_first", "replaced"):
+            log.warning("C-STORE %s of series %s from %s: %s", meta.sop_instance_uid,
+                        meta.series_uid, calling, conflict.detail)
         series_seen.add(meta.series_uid)
         return STATUS_SUCCESS
 
@@ -333,6 +544,16 @@ class StorageSCP:
     def _meta(
         self, ds: pydicom.Dataset, rq: Any, transfer_syntax: str, association: str = ""
     ) -> InstanceMeta:
+        """The :class:`InstanceMeta` of a received data set (:func:`instance_meta`: patient,
+        study, series and instance attributes), once its SOP Class and Instance UIDs are those
+        of the request.
+
+        Raises
+        ------
+        Refusal
+            0xA900 (PS3.4 B.2.3) if the data set's SOP Class or Instance UID differs from the
+            request's, or a Study, Series or SOP Instance UID is not a valid UID (PS3.5 9.1).
+        """
         sop_class = str(ds.get("SOPClassUID", "") or "").strip()
         sop_inst = str(ds.get("SOPInstanceUID", "") or "").strip()
         if sop_class != str(rq.AffectedSOPClassUID) or sop_inst != str(rq.AffectedSOPInstanceUID):
@@ -343,30 +564,9 @@ class StorageSCP:
                 f"{rq.AffectedSOPInstanceUID})",
             )
         try:
-            study_uid = check_uid(_text(ds, "StudyInstanceUID", 200), "Study Instance UID")
-            series_uid = check_uid(_text(ds, "SeriesInstanceUID", 200), "Series Instance UID")
-            sop_inst = check_uid(sop_inst, "SOP Instance UID")
+            return instance_meta(ds, transfer_syntax, association)
         except InvalidUID as exc:
             raise Refusal(STATUS_DATASET_MISMATCH, str(exc)) from None
-        return InstanceMeta(
-            patient_id=_text(ds, "PatientID"),
-            patient_name=_text(ds, "PatientName", 324),
-            study_uid=study_uid,
-            study_date=_text(ds, "StudyDate", 8),
-            accession_number=_text(ds, "AccessionNumber", 16),
-            study_description=_text(ds, "StudyDescription"),
-            series_uid=series_uid,
-            modality=_text(ds, "Modality", 16),
-            body_part=_text(ds, "BodyPartExamined", 64).upper(),
-            series_description=_text(ds, "SeriesDescription"),
-            series_number=_int(ds, "SeriesNumber"),
-            sop_class_uid=sop_class,
-            sop_instance_uid=sop_inst,
-            instance_number=_int(ds, "InstanceNumber"),
-            transfer_syntax_uid=str(transfer_syntax),
-            association=association,
-            **instance_facts(ds),
-        )
 
     # -- lifecycle -------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -388,10 +588,12 @@ class StorageSCP:
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_peer_certificate else ssl.CERT_OPTIONAL
         return ctx
 
-    def start(self, listening_socket: socket.socket | None = None) -> None:
+    def start(self, listening_socket: socket.socket | None = None,
+              slots: AssociationSlots | None = None) -> None:
         """Start serving in background threads, on ``listening_socket`` (shared with other
         receiver processes, see :func:`open_listener`) or else on a socket of its own bound to
-        ``[node] bind_address:port``.
+        ``[node] bind_address:port``; associations count in ``slots`` (the node's, shared with
+        the other receiver processes) or else in slots of this SCP's own.
 
         Raises
         ------
@@ -408,6 +610,7 @@ class StorageSCP:
         ]
         node = self.settings.node
         context = self.ssl_context()
+        self.slots = slots or AssociationSlots(node.max_associations, node.max_associations_per_address)
         self.server = self.ae.make_server(
             (node.bind_address, node.port),
             evt_handlers=handlers,
@@ -415,22 +618,59 @@ class StorageSCP:
             server_class=AssociationServer,
             listening_socket=listening_socket,
         )
+        self.server.gate = AssociationGate(
+            self.server.socket,
+            request_timeout=node.association_request_timeout,
+            slots=self.slots,
+            policy=self._refusal,
+            admit=self.server.admit,
+            ssl_context=context,
+            count=self._count_later,
+        )
+        self._later: queue.Queue[str | None] = queue.Queue(maxsize=1000)
+        self._counter = threading.Thread(target=self._counting, name="association-counters", daemon=True)
+        self._counter.start()
         threading.Thread(
             target=self.server.serve_forever, name="association-server", daemon=True
         ).start()
-        self.ae._servers.append(self.server)  # so ae.shutdown() also ends this server
+        self.ae._servers.append(self.server)
         log.info(
-            "AE %s listening on %s:%d%s (%d peers allowed)",
+            "AE %s listening on %s:%d%s (%d peers allowed; at most %d associations, %d per "
+            "address; max PDU %d bytes)",
             node.ae_title,
             node.bind_address,
             node.port,
             " with TLS" if context else "",
             len(self.settings.peers),
+            node.max_associations,
+            node.max_associations_per_address,
+            self.ae.maximum_pdu_size,
         )
 
+    def _count_later(self, name: str) -> None:
+        """Count ``name`` without waiting for the index (for the gate's thread): queued for the
+        counting thread; dropped when 1000 are waiting already (a flood of refusals)."""
+        try:
+            self._later.put_nowait(name)
+        except queue.Full:
+            pass
+
+    def _counting(self) -> None:
+        while (name := self._later.get()) is not None:
+            self._count(name)
+
     def stop(self) -> None:
-        """Stop accepting, and end open associations (each write is atomic, nothing half-done)."""
+        """Stop accepting, and end open associations within a bounded time whatever their peers
+        do (:meth:`AssociationServer.shutdown`; each write is atomic, nothing is half-done).
+
+        pynetdicom's ``AE.shutdown`` is not used: its abort waits, without a limit, for the
+        association's reader, which a peer that stopped half-way through a PDU holds."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        self.ae.shutdown()
+            try:
+                self._later.put(None, timeout=1.0)
+            except queue.Full:
+                pass
+            self._counter.join(2.0)
+        self.ae._servers = []

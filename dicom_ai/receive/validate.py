@@ -1,20 +1,34 @@
 """Checks a received data set must pass before it is acknowledged.
 
-An instance is acknowledged only if its image can later be decoded (GUIDE §4.5: a bad file must
-never block the queue): native pixel data must have exactly the length the Image Pixel Module
+An instance is acknowledged only if its image can later be decoded, since a bad file must never
+block the queue: native pixel data must have exactly the length the Image Pixel Module
 (PS3.3 C.7.6.3) implies; encapsulated pixel data (PS3.5 A.4) must hold every frame and its first frame
 must decode.
+
+Every byte is the sender's claim, so nothing is allocated from a claim before it is checked
+against the bytes that came: a deflated data set (PS3.5 A.5) is inflated only up to the
+instance limit, an element may not claim more bytes than follow it, and a frame's declared
+size must fit both the limit and, for RLE (PS3.5 G), what its segments can expand to.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
+from io import BytesIO
+
 import pydicom
 from pydicom.encaps import generate_frames
+from pydicom.filereader import read_dataset
 from pydicom.pixels import pixel_array
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
+STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
+#: an RLE segment run of 2 bytes (header -127, one value) gives 128 bytes (PS3.5 G.3.1)
+RLE_MAX_EXPANSION = 64
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 class Refusal(Exception):
@@ -25,7 +39,80 @@ class Refusal(Exception):
         self.status = status
 
 
-def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str) -> None:
+def read_received(raw: bytes, stream: bytes | memoryview, transfer_syntax: str, file_meta: pydicom.Dataset,
+                  limit: int) -> pydicom.Dataset:
+    """Parse a received data set, refusing one whose claims exceed the bytes that came.
+
+    Parameters
+    ----------
+    raw:
+        The data set as a DICOM file (preamble, file meta and ``stream``), as it will be stored.
+    stream:
+        The data set as received, in ``transfer_syntax``.
+    file_meta:
+        Its File Meta Information (PS3.10 7.1).
+    limit:
+        The largest data set accepted, bytes; a deflated one is inflated only this far.
+
+    Raises
+    ------
+    Refusal
+        0xA700 when the inflated data set is larger than ``limit``; 0xC000 when the deflate
+        stream is corrupt or an element claims more bytes than follow it.
+    """
+    if UID(transfer_syntax) == DeflatedExplicitVRLittleEndian:
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, RFC 1951 (PS3.5 A.5)
+        try:
+            inflated = inflate.decompress(stream, limit + 1)
+        except zlib.error as exc:
+            raise Refusal(STATUS_CANNOT_UNDERSTAND, f"deflated data set is corrupt: {exc}") from None
+        if len(inflated) > limit or inflate.unconsumed_tail:
+            raise Refusal(STATUS_OUT_OF_RESOURCES, f"deflated data set inflates to more than "
+                          f"[node] max_instance_mb ({limit // 2**20} MiB)")
+        ds = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+        ds.file_meta = file_meta
+    else:
+        ds = pydicom.dcmread(BytesIO(raw))
+    check_lengths(ds)
+    return ds
+
+
+def check_lengths(ds: pydicom.Dataset) -> None:
+    """Raise :class:`Refusal` (0xC000) when a top-level element claims more bytes than it has:
+    a value field is as long as its Value Length says (PS3.5 7.1.1), which a truncated or
+    forged data set (e.g. a length of 0xFFFFFFF0 near the end) breaks."""
+    for raw in ds._dict.values():
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if length in (None, _UNDEFINED_LENGTH) or not isinstance(value, bytes | bytearray):
+            continue
+        if len(value) < length:
+            raise Refusal(STATUS_CANNOT_UNDERSTAND, f"element {raw.tag} claims {length} bytes, "
+                          f"{len(value)} follow")
+
+
+def _rle_segments_fit(frame: bytes, rows: int, cols: int, segments: int, number: int) -> None:
+    """Raise :class:`Refusal` (0xA900) when an RLE frame's header (PS3.5 G.5: the number of
+    segments and their 15 offsets) does not match the image, or a segment is too short to
+    expand to ``rows x cols`` bytes."""
+    if len(frame) < 64:
+        raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number} is shorter than its 64-byte header")
+    header = struct.unpack("<16L", frame[:64])
+    if header[0] != segments:
+        raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number} has {header[0]} segments, "
+                      f"{segments} expected for the Image Pixel Module")
+    offsets = list(header[1 : 1 + segments]) + [len(frame)]
+    for k in range(segments):
+        length = offsets[k + 1] - offsets[k]
+        if offsets[k] < 64 or length <= 0:
+            raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number}: segment {k + 1} offsets "
+                          "are out of order")
+        if rows * cols > RLE_MAX_EXPANSION * length + 128:
+            raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number}: segment {k + 1} has "
+                          f"{length} bytes, too few for {rows}x{cols} pixels")
+
+
+def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str, limit: int | None = None) -> None:
     """Raise :class:`Refusal` when the pixel data of ``ds`` cannot be decoded later.
 
     Parameters
@@ -34,6 +121,15 @@ def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str) -> None:
         The complete data set as received (with Pixel Data).
     transfer_syntax:
         The presentation context's transfer syntax UID.
+    limit:
+        The largest decoded frame accepted, bytes (the first frame of compressed pixel data is
+        decoded here); None: no limit.
+
+    Raises
+    ------
+    Refusal
+        0xA900 when the pixel data does not match the Image Pixel Module, 0xA700 when a frame
+        would decode to more than ``limit`` bytes, 0xC000 when it cannot be decoded.
     """
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -57,8 +153,18 @@ def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str) -> None:
                 f"{rows}x{cols}x{samples} at {bits} bits",
             )
         return
+    frame_bytes = (rows * cols * samples * bits + 7) // 8
+    if limit is not None and frame_bytes > limit:
+        raise Refusal(STATUS_OUT_OF_RESOURCES, f"a {rows}x{cols}x{samples} frame at {bits} bits "
+                      f"({frame_bytes // 2**20} MiB) exceeds [node] max_instance_mb")
+    found = 0
     try:
-        found = sum(1 for _ in generate_frames(data, number_of_frames=frames))
+        for frame in generate_frames(data, number_of_frames=frames):
+            found += 1
+            if ts == RLELossless:
+                _rle_segments_fit(frame, rows, cols, samples * ((bits + 7) // 8), found)
+    except Refusal:
+        raise
     except Exception as exc:  # noqa: BLE001 - malformed encapsulation
         raise Refusal(STATUS_CANNOT_UNDERSTAND, f"encapsulated Pixel Data is malformed: {exc}") from None
     if found < frames:

@@ -18,6 +18,7 @@ BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 class IndexCollector(Collector):
     """``dicom_ai_*`` metrics: instances received, associations (accepted, refused, open),
+    identity conflicts by kind,
     series completed by signal, jobs by state, inference time per model, deliveries by state,
     free disk."""
 
@@ -40,6 +41,13 @@ class IndexCollector(Collector):
         for outcome in ("accepted", "refused"):
             assoc.add_metric([outcome], counters.get(f"associations_{outcome}", 0))
         yield assoc
+        conflicts = CounterMetricFamily(
+            "dicom_ai_identity_conflicts", "instances refused or kept apart for their patient or "
+            "study identity (patient, study) and re-sent SOP Instance UIDs with other content (resent)",
+            labels=["kind"])
+        for kind in ("patient", "study", "resent"):
+            conflicts.add_metric([kind], counters.get(f"identity_conflicts_{kind}", 0))
+        yield conflicts
         yield GaugeMetricFamily("dicom_ai_associations_open", "associations accepted and not yet ended",
                                 value=max(0, counters.get("associations_accepted", 0)
                                           - counters.get("associations_ended", 0)))
