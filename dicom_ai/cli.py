@@ -297,8 +297,8 @@ def users_add(
     role: Annotated[str, typer.Option(help="reader (look) or admin (also act).")] = "reader",
     config: ConfigOpt = None,
 ) -> None:
-    """Add a user, or change one's role and password; the password is read from standard input
-    (first line)."""
+    """Add a user, or change one's role and password (which ends the user's open web sessions);
+    the password is read from standard input (first line)."""
     from dicom_ai.web.auth import add_user
 
     password = sys.stdin.readline().rstrip("\r\n")
@@ -309,6 +309,19 @@ def users_add(
         err.print(f"[red]not added:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(f"user {escape(name)} ({role}) saved")
+
+
+@users_app.command("revoke")
+def users_revoke(name: str, config: ConfigOpt = None) -> None:
+    """End every web session of a user at once (a stolen cookie, a lost workstation); the user
+    can log in again. Changing role or password with ``users add`` does the same."""
+    from dicom_ai.web.auth import revoke_sessions
+
+    _, sessions = _index(config)
+    if not revoke_sessions(sessions, name):
+        err.print(f"no user {escape(name)!r}")
+        raise typer.Exit(2)
+    console.print(f"sessions of {escape(name)} ended")
 
 
 @rules_app.command("test")

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from dicom_ai.cache.db import Delivery, Job, Result, Series, Study
+from dicom_ai.cache.db import Delivery, IdentityConflict, Job, Result, Series, Study
 
 STATUSES = ("waiting for series", "queued", "running", "done", "failed", "delivered", "delivery failed")
 ATTENTION = ("failed", "delivery failed")
@@ -211,4 +211,14 @@ def delivery_dict(d: Delivery) -> dict[str, Any]:
         "id": d.id, "destination": d.destination, "state": d.state, "attempts": d.attempts,
         "last_status": d.last_status, "next_attempt_at": _iso(d.next_attempt_at),
         "delivered_at": _iso(d.delivered_at), "result_id": d.result_fk,
+    }
+
+
+def conflict_dict(c: IdentityConflict) -> dict[str, Any]:
+    """An instance refused at receive for a patient-identity conflict (which attributes differ,
+    never their values)."""
+    return {
+        "id": c.id, "at": _iso(c.at), "kind": c.kind, "calling_ae_title": c.calling_ae_title,
+        "study_instance_uid": c.study_instance_uid, "series_instance_uid": c.series_instance_uid,
+        "sop_instance_uid": c.sop_instance_uid, "detail": c.detail,
     }

@@ -1,4 +1,4 @@
-"""Issue 6: every page and REST endpoint, refused access, /metrics, users; FastAPI's client."""
+"""Every page and REST endpoint, refused access, /metrics, users; FastAPI's client."""
 
 from __future__ import annotations
 
@@ -78,9 +78,19 @@ def web(tmp_path):
     return client, jobs, settings
 
 
+def _form_token(client):
+    """The CSRF token of the login form (and of the client's session)."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+
+
 def _login(client, name, password):
-    r = client.post("/login", data={"username": name, "password": password, "next": "/"}, follow_redirects=False)
+    """Log in with the login form; later requests carry the new session's CSRF token."""
+    r = client.post("/login", data={"username": name, "password": password, "next": "/",
+                                    "csrf_token": _form_token(client)}, follow_redirects=False)
     assert r.status_code == 303, r.text
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)">', client.get("/").text).group(1)
+    client.headers["X-CSRF-Token"] = token
+    return token
 
 
 API_GETS = ["/api/studies", "/api/studies/1.2.1", "/api/series/1.2.1.1", "/api/jobs", "/api/jobs/1",
@@ -100,11 +110,11 @@ def test_nothing_but_metrics_and_health_without_login(web):
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/metrics").status_code == 200
     assert client.get("/api/studies", auth=("rad", "wrong")).status_code == 401
-    bad = client.post("/login", data={"username": "rad", "password": "nope"})
+    bad = client.post("/login", data={"username": "rad", "password": "nope", "csrf_token": _form_token(client)})
     assert bad.status_code == 401 and "wrong name or password" in bad.text
     for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
-        r = client.post("/login", data={"username": "rad", "password": "read-pass", "next": target},
-                        follow_redirects=False)
+        r = client.post("/login", data={"username": "rad", "password": "read-pass", "next": target,
+                                        "csrf_token": _form_token(client)}, follow_redirects=False)
         assert r.headers["location"] == "/", target  # no open redirect after login
 
 

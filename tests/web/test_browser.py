@@ -1,4 +1,4 @@
-"""Issue 6 in a real headless browser (Debian chromium driven by Selenium): a real series sent
+"""The web pages in a real headless browser (Debian chromium driven by Selenium): a real series sent
 with storescu, then log in, see it done in the worklist with the lung volumes, open it, scroll
 slices and see the overlay. Screenshots are kept in the test's folder (and copied to
 $DICOM_AI_SCREENSHOTS when that is set)."""
@@ -40,6 +40,7 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP violations
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
     driver.quit()
@@ -56,10 +57,28 @@ def _wait(check, timeout: float, what: str):
     return peers.wait_for(check, timeout, what, interval=0.3)
 
 
-def test_radiologist_sees_the_result_in_the_browser(tmp_path, dcmtk, lidc_series, browser):
+def _csp_violations(browser) -> list[str]:
+    return [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def _log_in(browser, base: str, name: str, password: str) -> None:
     from selenium.webdriver.common.by import By
 
-    with NodeProcess(tmp_path / "node", stable_seconds=2) as node:
+    browser.get(base + "/")
+    assert "/login" in browser.current_url  # nothing without login
+    browser.find_element(By.ID, "username").send_keys(name)
+    browser.find_element(By.ID, "password").send_keys(password)
+    browser.find_element(By.ID, "login").click()
+
+
+def test_radiologist_sees_the_result_in_the_browser(tmp_path, dcmtk, lidc_series, browser):
+    """... and, with the Content-Security-Policy (no inline script or style) and the CSRF
+    tokens in place: no CSP violation on any page, the logout form, and an admin's button
+    (a fetch() POST with the session's token) work."""
+    from selenium.webdriver.common.by import By
+
+    folder = {"name": "out", "kind": "folder", "path": str(tmp_path / "out")}
+    with NodeProcess(tmp_path / "node", stable_seconds=2, destinations=[folder]) as node:
         added = node.cli("users", "add", "rad", "--role", "reader", input="lungs-are-two\n")
         assert added.returncode == 0, added.stderr
         sent = peers.storescu("127.0.0.1", node.port, peers.LIDC_SERIES, aec=node.ae_title)
@@ -67,14 +86,10 @@ def test_radiologist_sees_the_result_in_the_browser(tmp_path, dcmtk, lidc_series
         _wait(lambda: [j.state for j in node.rows(Job)] == ["done"], 300, "job done")
 
         base = f"http://127.0.0.1:{node.web_port}"
-        browser.get(base + "/")
-        assert "/login" in browser.current_url  # nothing without login
-        browser.find_element(By.ID, "username").send_keys("rad")
-        browser.find_element(By.ID, "password").send_keys("lungs-are-two")
-        browser.find_element(By.ID, "login").click()
+        _log_in(browser, base, "rad", "lungs-are-two")
         row = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#worklist tbody tr[data-study]"), 10,
                     "worklist row")[0]
-        assert "done" in row.text, row.text
+        assert "delivered" in row.text, row.text  # done, and written to the folder destination
         findings = row.find_element(By.CSS_SELECTOR, ".findings").text
         assert "Left lung" in findings and "Right lung" in findings and "mL" in findings, findings
         _shot(browser, tmp_path, "worklist.png")
@@ -99,6 +114,20 @@ def test_radiologist_sees_the_result_in_the_browser(tmp_path, dcmtk, lidc_series
         assert browser.execute_script(COLOURED, image) == 0
         browser.get(base + "/?q=LIDC-IDRI-0314")  # a search by patient ID
         assert len(browser.find_elements(By.CSS_SELECTOR, "#worklist tbody tr[data-study]")) == 1
+        assert _csp_violations(browser) == []
+        browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
+        _wait(lambda: "/login" in browser.current_url, 10, "logged out")
+        browser.get(base + "/")
+        assert "/login" in browser.current_url  # the session has ended
+
+        assert node.cli("users", "add", "boss", "--role", "admin", input="checks-things\n").returncode == 0
+        _log_in(browser, base, "boss", "checks-things")
+        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#worklist"), 10, "worklist")
+        browser.get(base + "/admin")
+        browser.find_element(By.CSS_SELECTOR, ".do-check[data-name='out']").click()
+        cell = browser.find_element(By.CSS_SELECTOR, ".check[data-name='out']")
+        _wait(lambda: ": ok — " in cell.text, 10, "destination check shown")
+        assert _csp_violations(browser) == []
         log = node.log_path.read_text()
     # no PHI in the node's log at INFO: neither the Patient ID nor the search for it
     assert "LIDC-IDRI-0314" not in log and "INFO" in log
