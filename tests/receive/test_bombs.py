@@ -138,8 +138,11 @@ def _chunked(monkeypatch):
 
 
 def _baseline(node: NodeProcess, lidc_series: list[Path], tmp_path: Path) -> int:
+    """Store a real slice, reset the receiver's peak RSS to its current RSS (``5`` to
+    ``/proc/PID/clear_refs``), and return that peak."""
     ok = _file(tmp_path / "ok.dcm", _slice(lidc_series), ExplicitVRLittleEndian)
     assert _send(node.port, ok, ExplicitVRLittleEndian) == 0x0000
+    Path(f"/proc/{node.proc.pid}/clear_refs").write_text("5")
     return _peak_rss(node.proc.pid)
 
 
@@ -155,6 +158,7 @@ def test_deflate_bomb_refused_before_it_inflates(node, lidc_series, tmp_path):
     assert bomb.stat().st_size < 3 * MiB
     assert _send(node.port, bomb, DeflatedExplicitVRLittleEndian) == 0xA700
     grown = _peak_rss(node.proc.pid) - before
+    print(f"deflate bomb (1 GiB inflated, {bomb.stat().st_size} bytes sent): peak RSS +{grown / MiB:.1f} MiB")
     assert grown < 3 * LIMIT_MB * MiB, f"peak RSS grew {grown / MiB:.0f} MiB for a 1 GiB inflation"
     assert node.wait_for_log("inflates to more than [node] max_instance_mb", 5)
     _still_serving(node, lidc_series, tmp_path)
@@ -173,6 +177,7 @@ def test_rle_bomb_refused_before_its_frame_is_allocated(node, lidc_series, tmp_p
     assert _send(node.port, fits, RLELossless) == 0xA900
     assert node.wait_for_log("too few for 4000x3999 pixels", 5)
     grown = _peak_rss(node.proc.pid) - before
+    print(f"RLE bombs (20000x20000, 65535x65535, 4000x3999): peak RSS +{grown / MiB:.1f} MiB")
     assert grown < 2 * LIMIT_MB * MiB, f"peak RSS grew {grown / MiB:.0f} MiB"
     _still_serving(node, lidc_series, tmp_path)
 
@@ -186,6 +191,7 @@ def test_data_set_larger_than_the_limit_is_dropped_as_it_arrives(node, lidc_seri
     del ds
     assert _send(node.port, big, ExplicitVRLittleEndian) == 0xA700
     grown = _peak_rss(node.proc.pid) - before
+    print(f"72 MB instance over a {LIMIT_MB} MiB limit: peak RSS +{grown / MiB:.1f} MiB")
     assert grown < 3 * LIMIT_MB * MiB, f"peak RSS grew {grown / MiB:.0f} MiB for a 72 MB instance"
     assert node.wait_for_log("exceeds [node] max_instance_mb = 32", 5)
     _still_serving(node, lidc_series, tmp_path)
