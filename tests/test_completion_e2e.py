@@ -119,12 +119,16 @@ def _wait_results(pacs, study_uid, node, n_seg, timeout=300):
 def test_rules_on_real_series(tmp_path, dcmtk, shared_data, crlm):
     """Every rule condition decides on series sent by storescu; `rules test` agrees."""
     lidc = peers.LIDC_SERIES
-    lidc_study = pydicom.dcmread(next(lidc.iterdir()), stop_before_pixels=True).StudyInstanceUID
-    # CRLM (5 mm, DERIVED\SECONDARY) as a second series of the LIDC study (1 mm)
+    lidc_header = pydicom.dcmread(next(lidc.iterdir()), stop_before_pixels=True)
+    # CRLM (5 mm, DERIVED\SECONDARY) as a second series of the LIDC study (1 mm): the same
+    # study, so the same patient (the receiver refuses a study that mixes patients)
+    patient = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex")
     _copy(crlm, tmp_path / "crlm")
     for f in (tmp_path / "crlm").iterdir():
         ds = pydicom.dcmread(f)
-        ds.StudyInstanceUID = lidc_study
+        ds.StudyInstanceUID = lidc_header.StudyInstanceUID
+        for keyword in patient:
+            setattr(ds, keyword, lidc_header.get(keyword, ""))
         ds.save_as(f)
     crlm = tmp_path / "crlm"
     rules = [
