@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--stable-seconds", type=float, default=2.0)
     args = ap.parse_args()
     rows = []
-    for i in range(args.runs):
+    for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp:
             rows.append(one_run(Path(tmp), args.stable_seconds))
     keys = list(rows[0])

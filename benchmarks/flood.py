@@ -51,16 +51,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+import ingest  # noqa: E402  (benchmarks/ is this script's folder)
 import peers  # noqa: E402
-from ingest import wait_idle  # noqa: E402  (benchmarks/ is this script's folder)
-from nodeproc import NodeProcess  # noqa: E402
 
 HOST = "127.0.0.1"
 SENDER_AET = "STORESCU"  # the calling AE title NodeProcess allows
@@ -78,7 +75,6 @@ PROPOSE_FOR = {
 }
 
 # A started receiver: (port, called AE title, function returning the number of stored instances).
-Target = tuple[int, str, Callable[[], int]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,43 +175,8 @@ class Flood:
             self.held = 0
 
 
-# --------------------------------------------------------------------------------------------
-# Receivers
-# --------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def dicom_ai(workdir: Path) -> Iterator[Target]:
-    node = NodeProcess(workdir, stable_seconds=3600)
-    try:
-        node.start()
-        assert node.proc is not None
-        wait_idle(node.proc.pid)
-        instances = workdir / "var" / "instances"
-        yield node.port, node.ae_title, lambda: sum(1 for _ in instances.rglob("*.dcm"))
-    except BaseException:
-        print(f"--- dicom-ai log tail:\n{node.log_tail()}", file=sys.stderr)
-        raise
-    finally:
-        node.stop()
-
-
-@contextmanager
-def orthanc(workdir: Path) -> Iterator[Target]:
-    pacs = peers.Orthanc(workdir=workdir / "orthanc")
-    try:
-        pacs.start()
-        assert pacs.proc is not None
-        wait_idle(pacs.proc.pid)
-        yield pacs.dicom_port, pacs.aet, lambda: int(pacs.get("/statistics")["CountInstances"])
-    except BaseException:
-        print(f"--- Orthanc log tail:\n{pacs.log_tail()}", file=sys.stderr)
-        raise
-    finally:
-        pacs.stop()
-
-
-START = {"dicom-ai": dicom_ai, "Orthanc": orthanc}
+#: the receivers, started as benchmarks/ingest.py starts them (fresh, answering, idle)
+START = {"dicom-ai": ingest.dicom_ai, "Orthanc": ingest.orthanc}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +219,7 @@ def measure(receiver: str, levels: list[int], echoes: int, files: list[Path], pr
             workdir: Path) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
     workdir.mkdir(parents=True)
-    with START[receiver](workdir) as (port, aec, count):
+    with START[receiver](workdir, 1) as (port, aec, count):
         for level in levels:
             with Flood(port, level) as flood:
                 held = flood.wait_held(15) if level else 0

@@ -23,8 +23,8 @@ process has finished importing) before the clock starts. After each transfer the
 that all instances arrived (storescp: files in ``-od``; Orthanc: ``/statistics`` CountInstances;
 dicom-ai: ``*.dcm`` under ``<data_dir>/instances``) and stops with an error otherwise.
 
-All DCMTK processes and Orthanc run with ``TCP_NODELAY=1`` (GUIDE §6: Debian's DCMTK otherwise
-leaves Nagle on and stalls ~45 ms per message). ``storescu`` is always DCMTK's
+All DCMTK processes and Orthanc run with ``TCP_NODELAY=1`` (Debian's DCMTK otherwise leaves
+Nagle on and stalls ~45 ms per message). ``storescu`` is always DCMTK's
 (``peers.dcmtk_tool``), never pynetdicom's same-named script.
 
 Each measurement is repeated ``--runs`` times (runs interleave the receivers, so slow drift of
@@ -243,7 +243,7 @@ def send(port: int, aec: str, groups: list[list[Path]], logdir: Path) -> float:
     procs: list[subprocess.Popen] = []
     try:
         t0 = time.perf_counter()
-        for group, log in zip(groups, logs):
+        for group, log in zip(groups, logs, strict=False):
             procs.append(subprocess.Popen(
                 [exe, "-aec", aec, "-aet", SENDER_AET, HOST, str(port), *map(str, group)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

@@ -11,7 +11,7 @@ default ``[completion]`` otherwise, worker idle so no inference runs), in three 
 The latency of one send is read from the node's own index: the job's ``created_at`` minus the
 series' ``last_received_at`` (set when the last instance was indexed, just before its C-STORE
 response). It prints p50, p95 and max per case, the completion signal that fired, and
-``stable_seconds`` beside them. Goal (issue 4): (a) and (b) under 2 s at p95.
+``stable_seconds`` beside them. Goal: (a) and (b) under 2 s at p95.
 
     python benchmarks/trigger.py [--sends 20]
 """

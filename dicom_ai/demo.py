@@ -22,9 +22,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from dicom_ai.cache.db import Delivery, Job, Result
+from dicom_ai.cache.states import DeliveryState, JobState
 from dicom_ai.config import Settings, load_settings, repo_root
 from dicom_ai.evaluate.series import expand_paths
 from dicom_ai.export.scu import store_files
+from dicom_ai.node import Node
+from dicom_ai.report.findings import Findings
 
 DEMO_SERIES = repo_root() / "demo" / "ct_chest_LIDC-IDRI-0314" / "image"
 
@@ -57,7 +60,9 @@ class DemoOrthanc:
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config))
         log = open(self.workdir / "orthanc.log", "ab")
-        self.proc = subprocess.Popen([shutil.which("Orthanc"), str(cfg)], stdout=log, stderr=log,
+        orthanc = shutil.which("Orthanc")
+        assert orthanc is not None  # run_demo starts this only when Orthanc is installed
+        self.proc = subprocess.Popen([orthanc, str(cfg)], stdout=log, stderr=log,
                                      env=dict(os.environ, TCP_NODELAY="1"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -84,8 +89,6 @@ class DemoOrthanc:
 
 def run_demo(out_dir: Path, console: Console, timeout: float = 900) -> int:
     """Run the demo; returns a process exit code (0: SEG and SR delivered)."""
-    from dicom_ai.node import Node
-
     out_dir = out_dir.resolve()
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -137,10 +140,11 @@ def _wait_and_report(node, out_dir: Path, console: Console, timeout: float, t_se
             with node.sessions() as s:
                 job = s.query(Job).order_by(Job.id.desc()).first()
                 states = [d.state for d in s.query(Delivery).all()]
-                if job is not None and job.state == "failed":
+                if job is not None and job.state == JobState.FAILED:
                     console.print(f"[red]job failed:[/red] {job.reason}")
                     return 1
-                if job is not None and job.state == "done" and states and all(x in ("delivered", "failed") for x in states):
+                if job is not None and job.state == JobState.DONE and states and all(
+                        x in (DeliveryState.DELIVERED, DeliveryState.FAILED) for x in states):
                     break
             time.sleep(0.5)
         else:
@@ -152,13 +156,14 @@ def _wait_and_report(node, out_dir: Path, console: Console, timeout: float, t_se
         console.print(f"\n[bold]job {job.id} {job.state}[/bold] ({job.model_name} {job.model_version}), "
                       f"{elapsed:.0f} s after the last slice was acknowledged")
         console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in job.timings.items()))
-        for name, f in job.findings.items():
-            console.print(f"  {name}: {f['volume_ml'] / 1000:.2f} L ({f['volume_ml']:.0f} mL), mean {f['mean_hu']} HU"
-                          + "".join(f" [red]implausible: {escape(r)}[/red]" for r in f.get("implausible", [])))
+        for name, f in Findings.from_json(job.findings):
+            assert f.volume_ml is not None  # a segmentation label's finding has its volume
+            console.print(f"  {name}: {f.volume_ml / 1000:.2f} L ({f.volume_ml:.0f} mL), mean {f.mean_hu} HU"
+                          + "".join(f" [red]implausible: {escape(r)}[/red]" for r in f.implausible))
         ok = True
         for r in s.query(Result).filter(Result.job_fk == job.id):
             for d in r.deliveries:
-                ok &= d.state == "delivered"
+                ok &= d.state == DeliveryState.DELIVERED
                 console.print(f"  {r.kind} {r.sop_instance_uid} -> {d.destination}: {d.state} ({d.last_status})")
         preview = node.store.abspath(f"results/{job.id}/preview.png")
         if preview.exists():

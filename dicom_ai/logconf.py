@@ -52,7 +52,7 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> str:  # noqa: ANN001
+def _warning_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     """``warnings.formatwarning`` without the source line (it can quote a value too)."""
     return f"{os.path.basename(filename)}:{lineno}: {category.__name__}: {message}"
 

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -23,11 +24,17 @@ from dicom_ai.config import Settings
 from dicom_ai.export.outbox import deliver_due, recover_deliveries
 from dicom_ai.models.registry import generation, seed_shipped
 from dicom_ai.receive.process import start_receiver
-from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes, open_listener
-from dicom_ai.receive.transport import AssociationSlots
+from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes
+from dicom_ai.receive.transport import AssociationSlots, open_listener
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
 from dicom_ai.schedule.routing import enabled_models, routes
 from dicom_ai.worker import start_worker
+
+if TYPE_CHECKING:
+    import socket
+    from multiprocessing.process import BaseProcess
+
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +56,11 @@ class Node:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._image_classes = set(image_storage_sop_classes())
         self._stopped = threading.Event()
-        self.worker = None
-        self._worker_stop = None
-        self.listener = None
+        self.worker: BaseProcess | None = None
+        self._worker_stop: Any = None
+        self.listener: socket.socket | None = None
         self._deliveries_recovered = False
-        self.web = None
+        self.web: uvicorn.Server | None = None
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
         self.slots: AssociationSlots | None = None  # the node's association counts, all processes
 
@@ -134,13 +141,13 @@ class Node:
     def _start_web(self) -> None:
         import uvicorn
 
-        from dicom_ai.web.app import create_app
+        from dicom_ai.web.app import create_app  # deferred: start-up time (fastapi), only with the web server on
 
         web = self.settings.web
         config = uvicorn.Config(create_app(self.settings, self.sessions), host=web.bind_address,
                                 port=web.port, log_level="warning", access_log=False)  # no PHI in logs
         self.web = uvicorn.Server(config)
-        self.web.install_signal_handlers = lambda: None  # the node handles SIGINT/SIGTERM
+        self.web.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # the node handles SIGINT/SIGTERM (older uvicorn)
         threading.Thread(target=self.web.run, name="web", daemon=True).start()
         log.info("web pages on http://%s:%d/", web.bind_address, web.port)
 
@@ -196,6 +203,7 @@ class Node:
                 for number, (proc, _stop) in list(self.receivers.items()):
                     if not proc.is_alive():
                         log.error("receiver %d died (exit code %s); restarting it", number, proc.exitcode)
+                        assert self.listener is not None  # start() opened it
                         self.receivers[number] = start_receiver(self.settings, self.listener, number,
                                                                 self.slots)
         finally:

@@ -1,6 +1,7 @@
 """The inference worker: a separate process that turns queued jobs into results.
 
-It runs outside the association threads (GUIDE §1: torch must not stall a modality's transfer).
+It runs outside the association threads, so torch (and the GIL it holds) never stalls a modality's
+transfer.
 For each job: the series' instances -> :func:`~dicom_ai.infer.volume.load_series` -> model ->
 label mask -> DICOM SEG and SR (:mod:`dicom_ai.report`) written atomically under
 ``results/<job id>/`` -> result rows and one pending delivery per destination, in one
@@ -15,9 +16,10 @@ import multiprocessing as mp
 import os
 import resource
 import time
-from pathlib import Path
 from collections import OrderedDict
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,10 +27,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
+from dicom_ai.cache.states import JobState, ResultKind
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import create_deliveries
-from dicom_ai.web.data import findings_text
+from dicom_ai.infer.volume import check_one_patient, load_series
+from dicom_ai.logconf import setup_logging
+from dicom_ai.receive.process import die_with_parent
+from dicom_ai.report.findings import Finding, Findings, findings_text
+from dicom_ai.report.measure import measure_labels
+from dicom_ai.report.plausibility import check_plausibility, reasons_by_label
+from dicom_ai.report.preview import write_preview_png
+from dicom_ai.report.uids import device_uid
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +48,14 @@ def claim_next_job(sessions: sessionmaker) -> int | None:
     returns its id or None."""
     with sessions.begin() as session:
         job_id = session.scalar(
-            select(Job.id).where(Job.state == "queued").order_by(Job.priority.desc(), Job.id).limit(1)
+            select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.priority.desc(), Job.id).limit(1)
         )
         if job_id is None:
             return None
         claimed = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "queued")
-            .values(state="running", started_at=utcnow(), attempts=Job.attempts + 1, reason="")
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
+            .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1, reason="")
         ).rowcount
         return job_id if claimed else None
 
@@ -60,7 +70,7 @@ def segmentation_findings(measurements: dict, issues: list) -> dict[str, dict[st
     """A segmentation job's ``findings``: label name -> ``{"volume_ml", "mean_hu"}`` (None when
     the label is empty), plus ``"implausible"``: the list of reasons concerning the label when
     the result is implausible (:func:`dicom_ai.report.plausibility.check_plausibility`;
-    read by :func:`dicom_ai.web.data.findings_reasons`).
+    read by :func:`dicom_ai.report.findings.findings_reasons`).
 
     Parameters
     ----------
@@ -69,17 +79,13 @@ def segmentation_findings(measurements: dict, issues: list) -> dict[str, dict[st
     issues: list[dicom_ai.report.plausibility.PlausibilityIssue]
         Its plausibility issues (empty when plausible).
     """
-    from dicom_ai.report.plausibility import reasons_by_label
-
     reasons = reasons_by_label(issues)
-    findings: dict[str, dict[str, Any]] = {}
-    for m in measurements.values():
-        finding: dict[str, Any] = {"volume_ml": round(m.volume_ml, 1),
-                                   "mean_hu": None if m.is_empty else round(m.mean, 1)}
-        if m.label.value in reasons:
-            finding["implausible"] = reasons[m.label.value]
-        findings[m.label.name] = finding
-    return findings
+    findings = Findings({
+        m.label.name: Finding(volume_ml=round(m.volume_ml, 1), mean_hu=None if m.is_empty else round(m.mean, 1),
+                              implausible=tuple(reasons.get(m.label.value, ())))
+        for m in measurements.values()
+    })
+    return findings.to_json()
 
 
 class WarmModels:
@@ -150,7 +156,7 @@ class JobRunner:
                                   gpu_budget_mb=settings.worker.gpu_model_memory_mb)
 
     def _load(self, path: str) -> Any:
-        from dicom_ai.infer.runtime import load_model
+        from dicom_ai.infer.runtime import load_model  # deferred: start-up time (torch)
 
         device = None if self.settings.worker.device == "auto" else self.settings.worker.device
         return load_model(Path(path), device=device)
@@ -168,13 +174,11 @@ class JobRunner:
             log.error("job %d failed: %s", job_id, reason)
             with self.sessions.begin() as session:
                 job = session.get(Job, job_id)
-                job.state = "failed"
+                job.state = JobState.FAILED
                 job.reason = reason[:2000]
                 job.finished_at = utcnow()
 
     def _run(self, job_id: int, t0: float) -> None:
-        from dicom_ai.infer.volume import check_one_patient, load_series
-
         with self.sessions() as session:
             job = session.get(Job, job_id)
             series = session.get(Series, job.series_fk)
@@ -210,7 +214,7 @@ class JobRunner:
                 )
                 session.add(result)
                 create_deliveries(session, result, self.settings, job.destinations)
-            job.state = "done"
+            job.state = JobState.DONE
             job.finished_at = utcnow()
             job.timings = {k: round(v, 3) for k, v in timings.items()}
             job.findings = findings
@@ -225,15 +229,14 @@ class JobRunner:
 
     def _classify(self, job_id: int, model, volume, timings: dict[str, float]):
         """Classification: one SR with the class and its probability (TID 1500 / TID 1501)."""
-        from dicom_ai.report.sr import build_classification_sr
-        from dicom_ai.report.uids import device_uid
+        from dicom_ai.report.sr import build_classification_sr  # deferred: start-up time (highdicom)
 
         result, model_timings = model.predict(volume)
         timings.update(model_timings)
         t = time.perf_counter()
         sr = build_classification_sr(volume, result, model.manifest,
                                      device_uid=device_uid(self.settings.node.ae_title))
-        outputs = [self._write(job_id, "SR", sr)]
+        outputs = [self._write(job_id, ResultKind.SR, sr)]
         timings["report"] = time.perf_counter() - t
         return outputs, {model.manifest.finding.meaning: result.as_findings()}
 
@@ -241,12 +244,8 @@ class JobRunner:
         """Segmentation: SEG and SR (volumes, mean HU, plausibility), the mask for the viewer, a
         preview. An implausible result (:mod:`dicom_ai.report.plausibility`) is logged in one
         line and its reasons go into the findings (``"implausible"`` of each label concerned)."""
-        from dicom_ai.report.measure import measure_labels
-        from dicom_ai.report.plausibility import check_plausibility
-        from dicom_ai.report.preview import write_preview_png
-        from dicom_ai.report.seg import build_seg
-        from dicom_ai.report.sr import build_sr
-        from dicom_ai.report.uids import device_uid
+        from dicom_ai.report.seg import build_seg  # deferred: start-up time (highdicom)
+        from dicom_ai.report.sr import build_sr  # deferred: start-up time (highdicom)
 
         manifest = model.manifest
         mask, model_timings = model.predict(volume)
@@ -263,7 +262,7 @@ class JobRunner:
                         device_serial_number=self.settings.node.ae_title)
         sr = build_sr(volume, mask, seg, manifest, device_uid=node_uid, measurements=measurements,
                       plausibility=issues)
-        outputs = [self._write(job_id, kind, obj) for kind, obj in (("SEG", seg), ("SR", sr))]
+        outputs = [self._write(job_id, kind, obj) for kind, obj in ((ResultKind.SEG, seg), (ResultKind.SR, sr))]
         findings = segmentation_findings(measurements, issues)
         timings["report"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -286,16 +285,16 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None) ->
     node process ``parent_pid`` is gone: the kernel kills the worker when the node dies, however
     it dies (:func:`~dicom_ai.receive.process.die_with_parent`; a job it was running is requeued
     at the next start), and between jobs it checks ``os.getppid()`` too."""
-    from dicom_ai.logconf import setup_logging
-    from dicom_ai.receive.process import die_with_parent
-
     parent = parent_pid if parent_pid is not None else os.getppid()
     die_with_parent(parent)  # first: the node may die while this process is starting
     settings = Settings.model_validate_json(settings_json)
     setup_logging()
+    from dicom_ai.infer.runtimes import configure_threads  # deferred: imports torch, after die_with_parent
+
+    threads = configure_threads()  # once per process: torch and onnxruntime use every core
     sessions = open_index(settings.database_url)
     runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir))
-    log.info("worker started")
+    log.info("worker started (%d CPU threads for inference)", threads)
     while not stop.is_set():
         if os.getppid() != parent:  # the node was killed: its successor starts its own worker
             log.warning("node process gone; worker exits")
@@ -308,7 +307,7 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None) ->
     log.info("worker stopped")
 
 
-def start_worker(settings: Settings) -> tuple[mp.Process, Any]:
+def start_worker(settings: Settings) -> tuple[BaseProcess, Any]:
     """Start the worker process (spawned: a clean interpreter, torch imported only there)."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()

@@ -215,6 +215,27 @@ def storescu(
     )
 
 
+def cstore_file(port: int, path: str | os.PathLike[str], transfer_syntax: str | None = None, *,
+                aec: str = "DICOM_AI", aet: str = "STORESCU", timeout: float = 60.0) -> int | None:
+    """C-STORE the file at ``path`` to 127.0.0.1:``port`` as it is, with pynetdicom: its data
+    set is streamed as stored (never decoded or re-encoded here), in ``transfer_syntax``
+    (default: the file's). Returns the response's status, or None without a response."""
+    import pydicom
+    from pynetdicom import AE
+
+    meta = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta
+    ae = AE(ae_title=aet)
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = timeout
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, [transfer_syntax or meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+    assert assoc.is_established, f"association to port {port} not established"
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status) if status else None
+    finally:
+        assoc.release()
+
+
 def echoscu(
     host: str, port: int, *, aec: str, aet: str = "ECHOSCU", timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
-
-import peers
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The index: patient, study, series, instance, and the pipeline's job, result and delivery rows.
 
-Stages hand work to each other through these rows and their ``state`` columns (see GUIDE §1):
+Stages hand work to each other only through these rows and their ``state`` columns:
 receive writes instances and marks series ``receiving``; schedule marks them ``complete`` and
 creates ``jobs``; the worker turns jobs into ``results`` and ``deliveries``; export works the
 deliveries. SQLite in WAL mode by default; any SQLAlchemy URL (PostgreSQL) for larger sites.
@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+from dicom_ai.cache.states import DeliveryState, JobState, SeriesState
 
 
 def utcnow() -> dt.datetime:
@@ -83,7 +85,7 @@ class Series(Base):
     description: Mapped[str] = mapped_column(String(64), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
-    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING, index=True)
     first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -133,7 +135,7 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)  # higher runs first
     # names of the [[destinations]] its results go to; None = all of them
     destinations: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -170,7 +172,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     result_fk: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_status: Mapped[str] = mapped_column(String(256), default="")

@@ -22,20 +22,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pydicom
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Counter, IdentityConflict, Instance, Patient, Series, Study, utcnow
 from dicom_ai.cache.identity import PatientIdentity
+from dicom_ai.cache.states import SeriesState
 from dicom_ai.cache.store import TMP_PREFIX, FileStore, Staged, check_uid, same_dataset
-from dicom_ai.schedule.facts import instance_facts
+from dicom_ai.dicom.header import instance_facts, int_value
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,6 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
     return str(value if value is not None else "")[:limit]
 
 
-def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def instance_meta(ds: pydicom.Dataset, transfer_syntax: str, association: str = "") -> InstanceMeta:
     """The :class:`InstanceMeta` of a data set (received, or read back from a stored file).
 
@@ -111,10 +104,10 @@ def instance_meta(ds: pydicom.Dataset, transfer_syntax: str, association: str = 
         modality=_text(ds, "Modality", 16),
         body_part=_text(ds, "BodyPartExamined", 64).upper(),
         series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
+        series_number=int_value(ds, "SeriesNumber"),
         sop_class_uid=_text(ds, "SOPClassUID").strip(),
         sop_instance_uid=check_uid(_text(ds, "SOPInstanceUID", 200), "SOP Instance UID"),
-        instance_number=_int(ds, "InstanceNumber"),
+        instance_number=int_value(ds, "InstanceNumber"),
         transfer_syntax_uid=str(transfer_syntax),
         association=association,
         issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
@@ -299,7 +292,7 @@ def _create_series(conn: Any, meta: InstanceMeta, identity: PatientIdentity, fou
 
 # Built once: the per-instance path runs these on every C-STORE, and building statements costs
 # more than running them. The instance row's columns, bound to index_instance's parameters:
-_INSTANCE_VALUES = {
+_INSTANCE_VALUES: dict[str, Any] = {
     column: bindparam(param)
     for column, param in {
         "series_fk": "series_id",
@@ -319,13 +312,13 @@ _INSTANCE_VALUES = {
 _UPDATE_INSTANCE = (
     update(Instance).where(Instance.sop_instance_uid == bindparam("uid")).values(**_INSTANCE_VALUES)
 )
-_INSERT_INSTANCE = Instance.__table__.insert().values(
+_INSERT_INSTANCE = cast(Table, Instance.__table__).insert().values(
     sop_instance_uid=bindparam("uid"), **_INSTANCE_VALUES
 )
 _REOPEN_SERIES = (
     update(Series)
-    .where(Series.id == bindparam("series_id"), Series.state != "receiving")
-    .values(state="receiving", completion_signal=None, released_association=None, released_at=None)
+    .where(Series.id == bindparam("series_id"), Series.state != SeriesState.RECEIVING)
+    .values(state=SeriesState.RECEIVING, completion_signal=None, released_association=None, released_at=None)
 )
 _TOUCH_SERIES = (
     update(Series)
@@ -420,6 +413,7 @@ def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dic
                     raise IdentityRefused(found.conflict)
                 new = found.instance_path is None
                 if not new and not replace:
+                    assert found.instance_path is not None  # not new
                     raise AlreadyStored(found.instance_path)
                 if found.series_id is None:  # first instance of the series: create its rows
                     found.series_id = _create_series(conn, meta, identity, found, calling_ae)
@@ -533,7 +527,7 @@ def store_instance(
     raise RuntimeError(f"{meta.sop_instance_uid}: the index kept changing while it was stored")
 
 
-_INSERT_CONFLICT = IdentityConflict.__table__.insert().values(
+_INSERT_CONFLICT = cast(Table, IdentityConflict.__table__).insert().values(
     at=bindparam("at"), kind=bindparam("kind"), calling_ae_title=bindparam("calling_ae"),
     sop_instance_uid=bindparam("sop"), study_instance_uid=bindparam("study"),
     series_instance_uid=bindparam("series"), detail=bindparam("detail"),
@@ -642,7 +636,7 @@ _COUNT = update(Counter).where(Counter.name == bindparam("counter")).values(valu
 
 def _count(conn: Any, name: str) -> None:
     if conn.execute(_COUNT, {"counter": name}).rowcount == 0:
-        conn.execute(Counter.__table__.insert().values(name=name, value=1))
+        conn.execute(cast(Table, Counter.__table__).insert().values(name=name, value=1))
 
 
 def count(sessions: sessionmaker, name: str) -> None:
@@ -662,7 +656,7 @@ def mark_released(sessions: sessionmaker, association: str, series_uids: list[st
     with _write_lock, sessions.begin() as session:
         session.execute(
             update(Series)
-            .where(Series.series_instance_uid.in_(series_uids), Series.state == "receiving")
+            .where(Series.series_instance_uid.in_(series_uids), Series.state == SeriesState.RECEIVING)
             .values(released_association=association, released_at=now)
             .execution_options(synchronize_session=False)
         )

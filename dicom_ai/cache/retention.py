@@ -24,6 +24,7 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Delivery, Instance, Job, Result, Series, utcnow
+from dicom_ai.cache.states import DeliveryState, JobState, SeriesState
 from dicom_ai.cache.store import FileStore
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,11 @@ DiskUsage = Callable[[Path], "shutil._ntuple_diskusage"]
 
 def _busy(series_id):
     """SQL condition: the series has a job or delivery still to do."""
-    pending_job = exists().where(Job.series_fk == series_id, Job.state.in_(("queued", "running")))
+    pending_job = exists().where(Job.series_fk == series_id, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
     pending_delivery = (
         exists()
         .where(Job.series_fk == series_id, Result.job_fk == Job.id, Delivery.result_fk == Result.id)
-        .where(Delivery.state == "pending")
+        .where(Delivery.state == DeliveryState.PENDING)
     )
     return pending_job | pending_delivery
 
@@ -46,7 +47,7 @@ def removable_series(sessions: sessionmaker, older_than: dt.datetime | None = No
     """Ids of series that may be removed, received longest ago first."""
     query = (
         select(Series.id)
-        .where(Series.state.notin_(("receiving", "purged")), ~_busy(Series.id))
+        .where(Series.state.notin_((SeriesState.RECEIVING, SeriesState.PURGED)), ~_busy(Series.id))
         .order_by(Series.last_received_at)
     )
     if older_than is not None:
@@ -65,7 +66,7 @@ def remove_series(sessions: sessionmaker, store: FileStore, series_id: int) -> i
         paths = [i.path for i in series.instances]
         paths += [r.path for job in series.jobs for r in job.results]
         session.execute(delete(Instance).where(Instance.series_fk == series_id))
-        series.state = "purged"
+        series.state = SeriesState.PURGED
         series.routing_note = f"removed by retention at {utcnow():%Y-%m-%d %H:%M:%S} UTC"
     for rel in paths:  # after the commit: an index row never points at a missing file
         path = store.abspath(rel)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import cast
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict
         if not p.any() and not r.any():
             out[v] = 1.0
             continue
-        out[v] = float(metric(p, r)[0, 0])
+        out[v] = float(cast(torch.Tensor, metric(p, r))[0, 0])  # MONAI annotates a union
     return out
 
 
@@ -66,7 +67,7 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, f
     both = np.argwhere(pred | ref)
     lo = np.maximum(both.min(0) - 1, 0)
     hi = both.max(0) + 2
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None]
     r = torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None]
     with warnings.catch_warnings():
@@ -175,7 +176,7 @@ def classification_metrics(y_true: list[int], probabilities: list[list[float]], 
             row[key] = None if not math.isfinite(v) else round(v, 4)
         positives = int(onehot_true[:, c].sum())
         if 0 < positives < len(y_true):
-            row["roc_auc"] = round(float(compute_roc_auc(prob[:, c], onehot_true[:, c])), 4)
+            row["roc_auc"] = round(float(cast(float, compute_roc_auc(prob[:, c], onehot_true[:, c]))), 4)
         else:
             row["roc_auc"] = None
         row["cases"] = positives

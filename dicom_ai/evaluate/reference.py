@@ -5,10 +5,11 @@ another tool or a reader and compares the model's label mask with it, Dice per l
 formats are read (:func:`read_reference` tells them apart):
 
 * **DICOM Segmentation** (SEG, PS3.3 C.8.20 Segmentation Image Module, A.51): BINARY,
-  FRACTIONAL (thresholded at :data:`FRACTION_THRESHOLD`) and LABELMAP. Each frame is put on the
-  slice of the source image it references (Derivation Image Sequence > Source Image Sequence >
-  Referenced SOP Instance UID, PS3.3 C.7.6.16.2.6), else on the slice nearest to its Image
-  Position (Patient) along the slice normal (PS3.3 C.7.6.16.2.3).
+  FRACTIONAL (thresholded at :data:`FRACTION_THRESHOLD`) and LABELMAP, decoded and stacked per
+  segment by highdicom (:meth:`highdicom.seg.Segmentation.get_volume`). Each plane is put on
+  the slice nearest to its Image Position (Patient) along the slice normal (PS3.3
+  C.7.6.16.2.3); the source images the frames reference (Derivation Image Sequence > Source
+  Image Sequence, PS3.3 C.7.6.16.2.6) must include a slice of the series.
 * **RT Structure Set** (RTSTRUCT, PS3.3 C.8.8.5 Structure Set Module, C.8.8.6 ROI Contour
   Module): CLOSED_PLANAR contours are rasterized onto the slice whose plane they lie in.
 * **NIfTI label map** (``.nii`` / ``.nii.gz``, RAS affine): sampled onto the volume's grid
@@ -49,13 +50,21 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pack_bits
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import Label
+from dicom_ai.package.manifest import Label
+from dicom_ai.report.codes import LATERALITY, SIDES, STRUCTURES, sct_value
+
+if TYPE_CHECKING:
+    import highdicom as hd
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,8 @@ IN_PLANE_TOLERANCE_PX = 0.1
 PIXEL_SPACING_TOLERANCE_REL = 1e-3
 
 SEG_LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
+#: Referenced Segment Number (0062,000B), the dimension index of a BINARY / FRACTIONAL SEG's segments.
+_SEGMENT_NUMBER = Tag(0x0062, 0x000B)
 _CLOSED_TYPES = ("CLOSED_PLANAR", "CLOSED_PLANAR_XOR")
 
 
@@ -128,17 +139,6 @@ class Reference:
 def _norm(text: object) -> str:
     """Case- and whitespace-insensitive form of a name."""
     return " ".join(str(text).split()).casefold()
-
-
-def _sct(code_value: str) -> str:
-    """SNOMED CT form of a code value: SNOMED RT (``SRT``, e.g. ``T-62000``) codes become their
-    SNOMED CT concept id (``10200004``) through pydicom's SNOMED table; others are unchanged."""
-    code_value = str(code_value).strip()
-    try:
-        from pydicom.sr._snomed_dict import mapping as snomed
-    except ImportError:  # pragma: no cover - private table moved
-        return code_value
-    return snomed.get("SRT", {}).get(code_value, code_value)
 
 
 def _resolve_label(text: str, labels: list[Label]) -> int:
@@ -215,30 +215,21 @@ _TARGET_VOLUME_PREFIXES = ("gtv", "ctv", "ptv", "itv", "igtv")
 #: them, so ``Lung_L``, ``Lung-Left``, ``LUNG_LT`` and ``Left Lung`` are all ``Lung_L``.
 #: ``Lungs`` / ``Kidneys`` are both organs together (their own concepts): never one side.
 TG263_SNOMED: dict[str, str] = {
-    "Lung_L": "44029006",  # Left lung structure
-    "Lung_R": "3341006",  # Right lung structure
-    "Lungs": "74101002",  # Both lungs
-    "Heart": "80891009",  # Heart structure
-    "Liver": "10200004",  # Liver structure
-    "Spleen": "78961009",  # Splenic structure
-    "Kidney_L": "18639004",  # Left kidney structure
-    "Kidney_R": "9846003",  # Right kidney structure
-    "Kidneys": "17373004",  # Both kidneys
-    "Esophagus": "32849002",  # Esophageal structure
-    "SpinalCord": "2748008",  # Spinal cord structure
-    "Breast_L": "80248007",  # Left breast structure
-    "Breast_R": "73056007",  # Right breast structure
+    tg263: STRUCTURES[name].value
+    for tg263, name in {
+        "Lung_L": "left lung", "Lung_R": "right lung", "Lungs": "both lungs", "Heart": "heart", "Liver": "liver",
+        "Spleen": "spleen", "Kidney_L": "left kidney", "Kidney_R": "right kidney", "Kidneys": "both kidneys",
+        "Esophagus": "esophagus", "SpinalCord": "spinal cord", "Breast_L": "left breast", "Breast_R": "right breast",
+    }.items()
 }
 
-#: SNOMED CT laterality qualifiers (CID 244; SNOMED RT G-A101 / G-A100 / G-A102 translate to them).
-_LATERALITY_CODES: dict[str, str] = {"7771000": LEFT, "24028007": RIGHT, "51440002": BOTH}
+#: SNOMED CT laterality qualifier (CID 244; SNOMED RT G-A101 / G-A100 / G-A102 translate to them) -> side.
+_LATERALITY_CODES: dict[str, str] = {LATERALITY[side].value: side for side in (LEFT, RIGHT, BOTH)}
 #: (paired organ, laterality) -> the SNOMED CT concept of that side, for SEG segments coded as
 #: the organ plus a laterality modifier (PS3.3 C.8.20.2: Segmented Property Type Modifier Code
 #: Sequence, or the Anatomic Region Modifier Sequence of the same structure).
 _LATERAL_CODES: dict[tuple[str, str], str] = {
-    ("39607008", LEFT): "44029006", ("39607008", RIGHT): "3341006", ("39607008", BOTH): "74101002",
-    ("64033007", LEFT): "18639004", ("64033007", RIGHT): "9846003", ("64033007", BOTH): "17373004",
-    ("76752008", LEFT): "80248007", ("76752008", RIGHT): "73056007",
+    (STRUCTURES[organ].value, side): STRUCTURES[name].value for (organ, side), name in SIDES.items()
 }
 
 #: A clinic name read as (structure tokens, sorted; laterality or None).
@@ -312,7 +303,7 @@ def match_clinic_name(name: str, labels: list[Label]) -> int | None:
     code = _TG263_BY_KEY.get(key)
     if code is not None:
         for lab in labels:
-            if _sct(lab.type.value) == code:
+            if sct_value(lab.type.value) == code:
                 return lab.value
     hits = {
         lab.value for lab in labels
@@ -324,7 +315,7 @@ def match_clinic_name(name: str, labels: list[Label]) -> int | None:
 def _laterality(modifiers) -> str | None:
     """Side given by a modifier code sequence (SNOMED CT or SNOMED RT laterality), else None."""
     for item in modifiers or []:
-        side = _LATERALITY_CODES.get(_sct(str(item.get("CodeValue", "") or "")))
+        side = _LATERALITY_CODES.get(sct_value(str(item.get("CodeValue", "") or "")))
         if side is not None:
             return side
     return None
@@ -344,11 +335,11 @@ def segment_code(segment: pydicom.Dataset) -> str | None:
     if not len(codes):
         return None
     item = codes[0]
-    code = _sct(str(item.get("CodeValue", "") or ""))
+    code = sct_value(str(item.get("CodeValue", "") or ""))
     side = _laterality(item.get("SegmentedPropertyTypeModifierCodeSequence"))
     if side is None:
         for region in segment.get("AnatomicRegionSequence", []):
-            region_code = _sct(str(region.get("CodeValue", "") or ""))
+            region_code = sct_value(str(region.get("CodeValue", "") or ""))
             same = region_code == code or (
                 _norm(region.get("CodeMeaning", "") or "") == _norm(item.get("CodeMeaning", "") or "") != ""
             )
@@ -379,7 +370,7 @@ class _Matcher:
             raise ValueError(f"mapping targets label value(s) {bad} that the model does not have ({sorted(values)})")
         self.used: set[str] = set()
         self.free = [lab for lab in labels if lab.value not in set(self.mapping.values())]
-        self.by_code = {_sct(lab.type.value): lab.value for lab in self.free}
+        self.by_code = {sct_value(lab.type.value): lab.value for lab in self.free}
         self.by_name = {_norm(lab.name): lab.value for lab in self.free}
 
     def match(self, keys: list[str], code: str | None, name: str) -> int | None:
@@ -387,8 +378,8 @@ class _Matcher:
             if _norm(key) in self.mapping:
                 self.used.add(_norm(key))
                 return self.mapping[_norm(key)]
-        if code and _sct(code) in self.by_code:
-            return self.by_code[_sct(code)]
+        if code and sct_value(code) in self.by_code:
+            return self.by_code[sct_value(code)]
         value = match_clinic_name(name, self.free)
         if value is not None:
             return value
@@ -475,7 +466,7 @@ def _fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.nda
         if not sel.any():
             continue
         xs = np.sort(x0[sel] + (r - y0[sel]) * (x1[sel] - x0[sel]) / (y1[sel] - y0[sel]))
-        for a, b in zip(xs[0::2], xs[1::2]):
+        for a, b in zip(xs[0::2], xs[1::2], strict=False):
             c0, c1 = max(math.ceil(a), 0), min(math.ceil(b) - 1, cols - 1)  # centres in [a, b)
             if c0 <= c1:
                 out[r, c0 : c1 + 1] = True
@@ -533,34 +524,33 @@ def _frame_sources(ds: pydicom.Dataset, frame: int) -> list[str]:
     return []
 
 
-def _read_seg(path: Path, volume: Volume, matcher: _Matcher) -> Reference:
-    ds = pydicom.dcmread(path)
-    segments = {int(s.SegmentNumber): s for s in ds.get("SegmentSequence", [])}
-    if not segments:
-        raise ValueError(f"{path.name}: the SEG has no segments (empty Segment Sequence)")
-    seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
-    labelmap = seg_type == "LABELMAP" or str(ds.get("SOPClassUID", "")) == SEG_LABELMAP_SOP_CLASS
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-
+def _check_seg_references(path: Path, ds: pydicom.Dataset, volume: Volume) -> None:
+    """:func:`_check_references` with the images a SEG names: its Referenced Series Sequence
+    (Common Instance Reference Module, PS3.3 C.12.2) and every frame's source images."""
     refs: set[str] = set()
     ref_series: set[str] = set()
     for s in ds.get("ReferencedSeriesSequence", []):
         ref_series.add(str(s.get("SeriesInstanceUID", "")))
         refs.update(str(i.ReferencedSOPInstanceUID) for i in s.get("ReferencedInstanceSequence", []))
-    frame_src = [_frame_sources(ds, f) for f in range(n_frames)]
-    for src in frame_src:
-        refs.update(src)
+    for f in range(int(ds.get("NumberOfFrames", 1) or 1)):
+        refs.update(_frame_sources(ds, f))
     refs.discard("")
     _check_references("SEG", path, refs, ref_series, str(ds.get("FrameOfReferenceUID", "") or ""), volume)
 
-    # segment -> manifest label
+
+def _match_segments(
+    segments: dict[int, pydicom.Dataset], labelmap: bool, matcher: _Matcher
+) -> tuple[dict[int, int], dict[int, list[str]], list[str]]:
+    """Segment number -> manifest label value by the :class:`_Matcher` rules; also label value ->
+    the segment labels it got, and the segments that matched nothing. The LABELMAP background
+    segment 0 is no segment."""
     names = [str(s.get("SegmentLabel", "") or f"segment {n}") for n, s in sorted(segments.items())]
     seg_value: dict[int, int] = {}
     matched: dict[int, list[str]] = defaultdict(list)
     unmatched: list[str] = []
-    for (n, s), name in zip(sorted(segments.items()), names):
+    for (n, s), name in zip(sorted(segments.items()), names, strict=False):
         if labelmap and n == 0:
-            continue  # the LABELMAP background segment
+            continue
         shown = name if names.count(name) == 1 else f"{name} [{n}]"
         value = matcher.match([name, str(n)], segment_code(s), name)
         if value is None:
@@ -568,103 +558,182 @@ def _read_seg(path: Path, volume: Volume, matcher: _Matcher) -> Reference:
         else:
             seg_value[n] = value
             matched[value].append(shown)
+    return seg_value, matched, unmatched
 
-    try:
+
+def _segmentation(ds: pydicom.Dataset) -> hd.seg.Segmentation:
+    """``ds`` as a :class:`highdicom.seg.Segmentation` (``ds`` is changed in place).
+
+    Two repairs let highdicom read SEGs other tools write: pixel data of a big endian data set
+    (Explicit VR Big Endian, retired, PS3.5 A.3) is rewritten little endian, the only byte
+    order highdicom parses; and when the Dimension Index Sequence (Multi-frame Dimension
+    Module, PS3.3 C.7.6.17) of a BINARY or FRACTIONAL SEG does not index Referenced Segment
+    Number, by which highdicom tells the segments' frames apart, that index is added from each
+    frame's Segment Identification Sequence (Segmentation Functional Groups, PS3.3 C.8.20.3).
+
+    Raises
+    ------
+    Exception
+        What pydicom's pixel decoders or highdicom raise for data they cannot read (several
+        types; the caller reports them).
+    """
+    import highdicom as hd  # deferred: start-up time (importers of this module rarely read a SEG)
+
+    if not ds.file_meta.TransferSyntaxUID.is_little_endian:
         pixels = ds.pixel_array
-    except Exception as exc:  # decoders raise many types
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ValueError(f"{path.name}: SEG pixel data cannot be decoded (transfer syntax {ts}): {exc}") from exc
-    if pixels.ndim == 2:
-        pixels = pixels[None]
-    if pixels.shape[0] != n_frames:
-        raise ValueError(f"{path.name}: {pixels.shape[0]} frames decoded, Number of Frames says {n_frames}")
+        ds.PixelData = pack_bits(pixels) if int(ds.BitsAllocated) == 1 else pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dims = ds.get("DimensionIndexSequence")
+    frames = ds.get("PerFrameFunctionalGroupsSequence", [])
+    if (
+        str(ds.get("SegmentationType", "")).upper() != "LABELMAP"
+        and dims is not None
+        and not any(d.get("DimensionIndexPointer") == _SEGMENT_NUMBER for d in dims)
+        and all("SegmentIdentificationSequence" in f and "FrameContentSequence" in f for f in frames)
+    ):
+        item = pydicom.Dataset()
+        item.DimensionIndexPointer = _SEGMENT_NUMBER
+        item.FunctionalGroupPointer = Tag(0x0062, 0x000A)  # Segment Identification Sequence
+        dims.insert(0, item)
+        for f in frames:
+            content = f.FrameContentSequence[0]
+            values = content.get("DimensionIndexValues", [])
+            values = [values] if isinstance(values, int) else list(values)
+            content.DimensionIndexValues = [int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber), *values]
+    return hd.seg.Segmentation.from_dataset(ds, copy=False)
 
-    uid_to_k = _volume_uids(volume)
-    S, R, C = volume.shape
-    placed: list[tuple[int, int, int, int, int]] = []  # (segment, frame, k, r0, c0)
-    notes: list[str] = []
-    off = 0
-    for f in range(n_frames):
-        seg_n = 0
-        if not labelmap:
-            ident = _fg(ds, f, "SegmentIdentificationSequence")
-            if ident is None:
-                raise ValueError(f"{path.name}: frame {f + 1} has no Segment Identification Sequence")
-            seg_n = int(ident.ReferencedSegmentNumber)
-        orient = _fg(ds, f, "PlaneOrientationSequence")
-        if orient is not None and "ImageOrientationPatient" in orient:
-            iop = np.asarray([float(v) for v in orient.ImageOrientationPatient])
-            if np.max(np.abs(iop - volume.direction[:2].ravel())) > ORIENTATION_TOLERANCE:
-                raise ValueError(
-                    f"{path.name}: SEG planes (orientation {list(iop)}) are not the series' planes; "
-                    "resampling a SEG is not supported"
-                )
-        measures = _fg(ds, f, "PixelMeasuresSequence")
-        if measures is not None and "PixelSpacing" in measures:
-            ps = np.asarray([float(v) for v in measures.PixelSpacing])
-            if np.max(np.abs(ps - np.asarray(volume.spacing[1:]))) > PIXEL_SPACING_TOLERANCE_REL * max(ps):
-                raise ValueError(
-                    f"{path.name}: SEG Pixel Spacing {list(ps)} differs from the series' "
-                    f"{list(volume.spacing[1:])}; resampling a SEG is not supported"
-                )
-        position = _fg(ds, f, "PlanePositionSequence")
-        pos = None
-        if position is not None and "ImagePositionPatient" in position:
-            pos = volume.patient_to_index(np.asarray([[float(v) for v in position.ImagePositionPatient]]))[0]
-        k = next((uid_to_k[u] for u in frame_src[f] if u in uid_to_k), None)
-        if k is None and pos is not None:
-            k = _slice_index(volume, float(pos[0]))
-        if k is None:
-            off += 1
-            continue
-        if pos is not None:
-            r0, c0 = int(round(pos[1])), int(round(pos[2]))
-            if abs(pos[1] - r0) > IN_PLANE_TOLERANCE_PX or abs(pos[2] - c0) > IN_PLANE_TOLERANCE_PX:
-                raise ValueError(
-                    f"{path.name}: frame {f + 1} starts between pixel centres of the series "
-                    f"(row {pos[1]:.2f}, column {pos[2]:.2f}); resampling a SEG is not supported"
-                )
-        elif pixels.shape[1:] == (R, C):
-            r0 = c0 = 0
-        else:
-            raise ValueError(
-                f"{path.name}: frame {f + 1} is {pixels.shape[1]}x{pixels.shape[2]} without a "
-                f"Plane Position; the series is {R}x{C}"
-            )
-        if r0 >= R or c0 >= C or r0 + pixels.shape[1] <= 0 or c0 + pixels.shape[2] <= 0:
-            off += 1
-            continue
-        placed.append((seg_n, f, k, r0, c0))
-    if not placed:
+
+def _check_seg_planes(path: Path, seg: hd.seg.Segmentation, volume: Volume) -> None:
+    """Refuse a SEG whose frames are not planes of the volume's grid: another Image Orientation
+    (Patient) (PS3.3 C.7.6.2.1.1) or Pixel Spacing (PS3.3 10.7.1.3), or frames that form no
+    regularly spaced stack (highdicom's volume geometry; gaps where no frame is are allowed).
+
+    Raises
+    ------
+    ValueError
+        With what differs; a SEG is never resampled.
+    """
+    geometry = seg.get_volume_geometry()
+    if geometry is None:
+        raise ValueError(
+            f"{path.name}: the SEG frames do not form a stack of parallel, evenly spaced planes in the "
+            "patient coordinate system (Plane Position and Orientation (Patient)); resampling a SEG is not supported"
+        )
+    _, along_columns, along_rows = geometry.unit_vectors()  # axes (slices, rows, columns)
+    iop = np.concatenate([along_rows, along_columns])  # Image Orientation (Patient): row, then column direction
+    if np.max(np.abs(iop - volume.direction[:2].ravel())) > ORIENTATION_TOLERANCE:
+        raise ValueError(
+            f"{path.name}: SEG planes (orientation {[round(float(v), 6) for v in iop]}) are not the series' planes; "
+            "resampling a SEG is not supported"
+        )
+    ps = np.asarray(geometry.pixel_spacing)
+    if np.max(np.abs(ps - np.asarray(volume.spacing[1:]))) > PIXEL_SPACING_TOLERANCE_REL * max(ps):
+        raise ValueError(
+            f"{path.name}: SEG Pixel Spacing {[round(float(v), 6) for v in ps]} differs from the series' "
+            f"{list(volume.spacing[1:])}; resampling a SEG is not supported"
+        )
+
+
+def _plane_on(path: Path, volume: Volume, position, size: tuple[int, int], what: str) -> tuple[int, int, int] | None:
+    """Where a SEG plane whose first pixel is at ``position`` (Image Position (Patient), mm)
+    lies in ``volume``: (slice, row, column) index of that first pixel, or None when the plane
+    is more than half a slice spacing off the volume or beside it; ``size`` is (rows, columns).
+
+    Raises
+    ------
+    ValueError
+        If the first pixel falls between pixel centres of the volume (more than
+        :data:`IN_PLANE_TOLERANCE_PX`).
+    """
+    k_f, r_f, c_f = volume.patient_to_index(np.asarray([[float(v) for v in position]]))[0]
+    k = _slice_index(volume, float(k_f))
+    if k is None:
+        return None
+    r0, c0 = int(round(r_f)), int(round(c_f))
+    if abs(r_f - r0) > IN_PLANE_TOLERANCE_PX or abs(c_f - c0) > IN_PLANE_TOLERANCE_PX:
+        raise ValueError(
+            f"{path.name}: {what} starts between pixel centres of the series "
+            f"(row {r_f:.2f}, column {c_f:.2f}); resampling a SEG is not supported"
+        )
+    _, R, C = volume.shape
+    if r0 >= R or c0 >= C or r0 + size[0] <= 0 or c0 + size[1] <= 0:
+        return None
+    return k, r0, c0
+
+
+def _read_seg(path: Path, volume: Volume, matcher: _Matcher) -> Reference:
+    """A DICOM SEG on ``volume``'s grid (:func:`read_reference` says how), read by highdicom.
+
+    Parameters
+    ----------
+    path:
+        The SEG file (PS3.3 A.51 Segmentation IOD; BINARY, FRACTIONAL or LABELMAP).
+    volume:
+        The source series, (slices, rows, columns).
+    matcher:
+        Segment -> manifest label value.
+
+    Returns
+    -------
+    Reference
+        ``mask`` uint8 (slices, rows, columns); ``notes`` count the frames off the volume.
+
+    Raises
+    ------
+    ValueError
+        If the SEG has no segments, is drawn on another series, cannot be decoded, needs
+        resampling (:func:`_check_seg_planes`, :func:`_plane_on`) or has no frame on the volume.
+    """
+    ds = pydicom.dcmread(path)
+    segments = {int(s.SegmentNumber): s for s in ds.get("SegmentSequence", [])}
+    if not segments:
+        raise ValueError(f"{path.name}: the SEG has no segments (empty Segment Sequence)")
+    seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
+    labelmap = seg_type == "LABELMAP" or str(ds.get("SOPClassUID", "")) == SEG_LABELMAP_SOP_CLASS
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    _check_seg_references(path, ds, volume)
+    seg_value, matched, unmatched = _match_segments(segments, labelmap, matcher)
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+    try:
+        seg = _segmentation(ds)
+    except Exception as exc:  # pydicom's decoders and highdicom raise many types
+        raise ValueError(f"{path.name}: SEG pixel data cannot be decoded (transfer syntax {ts}): {exc}") from exc
+    _check_seg_planes(path, seg, volume)
+    size = (int(ds.Rows), int(ds.Columns))
+    positions = [getattr(_fg(ds, f, "PlanePositionSequence"), "ImagePositionPatient", None) for f in range(n_frames)]
+    off = sum(p is None or _plane_on(path, volume, p, size, f"frame {f + 1}") is None for f, p in enumerate(positions))
+    if off == n_frames:
         raise ValueError(
             f"{path.name}: none of the SEG's {n_frames} frame(s) lies on a slice of this series; "
             "the reference does not overlap the volume"
         )
-    if off:
-        notes.append(f"{off} of {n_frames} SEG frame(s) lie outside the series and were skipped")
+    notes = [f"{off} of {n_frames} SEG frame(s) lie outside the series and were skipped"] if off else []
 
-    if labelmap:
-        lut = np.zeros(max(int(pixels.max()), max(segments)) + 1, dtype=np.uint8)
-        for n, v in seg_value.items():
-            lut[n] = v
+    # one segment at a time (a dense volume each); with no match, the first one is decoded all
+    # the same, so that an undecodable SEG is refused whatever the labels
+    S, R, C = volume.shape
     max_frac = float(ds.get("MaximumFractionalValue", 255) or 255)
     layers: dict[int, dict[int, np.ndarray]] = defaultdict(dict)  # label -> slice -> (R, C) bool
-    for seg_n, f, k, r0, c0 in placed:
-        frame = pixels[f]
-        if labelmap:
-            values = lut[frame]
-        else:
-            value = seg_value.get(seg_n, 0)
-            if not value:
+    for n in sorted(seg_value) or [n for n in sorted(segments) if n > 0][:1]:
+        try:
+            stack = seg.get_volume(segment_numbers=[n], rescale_fractional=False)
+        except Exception as exc:  # as above
+            raise ValueError(f"{path.name}: SEG pixel data cannot be decoded (transfer syntax {ts}): {exc}") from exc
+        if n not in seg_value:
+            continue
+        planes = stack.array[..., 0]  # (SEG slices, rows, columns) on the SEG's own regular grid
+        on = planes / max_frac >= FRACTION_THRESHOLD if seg_type == "FRACTIONAL" else planes > 0
+        firsts = stack.map_indices_to_reference(np.array([[i, 0, 0] for i in range(len(planes))]))
+        for i, first in enumerate(firsts):
+            where = _plane_on(path, volume, first, size, f"SEG plane {i + 1}") if on[i].any() else None
+            if where is None:
                 continue
-            on = frame.astype(np.float64) / max_frac >= FRACTION_THRESHOLD if seg_type == "FRACTIONAL" else frame > 0
-            values = np.where(on, np.uint8(value), np.uint8(0))
-        rs, cs = max(r0, 0), max(c0, 0)
-        re, ce = min(r0 + frame.shape[0], R), min(c0 + frame.shape[1], C)
-        part = values[rs - r0 : re - r0, cs - c0 : ce - c0]
-        for value in np.unique(part[part > 0]):
-            layer = layers[int(value)].setdefault(k, np.zeros((R, C), dtype=bool))
-            layer[rs:re, cs:ce] |= part == value
+            k, r0, c0 = where
+            r1, c1 = max(r0, 0), max(c0, 0)  # the part of the plane on the volume
+            r2, c2 = min(r0 + size[0], R), min(c0 + size[1], C)
+            layer = layers[seg_value[n]].setdefault(k, np.zeros((R, C), dtype=bool))
+            layer[r1:r2, c1:c2] |= on[i, r1 - r0 : r2 - r0, c1 - c0 : c2 - c0]
     mask = _paint(layers, volume.shape)
     notes.extend(matcher.unused_notes())
     return Reference(mask, {v: ", ".join(n) for v, n in matched.items()}, unmatched, "SEG", notes)
@@ -772,7 +841,7 @@ def sample_label_map(volume: Volume, nifti_path: Path) -> np.ndarray:
     """
     import nibabel as nib
 
-    img = nib.load(str(nifti_path))
+    img = cast("nib.Nifti1Image", nib.load(str(nifti_path)))  # NIfTI-2 images subclass it
     data = np.asarray(img.dataobj)
     inv = np.linalg.inv(img.affine)
     S, R, C = volume.shape
@@ -795,7 +864,7 @@ def _read_nifti(path: Path, volume: Volume, labels: list[Label], mapping: dict[s
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = cast("nib.Nifti1Image", nib.load(str(path)))
     except Exception as exc:  # nibabel raises several types for bad files
         raise ValueError(f"{path.name}: not a readable NIfTI file: {exc}") from exc
     shape = tuple(int(n) for n in img.shape)
@@ -908,10 +977,9 @@ def read_reference(
 
         * SEG: BINARY frames (pixels > 0), FRACTIONAL frames (value / Maximum Fractional Value
           >= :data:`FRACTION_THRESHOLD`) and LABELMAP frames (pixel value = segment number;
-          segment 0 is background) are placed by their source image, else their Image Position
-          (Patient); frames may be smaller than the series' images (placed by position) but
-          must share its orientation, pixel spacing and pixel grid (no resampling). Segments
-          on one label are united.
+          segment 0 is background) are placed by their Image Position (Patient); frames may be
+          smaller than the series' images but must share its orientation, pixel spacing and
+          pixel grid (no resampling). Segments on one label are united.
         * RTSTRUCT: each CLOSED_PLANAR contour goes to the slice nearest to its plane (within
           half a slice spacing) and is filled in (row, column) pixel indices, pixel centres
           inside; several contours of one ROI on one slice combine by XOR (even-odd rule), so
@@ -978,7 +1046,7 @@ def dice_scores(pred: np.ndarray, ref: Reference, labels: list[Label]) -> dict[i
     scored = [lab.value for lab in labels if lab.value in ref.matched and ((pred == lab.value).any() or (ref.mask == lab.value).any())]
     out: dict[int, float | None] = {lab.value: None for lab in labels}
     if scored:
-        from dicom_ai.evaluate.metrics import dice_per_label
+        from dicom_ai.evaluate.metrics import dice_per_label  # deferred: start-up time (torch)
 
         out.update(dice_per_label(pred, ref.mask, scored))
     return out

@@ -16,11 +16,17 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from dicom_ai.evaluate.metrics import classification_metrics, segmentation_metrics, summary
+from dicom_ai.evaluate.reference import read_matched_reference
 from dicom_ai.evaluate.series import CacheLookup, load_volume
+from dicom_ai.infer.runtime import load_model
+
+if TYPE_CHECKING:
+    from dicom_ai.infer.runtime import ClassResult
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +57,6 @@ def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None
         ``summary`` (segmentation: per label and metric, :func:`summary` over cases;
         classification: :func:`classification_metrics`).
     """
-    from dicom_ai.evaluate.reference import read_matched_reference
-    from dicom_ai.infer.runtime import load_model
-
     model = load_model(Path(package_dir), device=device)
     m = model.manifest
     rows: list[dict] = []
@@ -67,8 +70,9 @@ def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None
             output, _ = model.predict(volume)
             row["seconds"] = round(time.perf_counter() - t0, 2)
             if m.task == "segmentation":
+                output = cast(np.ndarray, output)  # the task decides what predict() returns
                 ref = read_matched_reference(Path(case.reference), volume, m.labels, case.mapping)
-                spacing = tuple(float(s) for s in volume.spacing)
+                spacing = cast("tuple[float, float, float]", tuple(float(s) for s in volume.spacing))
                 row["metrics"] = {lab.name: segmentation_metrics(output, ref.mask, lab.value, spacing)
                                   for lab in m.labels if lab.value in ref.matched}
                 row["reference_parts"] = {next(lb.name for lb in m.labels if lb.value == v): n
@@ -76,6 +80,7 @@ def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None
                 if overlays is not None:
                     row["overlays"] = write_overlays(overlays, f"case{i:03d}", volume, output, ref.mask, m.labels)
             else:
+                output = cast("ClassResult", output)
                 names = [c.name for c in m.classes]
                 if case.klass not in names:
                     raise ValueError(f"class {case.klass!r} is not one of the model's ({', '.join(names)})")

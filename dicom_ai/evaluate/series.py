@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 from dicom_ai.infer.volume import Volume, load_series
 
@@ -75,7 +76,7 @@ def volume_from_nifti(path: Path) -> Volume:
     import nibabel as nib
     import numpy as np
 
-    img = nib.load(str(path))
+    img = cast("nib.Nifti1Image", nib.load(str(path)))  # NIfTI-2 images subclass it
     data = np.asarray(img.dataobj, dtype=np.float32)  # (i, j, k)
     aff = img.affine.copy()
     aff[:2, :] *= -1  # RAS -> LPS

@@ -17,8 +17,13 @@ from typing import Any
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS, code_to_category
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+
+from dicom_ai.dicom.status import DimseStatus
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class SendOutcome:
     @property
     def ok(self) -> bool:
         """0x0000 and the 0xB000-range warnings count as stored (PS3.4 B.2.3)."""
-        return self.status is not None and (self.status == 0 or (self.status & 0xF000) == 0xB000)
+        return self.status is not None and (self.status == DimseStatus.SUCCESS or (self.status & 0xF000) == 0xB000)
 
 
 def _headers(paths: list[Path]) -> list[tuple[Path, str, str]]:
@@ -96,7 +101,7 @@ def has_instance(
     found, failed = False, False
     try:
         for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            if not status or int(status.Status) not in (0x0000, 0xFF00, 0xFF01):
+            if not status or int(status.Status) not in (DimseStatus.SUCCESS, DimseStatus.PENDING, DimseStatus.PENDING_WARNING):
                 failed = True
             elif identifier is not None and str(identifier.get("SOPInstanceUID", "")) == sop_uid:
                 found = True

@@ -1,13 +1,75 @@
-"""Post-processing of a segmentation mask on the source grid: the largest connected component
-of each label, and the filling of small holes (vessels and nodules inside an organ).
+"""Post-processing of a segmentation mask on the source grid: class indices to the manifest's
+label values, the largest connected component of each label, and the filling of small holes
+(vessels and nodules inside an organ).
 
-Both work in place on a uint8 label mask (slices, rows, columns) holding manifest label values.
+All work in place on a uint8 label mask (slices, rows, columns); :func:`postprocess_segmentation`
+runs them in that order, as :meth:`dicom_ai.infer.runtime.SegmentationModel.predict` does.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage as ndi
+
+if TYPE_CHECKING:
+    from dicom_ai.package.manifest import ModelManifest
+
+
+def remap_labels(mask: np.ndarray, values: list[int]) -> np.ndarray:
+    """Replace class indices by label values: index ``i`` becomes ``values[i]``.
+
+    Parameters
+    ----------
+    mask:
+        uint8 class-index mask (slices, rows, columns), from the argmax of the network's
+        classes; modified in place and returned.
+    values:
+        Label value of each class index; ``values[0]`` is the background (0).
+
+    Returns
+    -------
+    np.ndarray
+        The same array, holding label values.
+    """
+    if values != list(range(len(values))):
+        indices = mask.copy()
+        for index, value in enumerate(values):
+            mask[indices == index] = value
+    return mask
+
+
+def postprocess_segmentation(mask: np.ndarray, manifest: ModelManifest, spacing: tuple[float, float, float],
+                             image: np.ndarray) -> np.ndarray:
+    """All post-processing of a segmentation model's mask on the source grid: class indices to
+    the manifest's label values (:func:`remap_labels`), the largest component of each label
+    (:func:`keep_largest_component`), and with the manifest's ``fill_holes_mm2`` the filling of
+    holes (:func:`fill_small_holes`, with ``fill_holes_below``).
+
+    Parameters
+    ----------
+    mask:
+        uint8 class-index mask (slices, rows, columns), 0 background, index ``i`` for the
+        manifest's ``labels[i - 1]``; modified in place and returned.
+    manifest:
+        The model's manifest.
+    spacing:
+        (slice, row, column) spacing of the source grid, mm.
+    image:
+        The source image (slices, rows, columns; HU for CT).
+
+    Returns
+    -------
+    np.ndarray
+        The same array, holding the manifest's label values.
+    """
+    labels = [lab.value for lab in manifest.labels]
+    remap_labels(mask, [0] + labels)
+    keep_largest_component(mask, labels)
+    if manifest.fill_holes_mm2:
+        fill_small_holes(mask, labels, spacing, manifest.fill_holes_mm2, image, manifest.fill_holes_below)
+    return mask
 
 
 def label_boxes(mask: np.ndarray) -> dict[int, tuple[slice, ...]]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import CANONICAL_AXIS_OF
+from dicom_ai.package.manifest import CANONICAL_AXIS_OF
 
 #: Patient axis (0 = x, 1 = y, 2 = z in LPS) held by each canonical array axis (slices, rows, columns).
 CANONICAL_PATIENT_AXES = (2, 1, 0)
@@ -131,7 +131,7 @@ def resampled_shape(
     shape: tuple[int, int, int], spacing: tuple[float, float, float], target: tuple[float, float, float]
 ) -> tuple[int, int, int]:
     """Shape of the grid covering the same extent at ``target`` spacing (mm), at least 1 voxel."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))  # type: ignore[return-value]
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=False))  # type: ignore[return-value]
 
 
 def resample(t: torch.Tensor, size: tuple[int, int, int], mode: str = "trilinear") -> torch.Tensor:
@@ -250,7 +250,7 @@ def network_axes(axcodes: str) -> tuple[tuple[int, int, int], tuple[bool, bool, 
     perm = tuple(CANONICAL_AXIS_OF.get(c, -1) for c in codes)
     if len(codes) != 3 or sorted(perm) != [0, 1, 2]:
         raise ValueError(f"axcodes {axcodes!r}: expected three letters, one of S/I, P/A and L/R each")
-    flips = tuple(c != CANONICAL_AXCODES[j] for c, j in zip(codes, perm))
+    flips = tuple(c != CANONICAL_AXCODES[j] for c, j in zip(codes, perm, strict=False))
     return perm, flips  # type: ignore[return-value]
 
 
@@ -318,9 +318,9 @@ def upsample_argmax(
     D, H, W = size
     out = torch.empty((D, H, W), dtype=torch.uint8, device=logits.device)
     src = ((torch.arange(D, dtype=torch.float64) + 0.5) * (d / D) - 0.5).clamp(0, d - 1)
-    lo = src.floor().long()
-    frac = (src - lo.double()).tolist()
-    lo = lo.tolist()
+    lo_t = src.floor().long()
+    frac = (src - lo_t.double()).tolist()
+    lo: list[int] = lo_t.tolist()
     planes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def plane(k: int) -> tuple[torch.Tensor, torch.Tensor]:

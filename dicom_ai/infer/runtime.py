@@ -1,8 +1,9 @@
-"""Model runtime: load a model package (any runtime), run it on a :class:`Volume`.
+"""Model kinds: a loaded model package of each task, run on a :class:`Volume`.
 
 :func:`load_model` reads the manifest, checks the weights' SHA-256 and loads them with the
-package's runtime (:class:`Predictor`: MONAI network + state dict, TorchScript, or ONNX through
-onnxruntime); it returns a :class:`SegmentationModel` or a :class:`ClassificationModel`.
+package's runtime (:mod:`dicom_ai.infer.runtimes`: MONAI network + state dict, TorchScript, or
+ONNX through onnxruntime); it returns the class of the manifest's ``task`` (:data:`MODEL_KINDS`):
+a :class:`SegmentationModel` or a :class:`ClassificationModel`.
 
 Pipeline of :meth:`SegmentationModel.predict` (all torch, on the model's device):
 
@@ -17,31 +18,33 @@ Pipeline of :meth:`SegmentationModel.predict` (all torch, on the model's device)
    0.27 / 0.56 to 0.67 / 0.60 before postprocessing);
 3. postprocess: class scores are upsampled trilinearly back to the source extent in slabs of
    slices (bounded memory) and the argmax taken there (smooth contours, no staircase from a
-   nearest-neighbour upsampling of labels), the reorientation is undone, and for each label
-   only the largest 3D connected component is kept. The mask is uint8 with the manifest's
-   label values; with ``fill_holes_mm2`` in the manifest, holes inside each label are filled
-   (:mod:`dicom_ai.infer.postprocess`).
+   nearest-neighbour upsampling of labels), the reorientation is undone, then
+   (:func:`dicom_ai.infer.postprocess.postprocess_segmentation`) class indices become the
+   manifest's label values, only the largest 3D connected component of each label is kept,
+   and with ``fill_holes_mm2`` in the manifest, holes inside each label are filled. The mask
+   is uint8 (slices, rows, columns).
 
 Slice-wise models (a 2D network, ``patch_size`` ``[1, rows, columns]``) run through the same
-sliding window, one slice per window (:class:`dicom_ai.infer.network.SliceWise`).
+sliding window, one slice per window (:class:`dicom_ai.package.network.SliceWise`).
 
 :meth:`ClassificationModel.predict` preprocesses the same way, resizes the volume (or each axial
 slice) to ``manifest.patch_size``, and returns the softmax class probabilities (averaged over
 slices for ``input = "slices"``).
+
+CPU threads are a process setting, made at start-up
+(:func:`dicom_ai.infer.runtimes.configure_threads`), not by loading a model.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
-from dicom_ai.infer.network import SliceWise, build_network, is_slicewise
-from dicom_ai.infer.postprocess import fill_small_holes, keep_largest_component
+from dicom_ai.infer.postprocess import postprocess_segmentation
 from dicom_ai.infer.preprocess import (
     canonical_order,
     from_canonical,
@@ -51,116 +54,21 @@ from dicom_ai.infer.preprocess import (
     to_network_axes,
     upsample_argmax,
 )
+from dicom_ai.infer.runtimes import ModelPackageError, Runtime, load_predictor, verify_weights
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import ClassLabel, ModelManifest, load_manifest, sha256_of
+from dicom_ai.package.manifest import ClassLabel, ModelManifest, load_manifest
 
-logger = logging.getLogger(__name__)
+__all__ = ["MODEL_KINDS", "ClassResult", "ClassificationModel", "LoadedModel", "ModelPackageError",
+           "Predictor", "SegmentationModel", "canonical_input", "classification_input", "default_device",
+           "load_model", "load_predictor", "verify_weights"]
 
-
-class ModelPackageError(RuntimeError):
-    """The model package is unusable (missing or corrupted weights, wrong network)."""
+#: The network of a loaded package, whatever its runtime (the name callers knew it by).
+Predictor = Runtime
 
 
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class Predictor:
-    """The network of a package behind one call: ``predictor(x)`` takes a float32 tensor
-    (batch, channels, spatial...) on the model's device and returns the network's raw output
-    (logits) there, whatever the runtime.
-
-    Attributes
-    ----------
-    module:
-        The torch module (runtimes ``monai`` and ``torchscript``), else None.
-    nbytes:
-        Memory the weights take (parameters and buffers; the ONNX file's size for ``onnx``).
-    max_batch:
-        The most inputs one call takes (an ONNX graph exported with a fixed batch size), else None.
-    weights_device:
-        Where the weights are: ``"cuda"`` (GPU memory) or ``"cpu"`` (RAM).
-    """
-
-    def __init__(self, fn, nbytes: int, module: torch.nn.Module | None = None, max_batch: int | None = None,
-                 weights_device: str = "cpu") -> None:
-        self._fn = fn
-        self.nbytes = nbytes
-        self.module = module
-        self.max_batch = max_batch
-        self.weights_device = weights_device
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fn(x)
-
-
-def _module_bytes(module: torch.nn.Module) -> int:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def load_predictor(package_dir: Path, manifest: ModelManifest, device: torch.device) -> Predictor:
-    """Load the weights of a package with its runtime, on ``device``.
-
-    Raises
-    ------
-    ModelPackageError
-        If the weights cannot be loaded by the runtime, or do not fit the network.
-    """
-    weights = Path(package_dir) / manifest.weights
-    if manifest.runtime == "monai":
-        try:
-            network = build_network(manifest.network)
-        except (ValueError, TypeError) as exc:
-            raise ModelPackageError(f"model package {package_dir}: network: {exc}") from exc
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - pickle / zip errors of a bad file
-            raise ModelPackageError(f"model package {package_dir}: {manifest.weights} is not a state dict: {exc}") from exc
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            network.load_state_dict({k: v.float() for k, v in state.items()})
-        except (RuntimeError, AttributeError) as exc:
-            raise ModelPackageError(f"model package {package_dir}: weights do not fit the network: {exc}") from exc
-        network.to(device).eval()
-        fn = SliceWise(network) if is_slicewise(manifest.network) else network
-        return Predictor(fn, _module_bytes(network), fn, weights_device=device.type)
-    if manifest.runtime == "torchscript":
-        try:
-            module = torch.jit.load(str(weights), map_location=device)
-        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError variants
-            raise ModelPackageError(f"model package {package_dir}: {manifest.weights} is not TorchScript: {exc}") from exc
-        module.eval()
-        return Predictor(module, _module_bytes(module), module, weights_device=device.type)
-    return _onnx_predictor(package_dir, weights, device)
-
-
-def _onnx_predictor(package_dir: Path, weights: Path, device: torch.device) -> Predictor:
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
-    try:
-        session = ort.InferenceSession(str(weights), options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ModelPackageError(f"model package {package_dir}: {weights.name} is not a usable ONNX model: {exc}") from exc
-    input_name = session.get_inputs()[0].name
-    if device.type == "cuda" and providers[0] != "CUDAExecutionProvider":
-        logger.warning("onnxruntime has no CUDA provider here; %s runs on the CPU", weights.name)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {input_name: x.detach().to("cpu", torch.float32).numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
-
-    batch = session.get_inputs()[0].shape[0]
-    return Predictor(run, weights.stat().st_size, max_batch=batch if isinstance(batch, int) and batch > 0 else None,
-                     weights_device="cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu")
 
 
 class LoadedModel:
@@ -171,7 +79,7 @@ class LoadedModel:
     manifest:
         The package's manifest.
     predictor:
-        The network, whatever its runtime (:class:`Predictor`).
+        The network, whatever its runtime (:class:`dicom_ai.infer.runtimes.base.Runtime`).
     device:
         Where preprocessing, inference and postprocessing run.
     load_seconds:
@@ -180,7 +88,7 @@ class LoadedModel:
 
     task = ""
 
-    def __init__(self, manifest: ModelManifest, predictor: Predictor, device: torch.device,
+    def __init__(self, manifest: ModelManifest, predictor: Runtime, device: torch.device,
                  load_seconds: float = 0.0):
         self.manifest = manifest
         self.predictor = predictor
@@ -211,8 +119,8 @@ class LoadedModel:
         package_dir:
             Folder with ``manifest.json`` and the weights file it names.
         device:
-            ``"cuda"``, ``"cpu"``, ...; default CUDA when available, else CPU (then torch uses
-            all cores: ``torch.set_num_threads(os.cpu_count())``).
+            ``"cuda"``, ``"cpu"``, ...; default CUDA when available, else CPU (with the threads
+            the process set at start-up: :func:`dicom_ai.infer.runtimes.configure_threads`).
 
         Raises
         ------
@@ -229,8 +137,6 @@ class LoadedModel:
             raise ModelPackageError(f"model package {package_dir} is a {manifest.task} model, not {cls.task}")
         verify_weights(package_dir, manifest)
         dev = torch.device(device) if device else default_device()
-        if dev.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
         predictor = load_predictor(package_dir, manifest, dev)
         return cls(manifest, predictor, dev, time.perf_counter() - t0)
 
@@ -244,37 +150,6 @@ def canonical_input(volume: Volume, manifest: ModelManifest, device: torch.devic
     """Preprocessed image (1, 1, z, y, x) on the canonical grid at the manifest's spacing."""
     spacing = canonical_order(tuple(manifest.spacing), manifest.axcodes)
     return preprocess_volume(volume, spacing, manifest.window, device, manifest.normalization)
-
-
-def verify_weights(package_dir: Path, manifest: ModelManifest) -> None:
-    """Check the weights file exists and has the manifest's SHA-256.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the weights file is missing.
-    ModelPackageError
-        If its SHA-256 differs from the manifest's.
-    """
-    weights = Path(package_dir) / manifest.weights
-    if not weights.is_file():
-        raise FileNotFoundError(f"model package {package_dir}: weights file {manifest.weights} is missing")
-    if manifest.sha256:
-        digest = sha256_of(weights)
-        if digest.lower() != manifest.sha256.lower():
-            raise ModelPackageError(
-                f"model package {package_dir}: SHA-256 of {manifest.weights} is {digest}, "
-                f"the manifest says {manifest.sha256}; the file is corrupted or was replaced"
-            )
-    else:
-        logger.warning("model package %s: no sha256 in the manifest, weights not verified", package_dir)
-
-
-def load_model(package_dir: Path, device: str | None = None) -> "SegmentationModel | ClassificationModel":
-    """Load a model package as the class of its task (see :meth:`LoadedModel.load`)."""
-    task = load_manifest(Path(package_dir)).task
-    cls = SegmentationModel if task == "segmentation" else ClassificationModel
-    return cls.load(package_dir, device=device)
 
 
 class SegmentationModel(LoadedModel):
@@ -326,19 +201,10 @@ class SegmentationModel(LoadedModel):
             logits = logits.half()
         sync()
         t2 = time.perf_counter()
-        # class index -> manifest label value (index 0 is background)
-        values = [0] + [lab.value for lab in m.labels]
         canon = upsample_argmax(logits, tf.shape)
         del logits, image
         mask = from_canonical(canon, tf).contiguous().cpu().numpy()
-        if values != list(range(len(values))):
-            indices = mask.copy()
-            for index, value in enumerate(values):
-                mask[indices == index] = value
-        keep_largest_component(mask, [lab.value for lab in m.labels])
-        if m.fill_holes_mm2:
-            fill_small_holes(mask, [lab.value for lab in m.labels], volume.spacing, m.fill_holes_mm2,
-                             volume.array, m.fill_holes_below)
+        postprocess_segmentation(mask, m, volume.spacing, volume.array)
         t3 = time.perf_counter()
         return mask, {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
 
@@ -379,7 +245,7 @@ class ClassResult:
             "class": self.top.name,
             "probability": round(self.probability, 4),
             "attention": self.attention,
-            "probabilities": {c.name: round(p, 4) for c, p in zip(self.classes, self.probabilities)},
+            "probabilities": {c.name: round(p, 4) for c, p in zip(self.classes, self.probabilities, strict=False)},
         }
 
 
@@ -394,7 +260,7 @@ def classification_input(volume: Volume, manifest: ModelManifest, device: torch.
     Training (:mod:`dicom_ai.train.region`) uses this same function.
     """
     image, _ = canonical_input(volume, manifest, device)
-    size = tuple(manifest.patch_size)
+    size = cast("tuple[int, int, int]", tuple(manifest.patch_size))  # ModelManifest: 3 values
     if manifest.input == "volume":
         return resample(to_network_axes(image, manifest.axcodes), size, mode="trilinear")
     # (1, 1, z, y, x) -> (z, 1, y, x) -> each slice to (rows, columns)
@@ -462,3 +328,16 @@ class ClassificationModel(LoadedModel):
         sync()
         t2 = time.perf_counter()
         return ClassResult(self.manifest.classes, mean, self.manifest.attention_below), {"preprocess": t1 - t0, "inference": t2 - t1}
+
+
+#: Manifest ``task`` -> the class that loads and runs a package of that task.
+MODEL_KINDS: dict[str, type[LoadedModel]] = {"segmentation": SegmentationModel,
+                                              "classification": ClassificationModel}
+
+
+def load_model(package_dir: Path, device: str | None = None) -> SegmentationModel | ClassificationModel:
+    """Load a model package as the class of its task (:data:`MODEL_KINDS`; see
+    :meth:`LoadedModel.load`)."""
+    task = load_manifest(Path(package_dir)).task
+    cls = MODEL_KINDS.get(task, ClassificationModel)
+    return cls.load(package_dir, device=device)

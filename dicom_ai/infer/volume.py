@@ -20,7 +20,9 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicom_ai.schedule.facts import image_type_text, is_localizer
+from dicom_ai.cache.identity import mixed_patients
+from dicom_ai.dicom.geometry import plane_axes
+from dicom_ai.dicom.header import float_values, image_type_text, is_localizer
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,22 @@ _ENHANCED_SOP = {
 
 class VolumeError(ValueError):
     """The series cannot be turned into a volume; the message is for the admin."""
+
+
+class NoImageSlices(VolumeError):
+    """None of the files is an image slice (only non-image objects, localizers or unreadable files)."""
+
+
+class IrregularGrid(VolumeError):
+    """The slices do not lie on a regular grid; they might still be used one by one."""
+
+
+class GantryTilt(IrregularGrid):
+    """The slice origins move in the image plane from slice to slice (gantry tilt or shear)."""
+
+
+class UnevenSpacing(IrregularGrid):
+    """The gaps between slices differ (missing slices or an irregular acquisition)."""
 
 
 @dataclass
@@ -130,15 +148,20 @@ def _sop_class(ds: pydicom.Dataset) -> str:
     return uid
 
 
-def _floats(ds: pydicom.Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
+def _required_floats(ds: pydicom.Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
+    """The ``n`` values of a DS attribute of ``path`` as a float64 array of shape (n,).
+
+    Raises
+    ------
+    VolumeError
+        If the attribute is missing, holds another number of values, or one that is not a
+        finite number (:func:`dicom_ai.dicom.header.float_values`).
+    """
     value = ds.get(keyword, None)
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = np.empty(0)
-    if arr.shape != (n,):
+    values = float_values(value, n)
+    if values is None:
         raise VolumeError(f"{path.name}: {keyword} is missing or malformed ({value!r})")
-    return arr
+    return np.asarray(values, dtype=np.float64)
 
 
 def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
@@ -146,7 +169,7 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
 
     Files that are not DICOM, non-image objects (SEG, SR, RT, presentation states, ...), and
     localizers (Image Type LOCALIZER, SCOUT or SCANOGRAM: the routing's own test,
-    :func:`dicom_ai.schedule.facts.is_localizer`) are left out and logged. Images whose Image
+    :func:`dicom_ai.dicom.header.is_localizer`) are left out and logged. Images whose Image
     Type is ``DERIVED`` are kept: reformatted or re-exported CT series (e.g. the CRLM-CT-1006
     series, ``DERIVED\\SECONDARY\\PROCESSED``) are what some sites send.
 
@@ -206,8 +229,6 @@ def check_one_patient(datasets: list[pydicom.Dataset]) -> None:
     VolumeError
         Naming the attributes that differ (not their values: the message is logged).
     """
-    from dicom_ai.cache.identity import mixed_patients
-
     differing = mixed_patients(datasets)
     if differing:
         raise VolumeError(
@@ -259,7 +280,7 @@ def load_series(paths: list[Path]) -> Volume:
     """
     slices = read_headers(paths)
     if not slices:
-        raise VolumeError("no image slices in the series (only non-image objects, localizers or unreadable files)")
+        raise NoImageSlices("no image slices in the series (only non-image objects, localizers or unreadable files)")
 
     # --- group checks -------------------------------------------------------------------
     series_uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
@@ -267,12 +288,12 @@ def load_series(paths: list[Path]) -> Volume:
         raise VolumeError(f"files belong to {len(series_uids)} different series (Series Instance UID)")
 
     first_path, first = slices[0]
-    iop0 = _floats(first, "ImageOrientationPatient", 6, first_path)
+    iop0 = _required_floats(first, "ImageOrientationPatient", 6, first_path)
     rows0, cols0 = int(first.Rows), int(first.Columns)
-    ps0 = _floats(first, "PixelSpacing", 2, first_path)
+    ps0 = _required_floats(first, "PixelSpacing", 2, first_path)
     positions = np.empty((len(slices), 3), dtype=np.float64)
     for i, (path, ds) in enumerate(slices):
-        iop = _floats(ds, "ImageOrientationPatient", 6, path)
+        iop = _required_floats(ds, "ImageOrientationPatient", 6, path)
         if np.max(np.abs(iop - iop0)) > ORIENTATION_TOLERANCE:
             raise VolumeError(
                 f"{path.name}: Image Orientation (Patient) {list(iop)} differs from "
@@ -282,20 +303,19 @@ def load_series(paths: list[Path]) -> Volume:
             raise VolumeError(
                 f"{path.name}: image size {ds.Rows}x{ds.Columns} differs from {rows0}x{cols0}"
             )
-        ps = _floats(ds, "PixelSpacing", 2, path)
+        ps = _required_floats(ds, "PixelSpacing", 2, path)
         if np.max(np.abs(ps - ps0)) > 1e-4 * max(1.0, float(ps0.max())):
             raise VolumeError(f"{path.name}: Pixel Spacing {list(ps)} differs from {list(ps0)}")
-        positions[i] = _floats(ds, "ImagePositionPatient", 3, path)
+        positions[i] = _required_floats(ds, "ImagePositionPatient", 3, path)
 
     row_dir, col_dir = iop0[:3], iop0[3:]
     if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or abs(
         row_dir @ col_dir
     ) > 1e-3:
         raise VolumeError(f"Image Orientation (Patient) {list(iop0)} is not two orthonormal vectors")
-    row_dir = row_dir / np.linalg.norm(row_dir)
-    col_dir = col_dir - (col_dir @ row_dir) * row_dir
-    col_dir = col_dir / np.linalg.norm(col_dir)
-    normal = np.cross(row_dir, col_dir)
+    axes = plane_axes(iop0)
+    assert axes is not None  # orthonormal, checked above
+    row_dir, col_dir, normal = axes
 
     # --- sort along the normal ----------------------------------------------------------
     proj = positions @ normal
@@ -318,14 +338,14 @@ def load_series(paths: list[Path]) -> Volume:
         shear = np.linalg.norm(in_plane, axis=1)
         if shear.max() > max(SHEAR_TOLERANCE_MM, 0.01 * float(np.median(gaps))):
             angle = np.degrees(np.arctan2(np.median(shear), np.median(gaps)))
-            raise VolumeError(
+            raise GantryTilt(
                 f"gantry-tilted or sheared series: slice origins move {shear.max():.2f} mm in the "
                 f"image plane between slices (about {angle:.1f} degrees); not supported yet"
             )
         spacing_slice = float(np.median(gaps))
         tol = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_REL * spacing_slice)
         if np.max(np.abs(gaps - spacing_slice)) > tol:
-            raise VolumeError(
+            raise UnevenSpacing(
                 f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
                 f"(median {spacing_slice:.3f} mm); missing slices or an irregular acquisition"
             )
@@ -357,7 +377,7 @@ def load_series(paths: list[Path]) -> Volume:
             out += np.float32(intercept)
         del ds, pixels
 
-    direction = np.stack([row_dir, col_dir, normal]).astype(np.float64)
+    direction = np.stack([row_dir, col_dir, normal])
     return Volume(
         array=array,
         spacing=(spacing_slice, float(ps0[0]), float(ps0[1])),

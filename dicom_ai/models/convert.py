@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from dicom_ai.models.manifest import sha256_of, write_manifest
+from dicom_ai.infer.runtime import load_model
+from dicom_ai.package.manifest import sha256_of, write_manifest
 
 WEIGHTS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 
@@ -52,8 +53,6 @@ def convert_package(src: Path, dest: Path, runtime: str, *, version: str | None 
     dicom_ai.infer.runtime.ModelPackageError
         If the source package cannot be loaded.
     """
-    from dicom_ai.infer.runtime import load_model
-
     if runtime not in WEIGHTS:
         raise ValueError(f"runtime {runtime!r}: expected one of {sorted(WEIGHTS)}")
     src, dest = Path(src), Path(dest)

@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -34,8 +35,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Job, ModelEvent, ModelVersion, utcnow
+from dicom_ai.cache.states import JobState
 from dicom_ai.config import Settings, default_model_path, repo_root
-from dicom_ai.models.manifest import ModelManifest, load_manifest
+from dicom_ai.models.bundle import import_bundle
+from dicom_ai.package.manifest import ModelManifest, load_manifest
+
+if TYPE_CHECKING:
+    from dicom_ai.infer.runtime import ClassResult
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,11 @@ SAMPLE_SLICES = range(100, 196, 2)
 
 class RegistryError(RuntimeError):
     """A registry change was refused; the message says why."""
+
+
+class AlreadyRegistered(RegistryError):
+    """The package's name and version are in the registry already (perhaps added a moment ago by
+    another process)."""
 
 
 def current_user() -> str:
@@ -143,8 +154,6 @@ def stage(src: Path, staging: Path) -> Staged:
         package = staging / "package"
         shutil.copytree(src, package)
     elif src.is_dir() and (src / "configs" / "metadata.json").is_file():
-        from dicom_ai.models.bundle import import_bundle
-
         package = staging / "bundle"
         try:
             imported = import_bundle(src, package)
@@ -171,7 +180,7 @@ def sample_paths() -> list[Path]:
     folder = repo_root() / "demo" / "ct_chest_LIDC-IDRI-0314" / "image"
     position = {p: float(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
                          .ImagePositionPatient[2]) for p in folder.glob("*.dcm")}
-    files = sorted(position, key=position.get)
+    files = sorted(position, key=position.__getitem__)
     return [files[i] for i in SAMPLE_SLICES if i < len(files)]
 
 
@@ -193,8 +202,8 @@ def run_on_sample(package: Path, device: str | None = None) -> tuple[float, floa
     """
     import numpy as np
 
-    from dicom_ai.infer.runtime import ModelPackageError, load_model
-    from dicom_ai.infer.volume import load_series
+    from dicom_ai.infer.runtime import ModelPackageError, load_model  # deferred: start-up time (torch)
+    from dicom_ai.infer.volume import load_series  # deferred: start-up time (numpy, pydicom)
 
     volume = load_series(sample_paths())
     try:
@@ -209,6 +218,7 @@ def run_on_sample(package: Path, device: str | None = None) -> tuple[float, floa
     seconds = time.perf_counter() - t0
     m = model.manifest
     if m.task == "segmentation":
+        output = cast("np.ndarray", output)  # the task decides what predict() returns
         if output.shape != volume.shape or output.dtype != np.uint8:
             raise RegistryError(f"{m.label}: mask {output.shape} {output.dtype}, expected {volume.shape} uint8")
         values = set(np.unique(output).tolist()) - {0}
@@ -218,6 +228,7 @@ def run_on_sample(package: Path, device: str | None = None) -> tuple[float, floa
         counts = {lb.name: int((output == lb.value).sum()) for lb in m.labels}
         summary = ", ".join(f"{k} {v} voxels" for k, v in counts.items())
     else:
+        output = cast("ClassResult", output)
         probs = np.asarray(output.probabilities)
         if not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1.0) > 1e-3:
             raise RegistryError(f"{m.label}: class probabilities {probs.tolist()} are not a distribution")
@@ -265,7 +276,7 @@ def add_package(
     RegistryError
         Whatever step refused the package, with the reason.
     """
-    from dicom_ai.infer.runtime import ModelPackageError, verify_weights
+    from dicom_ai.infer.runtime import ModelPackageError, verify_weights  # deferred: start-up time (torch)
 
     root = models_dir(settings)
     root.mkdir(parents=True, exist_ok=True)
@@ -275,7 +286,7 @@ def add_package(
         m = staged.manifest
         with sessions() as s:
             if s.scalar(select(ModelVersion.id).where(ModelVersion.name == m.name, ModelVersion.version == m.version)):
-                raise RegistryError(f"{m.label} is already in the registry; give the new package another version")
+                raise AlreadyRegistered(f"{m.label} is already in the registry; give the new package another version")
         if not m.sha256:
             raise RegistryError(f"{m.label}: the manifest gives no sha256 of {m.weights}; the weights cannot be verified")
         try:
@@ -315,7 +326,7 @@ def add_package(
                 os.replace(staged.path, final)
                 moved = True
         except IntegrityError as exc:
-            raise RegistryError(f"{m.label} is already in the registry; give the new package another version") from exc
+            raise AlreadyRegistered(f"{m.label} is already in the registry; give the new package another version") from exc
         except Exception:
             if moved:
                 shutil.rmtree(final, ignore_errors=True)
@@ -383,7 +394,7 @@ def remove(sessions: sessionmaker, settings: Settings, spec: str, who: str) -> M
         if row.active:
             raise RegistryError(f"{row.name} {row.version} is active: disable it or enable another version first")
         waiting = s.scalar(select(func.count()).select_from(Job).where(
-            Job.model_path == row.path, Job.state.in_(("queued", "running"))))
+            Job.model_path == row.path, Job.state.in_((JobState.QUEUED, JobState.RUNNING))))
         if waiting:
             raise RegistryError(f"{row.name} {row.version} has {waiting} jobs queued or running; remove it when they end")
         s.delete(row)
@@ -409,7 +420,8 @@ def seed_shipped(sessions: sessionmaker, settings: Settings) -> list[ModelVersio
                                  activate=package.resolve() == default_model_path().resolve(),
                                  detail="shipped with dicom-ai")
             added.append(row)
-        except RegistryError as exc:  # "already in the registry": another process seeded it first
-            if "already in the registry" not in str(exc):
-                log.error("shipped model %s not added: %s", package.name, exc)
+        except AlreadyRegistered:  # another process seeded it first
+            pass
+        except RegistryError as exc:
+            log.error("shipped model %s not added: %s", package.name, exc)
     return added

@@ -1,6 +1,6 @@
 """Extra receiver processes: more C-STORE handlers on the same port, past one process's GIL.
 
-The node opens one listening socket (:func:`dicom_ai.receive.scp.open_listener`) and serves it
+The node opens one listening socket (:func:`dicom_ai.receive.transport.open_listener`) and serves it
 itself; ``[node] receivers - 1`` spawned processes serve the same socket. The kernel queues
 connections on it and whichever process is free accepts the next, so concurrent associations
 spread over the processes. Every process writes its own instances (atomically, durably) and
@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from dicom_ai.config import Settings
@@ -60,10 +61,11 @@ def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any
     its SCP has stopped, which is bounded (:meth:`StorageSCP.stop`)."""
     parent = parent_pid if parent_pid is not None else os.getppid()
     die_with_parent(parent)
-    from dicom_ai.cache.db import open_index
-    from dicom_ai.cache.store import FileStore
-    from dicom_ai.logconf import setup_logging
-    from dicom_ai.receive.scp import StorageSCP
+    # a second of imports (pynetdicom, sqlalchemy): only once the node may take this process along
+    from dicom_ai.cache.db import open_index  # deferred: after die_with_parent
+    from dicom_ai.cache.store import FileStore  # deferred: after die_with_parent
+    from dicom_ai.logconf import setup_logging  # deferred: after die_with_parent
+    from dicom_ai.receive.scp import StorageSCP  # deferred: after die_with_parent
 
     settings = Settings.model_validate_json(settings_json)
     setup_logging()
@@ -84,7 +86,7 @@ def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any
 
 
 def start_receiver(settings: Settings, listening_socket: socket.socket, number: int,
-                   slots: Any = None) -> tuple[mp.Process, Any]:
+                   slots: Any = None) -> tuple[BaseProcess, Any]:
     """Spawn receiver process ``number`` on ``listening_socket`` counting its associations in
     ``slots`` (the node's :class:`~dicom_ai.receive.transport.AssociationSlots`); returns it and
     its stop event. The process ends when the calling thread's process ends, however it ends

@@ -20,6 +20,11 @@ thread and an association slot for ever. Here:
 * :class:`GuardedSocket` (pynetdicom's socket wrapper, given to each admitted association) gives
   every PDU read and every PDU write a deadline of ``[node] network_timeout``, and
   :func:`read_pdu` refuses a PDU whose declared length is over the limit before its body is read.
+* :class:`AssociationServer` runs pynetdicom's association for each admitted connection, and its
+  providers are tuned: :class:`LowLatencyDUL` polls faster while PDUs arrive and reads them
+  through :func:`read_pdu`; :class:`WaitingDIMSE` wakes on a complete message and gathers each
+  data set in a :class:`BoundedBuffer`. The C-STORE policy itself is in
+  :mod:`dicom_ai.receive.scp`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import copy
 import errno
 import logging
 import multiprocessing as mp
+import queue
 import selectors
 import socket
 import ssl
@@ -37,10 +43,14 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
+from io import BytesIO
 from typing import Any, Iterator
 
 from pynetdicom import evt
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
@@ -699,3 +709,326 @@ class AssociationGate:
         except OSError:
             pass
         self._close(w)  # the peer closed (or failed)
+
+
+# --------------------------------------------------------------------------------------------
+# pynetdicom tuned: the association server, its DUL and DIMSE providers
+# --------------------------------------------------------------------------------------------
+
+STOP_ABORT_WAIT = 0.5  # s open associations get to send their A-ABORT at stop
+STOP_TIMEOUT = 5.0  # s, at most, for the associations to end at stop
+
+
+class LowLatencyDUL(DULServiceProvider):
+    """pynetdicom's DICOM upper layer, polling faster while PDUs are arriving.
+
+    pynetdicom's reactor sleeps ``_run_loop_delay`` (1 ms) whenever a pass finds nothing to do,
+    which is every time it has read all a sender has written so far: a C-STORE of a 512 x 512
+    slice pays that sleep several times, which halves the rate of one association (measured:
+    320 vs 570 instances/s with a handler that does nothing). This subclass polls every 0.1 ms
+    for ``BUSY_WINDOW`` s after the last PDU arrived, and at pynetdicom's 1 ms otherwise, so an
+    idle association costs no more CPU than with pynetdicom's default.
+
+    On a :class:`~dicom_ai.receive.transport.GuardedSocket` (every association the
+    :class:`AssociationServer` admits) PDUs are read by :func:`~dicom_ai.receive.transport.read_pdu`:
+    a declared length over the limit is refused with A-ABORT before the body is read (PS3.8
+    9.3.8), and a PDU not complete within ``[node] network_timeout`` s is aborted.
+    """
+
+    BUSY_WINDOW = 0.05  # s after the last PDU during which the fast poll is used
+    FAST_DELAY = 0.0001  # s
+    IDLE_DELAY = 0.001  # s, pynetdicom's own
+
+    _busy_until = 0.0
+
+    @property
+    def _run_loop_delay(self) -> float:
+        return self.FAST_DELAY if time.monotonic() < self._busy_until else self.IDLE_DELAY
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        pass  # pynetdicom's __init__ sets its fixed default; the property decides instead
+
+    def _is_transport_event(self) -> bool:
+        ready = super()._is_transport_event()
+        if ready:
+            self._busy_until = time.monotonic() + self.BUSY_WINDOW
+        return ready
+
+    def _read_pdu_data(self) -> None:
+        if isinstance(self.socket, GuardedSocket):
+            read_pdu(self, self.socket)
+        else:
+            super()._read_pdu_data()
+
+
+class BoundedBuffer(BytesIO):
+    """The buffer a DIMSE message's data set is gathered in, holding at most ``limit`` bytes.
+
+    Fragments past the limit are counted and dropped, and the buffer empties itself, so a sender
+    claiming or streaming any size costs at most ``limit`` bytes; the C-STORE handler sees
+    ``overflowed`` and answers 0xA700 once the message is complete (PS3.7 9.1.1.1.9: a response
+    comes only after the whole request)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.received = 0  # bytes of data set fragments, kept or not
+        self.overflowed = False
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        self.received += n
+        if self.overflowed:
+            return n
+        if self.received > self.limit:
+            self.overflowed = True
+            self.seek(0)
+            self.truncate(0)
+            return n
+        return super().write(data)
+
+
+#: the longest command set accepted (PS3.7 E.1: a command set holds a few short elements)
+MAX_COMMAND_SET = 64 * 1024  # bytes
+
+
+class WaitingDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider whose non-blocking ``get_msg`` waits up to ``WAIT`` s, and
+    whose messages are bounded in size.
+
+    The acceptor's reactor loop sleeps 1 ms, then asks for a decoded message without blocking:
+    a message that is ready waits for the end of that sleep. Waiting on the queue instead wakes
+    the loop as soon as the message is complete, and makes an idle association's loop turn ~90
+    times a second instead of ~1000 (release and abort are still seen within ``WAIT`` s).
+
+    Each message's data set is gathered in a :class:`BoundedBuffer` of ``max_data_set`` bytes
+    (the AE's ``dicom_ai_max_data_set``); a command set longer than ``MAX_COMMAND_SET`` aborts
+    the association (A-ABORT, PS3.8 9.3.8).
+    """
+
+    WAIT = 0.01  # s
+
+    def receive_primitive(self, primitive: Any) -> None:
+        if self.message is None:
+            limit = getattr(self.assoc.ae, "dicom_ai_max_data_set", None)
+            self.message = DIMSEMessage()
+            if limit:
+                self.message.data_set = BoundedBuffer(limit)
+        message = self.message
+        super().receive_primitive(primitive)
+        if self.message is message and message.encoded_command_set.tell() > MAX_COMMAND_SET:
+            log.warning("association from %s aborted: a command set longer than %d bytes",
+                        self.assoc.requestor.address, MAX_COMMAND_SET)
+            self.message = None
+            self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT (PS3.8 9.2.3, AA-8)
+
+    def get_msg(self, block: bool = False) -> Any:
+        if block:
+            return super().get_msg(block=True)
+        try:
+            return self.msg_queue.get(timeout=self.WAIT)
+        except queue.Empty:
+            return None, None
+
+
+def _use_low_latency_dul(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: give the new (acceptor) association :class:`LowLatencyDUL` and
+    :class:`WaitingDIMSE` before its threads start."""
+    assoc = event.assoc
+    if type(assoc.dul) is DULServiceProvider and hasattr(assoc.dul, "_is_transport_event"):
+        assoc.dul.__class__ = LowLatencyDUL
+    if type(assoc.dimse) is DIMSEServiceProvider and hasattr(assoc.dimse, "msg_queue"):
+        assoc.dimse.__class__ = WaitingDIMSE
+
+
+def open_listener(bind_address: str, port: int, backlog: int = 1024) -> socket.socket:
+    """Bind and listen on ``bind_address:port``; the socket the receiver processes share.
+
+    ``backlog`` connections may wait for an accept (the kernel caps it at
+    ``net.core.somaxconn``): a burst of connections then waits for the gate instead of having
+    its SYNs dropped and retried a second or more later.
+
+    Raises
+    ------
+    OSError
+        If the address is in use or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+    return socket.create_server((bind_address, port), family=family, backlog=backlog)
+
+
+class _AdmittedRequest(RequestHandler):
+    """pynetdicom's request handler for a connection the gate admitted: the association's socket
+    becomes a :class:`GuardedSocket` that serves the A-ASSOCIATE-RQ the gate read, and the
+    handler returns when the association has ended."""
+
+    def __init__(self, request: socket.socket, client_address: Any, server: AssociationServer,
+                 first_pdu: bytes) -> None:
+        self.first_pdu = first_pdu
+        super().__init__(request, client_address, server)
+
+    def handle(self) -> None:
+        server: AssociationServer = self.server  # type: ignore[assignment]
+        assoc = self._create_association()
+        wrapper, timeout = assoc.dul.socket, server.ae.network_timeout
+        assert wrapper is not None and timeout is not None  # connected; StorageSCP sets the timeout
+        GuardedSocket.adopt(wrapper, self.first_pdu, timeout,
+                            server.ae.maximum_pdu_size, str(self.client_address[0]))
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        if not server.track(assoc, True):
+            return  # the server is stopping
+        try:
+            assoc.start()
+            assoc.join()
+        finally:
+            assoc.dul.kill_dul()
+            server.track(assoc, False)
+
+
+class AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server behind an :class:`AssociationGate`.
+
+    * The gate (``gate``, set before :meth:`serve_forever`) accepts connections and reads and
+      checks each A-ASSOCIATE-RQ (and any TLS handshake) without a thread of its own; only an
+      admitted connection gets a thread (:meth:`admit`), which runs pynetdicom's association on a
+      :class:`GuardedSocket` and gives its association slot back when it ends.
+    * It can serve a listening socket opened elsewhere (:func:`open_listener`) and shared by
+      several receiver processes: the kernel queues connections on the one socket and whichever
+      process is free accepts the next (the socket is non-blocking here, so a process that loses
+      the race just goes back to waiting).
+    * :meth:`shutdown` ends within ``STOP_ABORT_WAIT + STOP_TIMEOUT`` s whatever the peers do.
+    """
+
+    gate: AssociationGate | None = None
+    request_queue_size = 1024  # listen backlog of a socket of its own (see open_listener)
+
+    def __init__(self, *args: Any, listening_socket: socket.socket | None = None, **kwargs: Any):
+        self._shared_socket = listening_socket
+        self._open: set[Any] = set()  # associations running
+        self._stopping = False
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self._shared_socket is None:
+            super().server_bind()
+            return
+        assert self.socket is not None  # socketserver made one
+        self.socket.close()  # the one socketserver made; we serve the shared one
+        self.socket = self._shared_socket
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._shared_socket is None:
+            super().server_activate()  # the shared socket is already listening
+
+    def server_close(self) -> None:
+        if self._shared_socket is None:
+            super().server_close()
+        else:
+            assert self.socket is not None  # the shared one (server_bind)
+            self.socket.close()  # no shutdown(): that would stop the other processes listening
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Run the gate until :meth:`shutdown`.
+
+        Raises
+        ------
+        RuntimeError
+            If ``gate`` is not set.
+        """
+        if self.gate is None:
+            raise RuntimeError("AssociationServer.gate is not set")
+        self.gate.serve()
+
+    def admit(self, sock: socket.socket, client_address: Any, first_pdu: bytes) -> None:
+        """The gate's ``admit``: run the association in a thread of its own.
+
+        Raises
+        ------
+        RuntimeError
+            If no thread can be started (the gate then closes the connection).
+        """
+        threading.Thread(target=self._run_association, args=(sock, client_address, first_pdu),
+                         name=f"association-{client_address[0]}", daemon=True).start()
+
+    def _run_association(self, sock: socket.socket, client_address: Any, first_pdu: bytes) -> None:
+        try:
+            _AdmittedRequest(sock, client_address, self, first_pdu)
+        except Exception:  # noqa: BLE001 - one association's fault must not escape its thread
+            log.exception("association from %s failed", client_address[0])
+        finally:
+            if self.gate is not None:
+                self.gate.slots.release(str(client_address[0]))
+            self.shutdown_request(sock)
+
+    def track(self, assoc: Any, running: bool) -> bool:
+        """Note that ``assoc`` starts or ended (for :meth:`shutdown`); False when it must not
+        start because the server is stopping."""
+        with self._open_lock:
+            if not running:
+                self._open.discard(assoc)
+            elif self._stopping:
+                return False
+            else:
+                self._open.add(assoc)
+        return True
+
+    def open_associations(self) -> list[Any]:
+        """The associations running now."""
+        with self._open_lock:
+            return list(self._open)
+
+    def _wait_for(self, assocs: list[Any], until: float) -> list[Any]:
+        while True:
+            with self._open_lock:
+                left = [a for a in assocs if a in self._open]
+            if not left or time.monotonic() >= until:
+                return left
+            time.sleep(0.02)
+
+    def shutdown(self) -> None:
+        """Stop accepting (connections waiting in the gate are closed), then end the open
+        associations: each gets an A-ABORT (PS3.8 9.3.8) and ``STOP_ABORT_WAIT`` s to send it;
+        then the connections still open are shut down, which also ends a read or write blocked
+        on a peer that stopped mid-PDU. Returns after at most ``STOP_TIMEOUT`` s more."""
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate.done.wait(2.0)
+        with self._open_lock:
+            self._stopping = True
+        assocs = self.open_associations()
+        if assocs:
+            deadline = time.monotonic() + STOP_ABORT_WAIT + STOP_TIMEOUT
+            for assoc in assocs:
+                try:
+                    assoc.abort(block=False)
+                except Exception:  # noqa: BLE001 - the forced end below still applies
+                    log.debug("abort failed", exc_info=True)
+            left = self._wait_for(assocs, time.monotonic() + STOP_ABORT_WAIT)
+            for assoc in left:
+                _force_end(assoc)
+            left = self._wait_for(left, deadline)
+            if left:
+                log.warning("%d association(s) did not end within %g s of the stop", len(left),
+                            STOP_ABORT_WAIT + STOP_TIMEOUT)
+        self.server_close()
+        if self in self.ae._servers:
+            self.ae._servers.remove(self)
+
+
+def _force_end(assoc: Any) -> None:
+    """End pynetdicom association ``assoc`` without its cooperation: stop both its reactors and
+    shut its connection down (a blocked read or write returns at once)."""
+    assoc._kill = True
+    assoc.is_established = False
+    assoc._reactor_checkpoint.set()
+    assoc.dul.kill_dul()
+    raw = getattr(assoc.dul.socket, "socket", None)
+    if raw is not None:
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -18,14 +18,14 @@ import zlib
 from io import BytesIO
 
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.filereader import read_dataset
 from pydicom.pixels import pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
+from dicom_ai.dicom.status import DimseStatus
+
 #: an RLE segment run of 2 bytes (header -127, one value) gives 128 bytes (PS3.5 G.3.1)
 RLE_MAX_EXPANSION = 64
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -34,12 +34,12 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 class Refusal(Exception):
     """The data set is refused with a DIMSE ``status`` (PS3.4 B.2.3); the message says why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: DimseStatus, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-def read_received(raw: bytes, stream: bytes | memoryview, transfer_syntax: str, file_meta: pydicom.Dataset,
+def read_received(raw: bytes, stream: bytes | memoryview, transfer_syntax: str, file_meta: FileMetaDataset,
                   limit: int) -> pydicom.Dataset:
     """Parse a received data set, refusing one whose claims exceed the bytes that came.
 
@@ -65,9 +65,9 @@ def read_received(raw: bytes, stream: bytes | memoryview, transfer_syntax: str, 
         try:
             inflated = inflate.decompress(stream, limit + 1)
         except zlib.error as exc:
-            raise Refusal(STATUS_CANNOT_UNDERSTAND, f"deflated data set is corrupt: {exc}") from None
+            raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"deflated data set is corrupt: {exc}") from None
         if len(inflated) > limit or inflate.unconsumed_tail:
-            raise Refusal(STATUS_OUT_OF_RESOURCES, f"deflated data set inflates to more than "
+            raise Refusal(DimseStatus.OUT_OF_RESOURCES, f"deflated data set inflates to more than "
                           f"[node] max_instance_mb ({limit // 2**20} MiB)")
         ds = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
         ds.file_meta = file_meta
@@ -87,7 +87,7 @@ def check_lengths(ds: pydicom.Dataset) -> None:
         if length in (None, _UNDEFINED_LENGTH) or not isinstance(value, bytes | bytearray):
             continue
         if len(value) < length:
-            raise Refusal(STATUS_CANNOT_UNDERSTAND, f"element {raw.tag} claims {length} bytes, "
+            raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"element {raw.tag} claims {length} bytes, "
                           f"{len(value)} follow")
 
 
@@ -96,19 +96,19 @@ def _rle_segments_fit(frame: bytes, rows: int, cols: int, segments: int, number:
     segments and their 15 offsets) does not match the image, or a segment is too short to
     expand to ``rows x cols`` bytes."""
     if len(frame) < 64:
-        raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number} is shorter than its 64-byte header")
+        raise Refusal(DimseStatus.DATASET_MISMATCH, f"RLE frame {number} is shorter than its 64-byte header")
     header = struct.unpack("<16L", frame[:64])
     if header[0] != segments:
-        raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number} has {header[0]} segments, "
+        raise Refusal(DimseStatus.DATASET_MISMATCH, f"RLE frame {number} has {header[0]} segments, "
                       f"{segments} expected for the Image Pixel Module")
     offsets = list(header[1 : 1 + segments]) + [len(frame)]
     for k in range(segments):
         length = offsets[k + 1] - offsets[k]
         if offsets[k] < 64 or length <= 0:
-            raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number}: segment {k + 1} offsets "
+            raise Refusal(DimseStatus.DATASET_MISMATCH, f"RLE frame {number}: segment {k + 1} offsets "
                           "are out of order")
         if rows * cols > RLE_MAX_EXPANSION * length + 128:
-            raise Refusal(STATUS_DATASET_MISMATCH, f"RLE frame {number}: segment {k + 1} has "
+            raise Refusal(DimseStatus.DATASET_MISMATCH, f"RLE frame {number}: segment {k + 1} has "
                           f"{length} bytes, too few for {rows}x{cols} pixels")
 
 
@@ -134,28 +134,28 @@ def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str, limit: int | Non
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             return
-        raise Refusal(STATUS_DATASET_MISMATCH, "image storage data set without Pixel Data (7FE0,0010)")
+        raise Refusal(DimseStatus.DATASET_MISMATCH, "image storage data set without Pixel Data (7FE0,0010)")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits = int(ds.BitsAllocated)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise Refusal(STATUS_DATASET_MISMATCH, f"Image Pixel Module incomplete: {exc}") from None
+        raise Refusal(DimseStatus.DATASET_MISMATCH, f"Image Pixel Module incomplete: {exc}") from None
     ts = UID(transfer_syntax)
     data = ds.PixelData
     if not ts.is_encapsulated:
         expected = (rows * cols * samples * frames * bits + 7) // 8
         if len(data) < expected:
             raise Refusal(
-                STATUS_DATASET_MISMATCH,
+                DimseStatus.DATASET_MISMATCH,
                 f"Pixel Data has {len(data)} bytes, {expected} expected for {frames} frame(s) of "
                 f"{rows}x{cols}x{samples} at {bits} bits",
             )
         return
     frame_bytes = (rows * cols * samples * bits + 7) // 8
     if limit is not None and frame_bytes > limit:
-        raise Refusal(STATUS_OUT_OF_RESOURCES, f"a {rows}x{cols}x{samples} frame at {bits} bits "
+        raise Refusal(DimseStatus.OUT_OF_RESOURCES, f"a {rows}x{cols}x{samples} frame at {bits} bits "
                       f"({frame_bytes // 2**20} MiB) exceeds [node] max_instance_mb")
     found = 0
     try:
@@ -166,13 +166,13 @@ def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str, limit: int | Non
     except Refusal:
         raise
     except Exception as exc:  # noqa: BLE001 - malformed encapsulation
-        raise Refusal(STATUS_CANNOT_UNDERSTAND, f"encapsulated Pixel Data is malformed: {exc}") from None
+        raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"encapsulated Pixel Data is malformed: {exc}") from None
     if found < frames:
-        raise Refusal(STATUS_CANNOT_UNDERSTAND, f"{found} encoded frames for {frames} frames")
+        raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"{found} encoded frames for {frames} frames")
     try:
         pixel_array(ds, index=0)
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise Refusal(
-            STATUS_CANNOT_UNDERSTAND, f"first frame cannot be decoded ({ts.name}): {first}"
+            DimseStatus.CANNOT_UNDERSTAND, f"first frame cannot be decoded ({ts.name}): {first}"
         ) from None

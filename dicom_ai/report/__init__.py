@@ -7,14 +7,27 @@
   (:mod:`dicom_ai.report.plausibility`).
 - :func:`write_preview_png`: PNG montage of a few slices with the segments overlaid.
 - :mod:`dicom_ai.report.uids`: deterministic Series/SOP Instance UIDs of results.
+- :mod:`dicom_ai.report.findings`: a job's findings in one line (worklist, log, CLI).
 """
 
-from dicom_ai.report.measure import LabelMeasurement, measure_labels
-from dicom_ai.report.plausibility import PlausibilityIssue, check_plausibility
-from dicom_ai.report.preview import write_preview_png
-from dicom_ai.report.seg import build_seg
-from dicom_ai.report.sr import build_sr
-from dicom_ai.report.uids import result_instance_uid, result_series_uid
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each name of :data:`__all__` is defined. They are imported on first use (PEP 562), so
+#: that importing one light submodule (:mod:`dicom_ai.report.findings`) does not load highdicom.
+_SOURCES = {
+    "LabelMeasurement": "measure",
+    "PlausibilityIssue": "plausibility",
+    "build_seg": "seg",
+    "build_sr": "sr",
+    "check_plausibility": "plausibility",
+    "measure_labels": "measure",
+    "result_instance_uid": "uids",
+    "result_series_uid": "uids",
+    "write_preview_png": "preview",
+}
 
 __all__ = [
     "LabelMeasurement",
@@ -27,3 +40,18 @@ __all__ = [
     "result_series_uid",
     "write_preview_png",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The name of :data:`__all__` from its submodule (PEP 562).
+
+    Raises
+    ------
+    AttributeError
+        If ``name`` is not one of them (nor a submodule already imported).
+    """
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    globals()[name] = value
+    return value

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import Label, ModelManifest
+from dicom_ai.package.manifest import Label, ModelManifest
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def check_mask(volume: Volume, mask: np.ndarray, manifest: ModelManifest) -> np.
         The source volume; ``volume.array`` has shape (slices, rows, columns).
     mask: numpy.ndarray
         Integer label mask, shape (slices, rows, columns).
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The model manifest whose ``labels`` give the allowed non-zero values.
 
     Returns
@@ -106,7 +106,7 @@ def measure_labels(
         ``volume.spacing`` in mm.
     mask: numpy.ndarray
         uint8 label mask of shape (slices, rows, columns) on the same grid.
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         Gives the labels; every label is measured, also those absent from the mask.
 
     Returns

@@ -1,6 +1,6 @@
 """Plausibility of a segmentation result, checked after every segmentation job.
 
-A model's manifest (:mod:`dicom_ai.models.manifest`) may give
+A model's manifest (:mod:`dicom_ai.package.manifest`) may give
 
 * per label, ``plausible_volume_ml = (min, max)``: the label's volume in mL (an empty label is
   0 mL, reported as "not found");
@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from dicom_ai.models.manifest import ModelManifest, PlausibleRatio
+from dicom_ai.package.manifest import ModelManifest, PlausibleRatio
+from dicom_ai.report.codes import STRUCTURES
 from dicom_ai.report.measure import LabelMeasurement
 
 #: Plausible volume of one adult lung on a chest CT, mL (aerated lung as a lung model
@@ -49,8 +50,8 @@ ADULT_LUNG_VOLUME_ML: tuple[float, float] = (300.0, 6000.0)
 ADULT_LEFT_RIGHT_LUNG_RATIO: tuple[float, float] = (0.33, 3.0)
 
 #: SNOMED CT codes of the lung labels' Segmented Property Type.
-SCT_LEFT_LUNG = "44029006"
-SCT_RIGHT_LUNG = "3341006"
+SCT_LEFT_LUNG = STRUCTURES["left lung"].value  # 44029006
+SCT_RIGHT_LUNG = STRUCTURES["right lung"].value  # 3341006
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def check_plausibility(
     ----------
     measurements: Mapping[int, LabelMeasurement]
         :func:`dicom_ai.report.measure.measure_labels` of the result, keyed by label value.
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The segmentation model: ``labels[].plausible_volume_ml``, ``plausible_volume_ratios``,
         ``plausible_empty``.
 

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import ModelManifest
+from dicom_ai.package.manifest import ModelManifest
 from dicom_ai.report.measure import check_mask
 
 #: Lung window (level, width) in HU for CT.
@@ -104,7 +104,7 @@ def write_preview_png(
         Source volume; ``array`` (slices, rows, columns), in HU for CT.
     mask: numpy.ndarray
         uint8 label mask (slices, rows, columns) on the same grid.
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         Labels (names, colours), model name and version.
     path: pathlib.Path | str
         Where to write the PNG; missing parent folders are created.

@@ -21,8 +21,9 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 import dicom_ai
+from dicom_ai.cache.states import ResultKind
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import Code, Label, ModelManifest
+from dicom_ai.package.manifest import Code, Label, ModelManifest
 from dicom_ai.report import uids
 from dicom_ai.report.measure import check_mask
 
@@ -36,11 +37,11 @@ _CS_MAX = 16
 
 
 def to_code(code: Code) -> hd.sr.CodedConcept:
-    """Convert a manifest :class:`~dicom_ai.models.manifest.Code` to a highdicom coded concept.
+    """Convert a manifest :class:`~dicom_ai.package.manifest.Code` to a highdicom coded concept.
 
     Parameters
     ----------
-    code: dicom_ai.models.manifest.Code
+    code: dicom_ai.package.manifest.Code
         Code value, coding scheme designator and code meaning (PS3.3 Table 8.8-1).
 
     Returns
@@ -55,7 +56,7 @@ def algorithm_identification(manifest: ModelManifest) -> hd.AlgorithmIdentificat
 
     Parameters
     ----------
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The model; ``algorithm_name`` and ``version`` are recorded, the family is
         (123110, DCM, "Artificial Intelligence") from CID 7162, the source is this software.
 
@@ -91,7 +92,7 @@ def series_description(manifest: ModelManifest, kind: str = "segmentation") -> s
 
     Parameters
     ----------
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The model.
     kind: str, optional
         What the series holds, e.g. ``"segmentation"`` or ``"measurements"``.
@@ -126,12 +127,12 @@ def segment_description(
 
     Parameters
     ----------
-    label: dicom_ai.models.manifest.Label
+    label: dicom_ai.package.manifest.Label
         The label; ``name`` becomes the Segment Label, ``category`` and ``type`` the Segmented
         Property Category and Type Code Sequences, ``color`` the Recommended Display CIELab Value.
     segment_number: int
         Segment Number (1-based).
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The model, for Segment Algorithm Name/Identification and the Segment Description.
     tracking_uid: str
         Tracking UID of the segment (shared with the SR measurement group).
@@ -207,7 +208,7 @@ def build_seg(
     mask: numpy.ndarray
         uint8 label mask of shape (slices, rows, columns) on the grid of ``volume``; each
         non-zero value is a ``Label.value`` of the manifest.
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The model that produced the mask: labels, codes, colours, name and version.
     omit_empty_frames: bool, optional
         Leave out frames without any segmented pixel (smaller object). Some viewers place the
@@ -256,14 +257,14 @@ def build_seg(
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.result_series_uid(
-            series_uid, manifest.name, manifest.version, "SEG"
+            series_uid, manifest.name, manifest.version, ResultKind.SEG
         ),
         series_number=series_number,
         sop_instance_uid=uids.result_instance_uid(
             series_uid,
             manifest.name,
             manifest.version,
-            "SEG",
+            ResultKind.SEG,
             (ds.SOPInstanceUID for ds in source),
             # the two encodings differ in content, so they must not share a UID
             variant="" if omit_empty_frames else "all-frames",

@@ -44,9 +44,11 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 import dicom_ai
+from dicom_ai.cache.states import ResultKind
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import Label, ModelManifest
+from dicom_ai.package.manifest import Label, ModelManifest
 from dicom_ai.report import uids
+from dicom_ai.report.codes import ANATOMIC_CATEGORIES
 from dicom_ai.report.measure import LabelMeasurement, measure_labels
 from dicom_ai.report.plausibility import PlausibilityIssue, check_plausibility, reasons_by_label
 from dicom_ai.report.seg import MANUFACTURER, MODEL_NAME, series_description, to_code
@@ -71,7 +73,7 @@ IMPLAUSIBLE_PREFIX = "Implausible result: "
 
 #: Segmented property categories for which the type is also an anatomic location (finding site):
 #: Anatomical Structure (old and new SNOMED CT concept ids) and Body Substance.
-_ANATOMIC_CATEGORIES = {("SCT", "123037004"), ("SCT", "91723000"), ("SCT", "91720002")}
+_ANATOMIC_CATEGORIES = {(c.scheme_designator, c.value) for c in ANATOMIC_CATEGORIES}  # 123037004, 91723000, 91720002
 
 _LO_MAX = 64
 
@@ -81,7 +83,7 @@ def procedure_code(manifest: ModelManifest) -> hd.sr.CodedConcept:
 
     Parameters
     ----------
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         ``modality`` (e.g. ``"CT"``) and ``body_region`` (e.g. ``"CHEST"``).
 
     Returns
@@ -106,7 +108,7 @@ def observation_context(manifest: ModelManifest, device_uid: str) -> hd.sr.Obser
 
     Parameters
     ----------
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The model, recorded as the device's Model Name (``"<name> <version>"``).
     device_uid: str
         Device Observer UID (121012, DCM) of this node.
@@ -207,7 +209,7 @@ def build_sr(
         built from.
     seg: highdicom.seg.Segmentation
         The SEG built by :func:`dicom_ai.report.seg.build_seg` from the same mask.
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The model: labels, codes, name and version.
     series_number: int, optional
         Series Number (0020,0011) of the SR series.
@@ -307,10 +309,10 @@ def _measurement_report_sr(
     return hd.sr.Comprehensive3DSR(
         evidence=[*source, *extra_evidence],
         content=report,
-        series_instance_uid=uids.result_series_uid(series_uid, manifest.name, manifest.version, "SR"),
+        series_instance_uid=uids.result_series_uid(series_uid, manifest.name, manifest.version, ResultKind.SR),
         series_number=series_number,
         sop_instance_uid=uids.result_instance_uid(
-            series_uid, manifest.name, manifest.version, "SR", (ds.SOPInstanceUID for ds in source)
+            series_uid, manifest.name, manifest.version, ResultKind.SR, (ds.SOPInstanceUID for ds in source)
         ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
@@ -353,7 +355,7 @@ def build_classification_sr(
         The source volume; ``datasets`` are the source headers (evidence, patient and study).
     result: dicom_ai.infer.runtime.ClassResult
         The model's output for the volume.
-    manifest: dicom_ai.models.manifest.ModelManifest
+    manifest: dicom_ai.package.manifest.ModelManifest
         The classification model (``finding``, ``classes``, name and version).
 
     Returns

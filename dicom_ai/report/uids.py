@@ -145,12 +145,8 @@ def tracking_uid(
 
     Parameters
     ----------
-    source_series_uid: str
-        Series Instance UID of the source series.
-    model_name: str
-        Name of the model.
-    model_version: str
-        Version of the model.
+    source_series_uid, model_name, model_version: str
+        The source series and the model, as for :func:`result_instance_uid`.
     label_value: int
         Value of the label in the label mask (``Label.value``).
     prefix: str, optional

@@ -1,7 +1,7 @@
 """Series completeness and job creation (the scheduler's periodic tick).
 
-A ``receiving`` series is complete when the first of these signals fires (issue 4; the one that
-fired is kept in ``completion_signal``):
+A ``receiving`` series is complete when the first of these signals fires (the one that fired is
+kept in ``completion_signal``):
 
 * ``expected_count``: it holds as many instances as Number of Series Related Instances
   (0020,1209), or else Images in Acquisition (0020,1002), announced;
@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Instance, Job, Series, Study, utcnow
+from dicom_ai.cache.states import JobState, SeriesState
 from dicom_ai.config import CompletionSettings
 from dicom_ai.schedule.facts import InstanceFacts, SeriesFacts, arrived_whole, summarize
 from dicom_ai.schedule.routing import Route, decide
@@ -69,6 +70,7 @@ def completion_signal(
     """The signal that says ``series`` is complete at ``now``, or None (see the module text)."""
     if completion.use_expected_count and series.expected_instances:
         n = session.scalar(select(func.count(Instance.id)).where(Instance.series_fk == series.id))
+        assert n is not None  # count() always has a row
         if n >= series.expected_instances:
             return "expected_count"
     if (
@@ -114,12 +116,12 @@ def schedule_complete_series(
     now = now or utcnow()
     created: list[int] = []
     with sessions.begin() as session:
-        receiving = session.scalars(select(Series).where(Series.state == "receiving")).all()
+        receiving = session.scalars(select(Series).where(Series.state == SeriesState.RECEIVING)).all()
         for series in receiving:
             signal = completion_signal(session, series, completion, now)
             if signal is None:
                 continue
-            series.state = "complete"
+            series.state = SeriesState.COMPLETE
             series.completed_at = now
             series.completion_signal = signal
             created += _route(session, series, routes, image_sop_classes)
@@ -138,7 +140,7 @@ def _route(session: Session, series: Series, routes: list[Route], image_sop_clas
         if rule.select != "each" and study is None:
             others = session.scalars(
                 select(Series).join(Study).where(
-                    Study.id == series.study_fk, Series.id != series.id, Series.state != "purged"
+                    Study.id == series.study_fk, Series.id != series.id, Series.state != SeriesState.PURGED
                 )
             ).all()
             study = [series_facts(session, s, image_sop_classes) for s in others]
@@ -154,7 +156,7 @@ def _route(session: Session, series: Series, routes: list[Route], image_sop_clas
                 Job.series_fk == series.id,
                 Job.model_name == model.manifest.name,
                 Job.model_version == model.manifest.version,
-                Job.state == "queued",
+                Job.state == JobState.QUEUED,
             )
         )
         if pending:
@@ -188,8 +190,8 @@ def _route(session: Session, series: Series, routes: list[Route], image_sop_clas
 def recover_after_restart(sessions: sessionmaker) -> int:
     """Requeue jobs left ``running`` by a node that stopped; returns how many."""
     with sessions.begin() as session:
-        jobs = session.scalars(select(Job).where(Job.state == "running")).all()
+        jobs = session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
         for job in jobs:
-            job.state = "queued"
+            job.state = JobState.QUEUED
             job.reason = "requeued after restart"
         return len(jobs)

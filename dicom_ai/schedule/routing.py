@@ -21,7 +21,8 @@ from pathlib import Path
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.config import ModelEntry, Rule, Settings, default_model_path
-from dicom_ai.models.manifest import ModelManifest, load_manifest
+from dicom_ai.models.registry import active_versions, generation
+from dicom_ai.package.manifest import ModelManifest, load_manifest
 from dicom_ai.schedule.facts import SeriesFacts
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ def enabled_models(settings: Settings, sessions: sessionmaker | None = None) -> 
     left out, with a warning. With neither, the shipped lung model."""
     out = [m for m in map(_routable, (e for e in settings.models if e.enabled)) if m is not None]
     if sessions is not None:
-        from dicom_ai.models.registry import active_versions
-
         pinned = {m.manifest.name for m in out}
         for row in active_versions(sessions):
             if row.name in pinned:
@@ -106,8 +105,6 @@ def _routable(entry: ModelEntry) -> RoutableModel | None:
 
 
 def _registry_used(sessions: sessionmaker) -> bool:
-    from dicom_ai.models.registry import generation
-
     return generation(sessions) > 0
 
 

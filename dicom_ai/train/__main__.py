@@ -27,13 +27,19 @@ import sys
 from pathlib import Path
 
 from dicom_ai.train.data import default_data_root
+from dicom_ai.train.lung import DESIGNS, LUNG_CASES, crossvalidate, label_montage, train_lung
+from dicom_ai.train.region import (
+    REGION_SERIES,
+    classify_path,
+    crossvalidate_region,
+    evaluate_region_package,
+    train_region_model,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dicom_ai.train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from dicom_ai.train.lung import DESIGNS, LUNG_CASES
 
     tr = sub.add_parser("train", help="train the lung model on every CC BY chest CT and write its package")
     tr.add_argument("output_dir", type=Path, help="model package folder to write (manifest.json, model.pt)")
@@ -56,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     mo.add_argument("output_dir", type=Path)
     mo.add_argument("--data-root", type=Path, default=default_data_root())
     mo.add_argument("--case", action="append", choices=sorted(LUNG_CASES), default=[])
-
-    from dicom_ai.train.region import REGION_SERIES
 
     rt = sub.add_parser("train-region", help="train the body-region classifier and write a model package")
     rt.add_argument("output_dir", type=Path, help="model package folder to write (manifest.json, model.ts)")
@@ -83,29 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "train":
-        from dicom_ai.train.lung import train_lung
-
         result = train_lung(args.output_dir, args.design, args.data_root, version=args.version, seed=args.seed,
                             iterations=args.iterations, max_minutes=args.max_minutes)
     elif args.command == "crossvalidate":
-        from dicom_ai.train.lung import crossvalidate
-
         result = crossvalidate(args.output_dir, args.design, args.data_root, patients=args.patient or None,
                                seed=args.seed, iterations=args.iterations)
     elif args.command == "montage":
-        from dicom_ai.train.lung import label_montage
-
         result = {k: str(label_montage(k, args.data_root, args.output_dir)) for k in (args.case or LUNG_CASES)}
     elif args.command == "train-region":
-        from dicom_ai.train.region import crossvalidate_region, train_region_model
-
         kwargs = dict(seed=args.seed, iterations=args.iterations, max_minutes=args.max_minutes)
-        cv = crossvalidate_region(args.cv_dir, args.data_root, **kwargs) if args.cv_dir else None
+        cv_result = crossvalidate_region(args.cv_dir, args.data_root, **kwargs) if args.cv_dir else None
         result = train_region_model(args.output_dir, data_root=args.data_root, holdout=args.holdout,
-                                    crossvalidation=cv, **kwargs)
+                                    crossvalidation=cv_result, **kwargs)
     elif args.command == "evaluate-region":
-        from dicom_ai.train.region import classify_path, evaluate_region_package
-
         result = evaluate_region_package(args.package_dir, args.data_root, args.series, external=not args.no_external)
         if args.path:
             result["paths"] = {str(p): classify_path(args.package_dir, p) for p in args.path}

@@ -45,21 +45,29 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
+from dicom_ai.evaluate.reference import read_matched_reference
+from dicom_ai.evaluate.run import evaluate_cases
 from dicom_ai.evaluate.series import CacheLookup, load_volume
-from dicom_ai.infer.network import build_network, is_slicewise
-from dicom_ai.models.manifest import ClassLabel, Code, Label, ModelManifest, load_manifest
+from dicom_ai.infer.runtime import classification_input, default_device, load_predictor
+from dicom_ai.models.convert import example_input
+from dicom_ai.package.manifest import ClassLabel, Code, Label, ModelManifest, load_manifest, sha256_of, write_manifest
+from dicom_ai.package.network import SliceWise, build_network, is_slicewise
+from dicom_ai.report.codes import ANATOMICAL_STRUCTURE, FINDING, manifest_code
 from dicom_ai.train.data import hu_on_model_grid, labels_to_model_grid
-from dicom_ai.train.loop import seed_everything
+from dicom_ai.train.loop import optimise, seed_everything
+from dicom_ai.train.lung import DESIGNS, lung_manifest
 from dicom_ai.train.package import write_package
+from dicom_ai.train.region import REGION_NET_PARAMS, augment_batch, region_manifest
 from dicom_ai.train.segmentation import SegCase, train_segmentation
 
 logger = logging.getLogger(__name__)
 
-SCT_ANATOMICAL_STRUCTURE = Code(value="123037004", scheme="SCT", meaning="Anatomical Structure")
+SCT_ANATOMICAL_STRUCTURE = manifest_code(ANATOMICAL_STRUCTURE)
 
 
 class DatasetError(ValueError):
@@ -156,7 +164,7 @@ def load_dataset(path: Path) -> Dataset:
         if not isinstance(r, dict) or not r.get("series"):
             raise DatasetError(f"dataset {path.name}: case {i} has no series")
         mapping = r.get("map", [])
-        cases.append(DatasetCase(series=_resolve(base, r["series"]), reference=_resolve(base, r.get("reference")),
+        cases.append(DatasetCase(series=cast(str, _resolve(base, r["series"])), reference=_resolve(base, r.get("reference")),
                                  klass=(str(r["class"]) if r.get("class") not in (None, "") else None),
                                  patient=(str(r["patient"]) if r.get("patient") else None),
                                  mapping=[mapping] if isinstance(mapping, str) else list(mapping)))
@@ -226,9 +234,6 @@ def load_cases(dataset: Dataset, manifest: ModelManifest, lookup: CacheLookup | 
     DatasetError
         If no case can be read.
     """
-    from dicom_ai.evaluate.reference import read_matched_reference
-    from dicom_ai.infer.runtime import classification_input
-
     loaded: list[LoadedCase] = []
     skipped: list[dict] = []
     names = [c.name for c in manifest.classes]
@@ -237,8 +242,8 @@ def load_cases(dataset: Dataset, manifest: ModelManifest, lookup: CacheLookup | 
             volume = load_volume(c.series, lookup)
             patient = patient_of(c, volume)
             if dataset.task == "segmentation":
-                ref = read_matched_reference(Path(c.reference), volume, manifest.labels, c.mapping)
-                spacing = tuple(manifest.spacing)
+                ref = read_matched_reference(Path(cast(str, c.reference)), volume, manifest.labels, c.mapping)
+                spacing = cast("tuple[float, float, float]", tuple(manifest.spacing))
                 hu = hu_on_model_grid(volume, spacing)
                 label = labels_to_model_grid(_class_index_mask(ref.mask, manifest.labels), volume, spacing)
                 loaded.append(LoadedCase(c, patient, seg=SegCase(c.name, patient, hu, label)))
@@ -267,9 +272,6 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
         If the base package's task differs from the dataset's, or a new model lacks labels or
         classes in the dataset file.
     """
-    from dicom_ai.train.lung import DESIGNS, lung_manifest
-    from dicom_ai.train.region import region_manifest
-
     if base is not None:
         m = load_manifest(base)
         if m.task != dataset.task:
@@ -279,6 +281,7 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
         if not dataset.labels:
             raise DatasetError("a new segmentation model needs labels in the dataset file (or --from PACKAGE)")
         m = lung_manifest(DESIGNS["2d"], version)
+        assert m.network is not None  # the lung recipe names its network
         m.labels = dataset.labels
         params = dict(m.network.params)
         params["out_channels"] = len(dataset.labels) + 1
@@ -292,7 +295,7 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
             raise DatasetError("a new classifier needs at least two classes in the dataset file (or --from PACKAGE)")
         m = region_manifest(version)
         m.classes = dataset.classes
-        m.finding = Code(value="121071", scheme="DCM", meaning="Finding")
+        m.finding = manifest_code(FINDING)
         m.description = f"{' / '.join(c.name for c in dataset.classes)} classifier (2D slice CNN); research use only"
     m.version = version
     if name:
@@ -306,21 +309,20 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
 
 def _new_network(manifest: ModelManifest, base: Path | None, device: torch.device) -> torch.nn.Module:
     """The network to train: the base package's weights (fine-tuning) or a fresh one."""
-    from dicom_ai.infer.runtime import load_predictor
-
     if base is not None:
         bm = load_manifest(base)
         if bm.runtime == "onnx":
             raise DatasetError(f"--from {base.name}: an ONNX package cannot be fine-tuned; use its MONAI or "
                                "TorchScript version")
         module = load_predictor(base, bm, torch.device("cpu")).module
-        net = module.net if hasattr(module, "net") and is_slicewise(bm.network) else module
+        assert module is not None  # MONAI and TorchScript predictors hold their module
+        net = cast(torch.nn.Module, module.net) if hasattr(module, "net") and is_slicewise(bm.network) else module
         return net.to(device)
     if manifest.task == "classification":
         import monai.networks.nets as nets
-        from dicom_ai.train.region import REGION_NET_PARAMS
 
         return nets.Classifier(**{**REGION_NET_PARAMS, "classes": len(manifest.classes)}).to(device)
+    assert manifest.network is not None  # a segmentation manifest names its network
     return build_network(manifest.network).to(device)
 
 
@@ -330,10 +332,10 @@ def _train(manifest: ModelManifest, cases: list[LoadedCase], base: Path | None, 
     net = _new_network(manifest, base, device)
     lr = 5e-4 if base is not None else 2e-3
     if manifest.task == "segmentation":
-        segs = [c.seg for c in cases]
-        window = tuple(manifest.window) if manifest.window else (-1000.0, 500.0)
+        segs = cast("list[SegCase]", [c.seg for c in cases])  # segmentation cases carry .seg
+        window = cast("tuple[float, float]", tuple(manifest.window) if manifest.window else (-1000.0, 500.0))
         run = train_segmentation(net, segs, slicewise=1 in manifest.patch_size and is_slicewise(manifest.network),
-                                 window=window, patch=tuple(manifest.patch_size), iterations=iterations,
+                                 window=window, patch=cast("tuple[int, int, int]", tuple(manifest.patch_size)), iterations=iterations,
                                  learning_rate=lr, max_minutes=max_minutes, seed=seed, on_step=on_step, device=device)
     else:
         run = _train_classifier(net, cases, iterations, lr, seed, max_minutes, on_step, device)
@@ -343,14 +345,11 @@ def _train(manifest: ModelManifest, cases: list[LoadedCase], base: Path | None, 
 def _train_classifier(net, cases: list[LoadedCase], iterations: int, lr: float, seed: int, max_minutes: float,
                       on_step, device: torch.device):
     """Slices of each series labelled with the series' class, balanced over classes."""
-    from dicom_ai.train.loop import optimise
-    from dicom_ai.train.region import augment_batch
-
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[LoadedCase]] = {}
     for c in cases:
-        by_class.setdefault(c.klass, []).append(c)
+        by_class.setdefault(cast(int, c.klass), []).append(c)  # classification cases carry .klass
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
 
     def batch_loss(step: int) -> torch.Tensor:
@@ -358,7 +357,8 @@ def _train_classifier(net, cases: list[LoadedCase], iterations: int, lr: float, 
         for _ in range(16):
             k = rng.choice(sorted(by_class))
             case = rng.choice(by_class[k])
-            xs.append(case.slices[rng.randrange(case.slices.shape[0])])
+            slices = cast(torch.Tensor, case.slices)  # and .slices
+            xs.append(slices[rng.randrange(slices.shape[0])])
             ys.append(k)
         x = augment_batch(torch.stack(xs), gen).to(device)
         return loss_fn(net(x), torch.tensor(ys, device=device))
@@ -368,15 +368,10 @@ def _train_classifier(net, cases: list[LoadedCase], iterations: int, lr: float, 
 
 def _save(output_dir: Path, manifest: ModelManifest, net: torch.nn.Module, log: dict) -> None:
     """Write the package in the manifest's runtime: a state dict (``monai``) or TorchScript."""
-    from dicom_ai.infer.network import SliceWise
-
     net = net.cpu().eval()
     if manifest.runtime == "monai":
         write_package(output_dir, manifest, net, log)
         return
-    from dicom_ai.models.convert import example_input
-    from dicom_ai.models.manifest import sha256_of, write_manifest
-
     output_dir.mkdir(parents=True, exist_ok=True)
     weights = output_dir / manifest.weights
     module = SliceWise(net) if is_slicewise(manifest.network) else net
@@ -432,9 +427,6 @@ def train_on_dataset(
     DatasetError
         As :func:`load_dataset`, :func:`base_manifest`, or when no case is readable.
     """
-    from dicom_ai.evaluate.run import evaluate_cases
-    from dicom_ai.infer.runtime import default_device
-
     t0 = time.perf_counter()
     dataset = load_dataset(dataset_path)
     if version is None:

@@ -198,9 +198,9 @@ def classical_lung_labels(
     sizes = ndi.sum(np.ones_like(lab), lab, index=idx)
     means = ndi.mean(hu, lab, index=idx)
     min_vox = int(min_ml / voxel_ml)
-    big = [s for s, m in zip(sizes, means) if -950 <= m <= CLASSICAL_AERATED_MAX_HU]
+    big = [s for s, m in zip(sizes, means, strict=False) if -950 <= m <= CLASSICAL_AERATED_MAX_HU]
     floor = max(min_vox, 0.1 * max(big)) if big else min_vox
-    keep = [i for i, s, m in zip(idx, sizes, means) if s >= floor and -950 <= m <= CLASSICAL_AERATED_MAX_HU]
+    keep = [i for i, s, m in zip(idx, sizes, means, strict=False) if s >= floor and -950 <= m <= CLASSICAL_AERATED_MAX_HU]
     parts: list[np.ndarray] = []
     for i in keep:
         comp = lab == i

@@ -36,17 +36,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dicom_ai.evaluate.metrics import dice_per_label
+from dicom_ai.evaluate.reference import read_reference
 from dicom_ai.evaluate.series import load_volume, volume_from_nifti
-from dicom_ai.infer.network import LUNG_UNET_PARAMS, build_network
+from dicom_ai.infer.runtime import SegmentationModel
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import Code, Label, ModelManifest, NetworkSpec
+from dicom_ai.package.manifest import Label, ModelManifest, NetworkSpec
+from dicom_ai.package.network import LUNG_UNET_PARAMS, build_network
+from dicom_ai.report.codes import ANATOMICAL_STRUCTURE, STRUCTURES, manifest_code
+from dicom_ai.report.plausibility import with_adult_lung_plausibility
 from dicom_ai.train.data import (
+    classical_reference,
     default_data_root,
     hu_on_model_grid,
     labels_to_model_grid,
     labels_to_source_grid,
 )
-from dicom_ai.train.labels import CLASSICAL_AERATED_MAX_HU, CLASSICAL_MAX_HOLE_MM2, classical_lung_labels, labels_from_totalsegmentator
+from dicom_ai.train.labels import (
+    CLASSICAL_AERATED_MAX_HU,
+    CLASSICAL_MAX_HOLE_MM2,
+    classical_lung_labels,
+    labels_from_totalsegmentator,
+)
 from dicom_ai.train.loop import seed_everything
 from dicom_ai.train.package import write_package
 from dicom_ai.train.segmentation import SegCase, train_segmentation
@@ -102,12 +113,12 @@ EVALUATION_CASES = {
 TOTALSEG_NIFTI = ("totalsegmentator_examples/example_ct_sm.nii.gz", "totalsegmentator_examples/example_seg.nii.gz")
 
 LUNG_WINDOW: tuple[float, float] = (-1000.0, 500.0)
-SCT_ANATOMICAL_STRUCTURE = Code(value="123037004", scheme="SCT", meaning="Anatomical Structure")
+SCT_ANATOMICAL_STRUCTURE = manifest_code(ANATOMICAL_STRUCTURE)
 LUNG_LABELS = [
     Label(value=1, name="Left lung", category=SCT_ANATOMICAL_STRUCTURE,
-          type=Code(value="44029006", scheme="SCT", meaning="Left lung"), color=(230, 90, 60)),
+          type=manifest_code(STRUCTURES["left lung"]), color=(230, 90, 60)),
     Label(value=2, name="Right lung", category=SCT_ANATOMICAL_STRUCTURE,
-          type=Code(value="3341006", scheme="SCT", meaning="Right lung"), color=(60, 160, 230)),
+          type=manifest_code(STRUCTURES["right lung"]), color=(60, 160, 230)),
 ]
 
 
@@ -141,8 +152,6 @@ DESIGNS: dict[str, Design] = {
 def lung_manifest(design: Design, version: str) -> ModelManifest:
     """The manifest of a lung model of ``design`` (sha256 filled in when the weights are saved),
     with hole filling as the labels define it and the adult lung plausibility ranges."""
-    from dicom_ai.report.plausibility import with_adult_lung_plausibility
-
     kind = "slice-wise 2D U-Net" if design.params["spatial_dims"] == 2 else "3D U-Net"
     manifest = ModelManifest(
         name="dicom-ai-lung",
@@ -242,11 +251,6 @@ def score_package(package_dir: Path, data_root: Path, keys: list[str], *, clinic
         key -> {"left", "right", "both", "classical_left", "classical_right", "classical_both",
         "seconds"}.
     """
-    from dicom_ai.evaluate.reference import read_reference
-    from dicom_ai.infer.runtime import SegmentationModel
-    from dicom_ai.train.data import classical_reference
-    from dicom_ai.evaluate.metrics import dice_per_label
-
     model = SegmentationModel.load(Path(package_dir), device="cpu")
     out: dict[str, dict] = {}
 

@@ -1,7 +1,7 @@
 """Writing a trained network as a model package (``manifest.json``, weights, training log).
 
 A package is what :mod:`dicom_ai.models.registry` adds and :mod:`dicom_ai.infer.runtime`
-loads; see :mod:`dicom_ai.models.manifest`.
+loads; see :mod:`dicom_ai.package.manifest`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dicom_ai.models.manifest import ModelManifest, sha256_of, write_manifest
+from dicom_ai.package.manifest import ModelManifest, sha256_of, write_manifest
 
 
 def write_package(output_dir: Path, manifest: ModelManifest, net: torch.nn.Module, log: dict,

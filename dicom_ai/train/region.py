@@ -48,23 +48,24 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from dicom_ai.evaluate.reference import sample_label_map
 from dicom_ai.evaluate.series import series_files, volume_from_nifti
 from dicom_ai.infer.preprocess import canonical_transform, resampled_shape
-from dicom_ai.infer.runtime import ClassificationModel, classification_input
-from dicom_ai.infer.volume import Volume, load_series
-from dicom_ai.models.manifest import ClassLabel, Code, ModelManifest, sha256_of, write_manifest
+from dicom_ai.infer.runtime import ClassificationModel, ClassResult, classification_input
+from dicom_ai.infer.volume import IrregularGrid, NoImageSlices, Volume, load_series
+from dicom_ai.package.manifest import ClassLabel, ModelManifest, sha256_of, write_manifest
+from dicom_ai.report.codes import REGIONS, TARGET_REGION, manifest_code
 from dicom_ai.train.data import (
     default_data_root,
     hu_on_model_grid,
     labels_to_model_grid,
 )
-from dicom_ai.evaluate.reference import sample_label_map
 from dicom_ai.train.labels import classical_lung_labels
 from dicom_ai.train.loop import optimise, seed_everything
 
@@ -99,7 +100,7 @@ TOTALSEG_ABDOMEN = (1, 2, 3, 4, 5, 6, 7, 18, 19, 20)  # spleen, kidneys, gallbla
 # stomach, pancreas, small bowel, duodenum, colon
 
 #: Classifier network: ``monai.networks.nets.Classifier`` kwargs (about 0.2 M parameters).
-REGION_NET_PARAMS = dict(
+REGION_NET_PARAMS: dict[str, Any] = dict(
     in_shape=(1, 64, 64),
     classes=3,
     channels=(16, 32, 64, 128),
@@ -109,11 +110,11 @@ REGION_NET_PARAMS = dict(
     dropout=0.1,
 )
 
-REGION_FINDING = Code(value="123014", scheme="DCM", meaning="Target Region")
+REGION_FINDING = manifest_code(TARGET_REGION)
 REGION_CLASSES = [
-    ClassLabel(index=HEAD, name="head", code=Code(value="69536005", scheme="SCT", meaning="Head structure")),
-    ClassLabel(index=CHEST, name="chest", code=Code(value="51185008", scheme="SCT", meaning="Thoracic structure")),
-    ClassLabel(index=ABDOMEN, name="abdomen", code=Code(value="113345001", scheme="SCT", meaning="Abdominal structure")),
+    ClassLabel(index=HEAD, name="head", code=manifest_code(REGIONS["head"])),
+    ClassLabel(index=CHEST, name="chest", code=manifest_code(REGIONS["chest"])),
+    ClassLabel(index=ABDOMEN, name="abdomen", code=manifest_code(REGIONS["abdomen"])),
 ]
 
 
@@ -261,18 +262,14 @@ def slice_volumes(paths: list[Path]) -> list[Volume]:
     dicom_ai.infer.volume.VolumeError
         If no file is an image slice, or one cannot be decoded.
     """
-    from dicom_ai.infer.volume import VolumeError
-
     vols = []
     for p in paths:
         try:
             vols.append(load_series([Path(p)]))
-        except VolumeError as exc:
-            if "no image slices" in str(exc):
-                continue
-            raise
+        except NoImageSlices:
+            continue
     if not vols:
-        raise VolumeError("no image slices among the files")
+        raise NoImageSlices("no image slices among the files")
     return sorted(vols, key=lambda v: float(v.origin @ v.direction[2]))
 
 
@@ -368,6 +365,7 @@ def slice_labels(spec: RegionSeries, volume: Volume, data_root: Path, slice_mm: 
     body = body_mask(hu)
     organs = None
     if spec.labels == "totalseg":
+        assert spec.totalseg is not None  # labels = "totalseg" names its label map
         src = sample_label_map(volume, Path(data_root) / spec.totalseg)
         ts = labels_to_model_grid(src.astype(np.uint8), volume, spacing)
         lung = np.isin(ts, TOTALSEG_LUNG)
@@ -691,7 +689,7 @@ def train_region_model(
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(CLASS_NAMES)) -> list[list[int]]:
     """Counts ``[true][predicted]`` over the entries with ``y_true >= 0``."""
     m = np.zeros((n, n), dtype=np.int64)
-    for t, p in zip(np.asarray(y_true), np.asarray(y_pred)):
+    for t, p in zip(np.asarray(y_true), np.asarray(y_pred), strict=False):
         if t >= 0:
             m[int(t), int(p)] += 1
     return m.tolist()
@@ -744,7 +742,7 @@ def evaluate_region_package(package_dir: Path, data_root: Path | None = None, ke
                 "confusion": confusion_matrix(case.y, pred),
                 "reference": CLASS_NAMES[ref],
                 "predicted": CLASS_NAMES[top],
-                "probabilities": {n: round(float(p), 4) for n, p in zip(CLASS_NAMES, series_probs)},
+                "probabilities": {n: round(float(p), 4) for n, p in zip(CLASS_NAMES, series_probs, strict=False)},
                 "unlabelled_predicted": {n: int(((pred == i) & ~labelled).sum()) for i, n in enumerate(CLASS_NAMES)},
             }
         y = np.concatenate(y_all)
@@ -767,10 +765,10 @@ def evaluate_region_package(package_dir: Path, data_root: Path | None = None, ke
             result, _ = model.predict(vol)
             top = int(np.argmax(result.probabilities))
             rows[name] = {"reference": CLASS_NAMES[label], "predicted": CLASS_NAMES[top],
-                          "probabilities": {n: round(float(q), 4) for n, q in zip(CLASS_NAMES, result.probabilities)}}
+                          "probabilities": {n: round(float(q), 4) for n, q in zip(CLASS_NAMES, result.probabilities, strict=False)}}
             y_ext.append(label)
             p_ext.append(top)
-        ok = int(sum(a == b for a, b in zip(y_ext, p_ext)))
+        ok = int(sum(a == b for a, b in zip(y_ext, p_ext, strict=False)))
         out["external"] = {"n": len(y_ext), "correct": ok, "accuracy": round(ok / len(y_ext), 4) if y_ext else None,
                            "confusion": confusion_matrix(np.array(y_ext), np.array(p_ext)), "images": rows}
     return out
@@ -828,9 +826,6 @@ def classify_path(package_dir: Path, path: Path, device: str | None = "cpu") -> 
     dicom_ai.infer.volume.VolumeError
         If the series cannot be read at all.
     """
-    from dicom_ai.infer.runtime import ClassResult
-    from dicom_ai.infer.volume import VolumeError
-
     path = Path(path)
     t0 = time.perf_counter()
     per_slice = False
@@ -840,9 +835,7 @@ def classify_path(package_dir: Path, path: Path, device: str | None = "cpu") -> 
         files = series_files(path)
         try:
             volumes = [load_series(files)]
-        except VolumeError as exc:
-            if "tilt" not in str(exc) and "uneven" not in str(exc):
-                raise
+        except IrregularGrid:
             volumes, per_slice = slice_volumes(files), True
     else:
         volumes = [load_series([path])]

@@ -365,7 +365,7 @@ class Authenticator:
             self.cache.put(name, password, found)
         return found
 
-    def current(self, user_id: int, session_version: int, name: str) -> Identity | None:
+    def current(self, user_id: object, session_version: object, name: str) -> Identity | None:
         """The user of a session (or cached Basic verification) as the index says now; None when
         the user is gone, renamed, or its session_version moved on (revoked)."""
         if not isinstance(user_id, int) or not 0 < user_id < 2**63:

@@ -10,9 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from dicom_ai.cache.db import Delivery, IdentityConflict, Job, Result, Series, Study
+from dicom_ai.cache.states import DeliveryState, JobState, SeriesState
+from dicom_ai.report.findings import Findings, findings_reasons, findings_text
 
-STATUSES = ("waiting for series", "queued", "running", "done", "failed", "delivered", "delivery failed")
-ATTENTION = ("failed", "delivery failed")
+STATUSES = ("waiting for series", JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED,
+            DeliveryState.DELIVERED, "delivery failed")
+ATTENTION = (JobState.FAILED, "delivery failed")
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -21,56 +24,21 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 def job_status(job: Job) -> str:
     """queued, running, failed, done, delivered or delivery failed."""
-    if job.state != "done":
+    if job.state != JobState.DONE:
         return job.state
     states = [d.state for r in job.results for d in r.deliveries]
-    if "failed" in states:
+    if DeliveryState.FAILED in states:
         return "delivery failed"
-    if states and all(s == "delivered" for s in states):
-        return "delivered"
-    return "done"
-
-
-def findings_reasons(findings: dict[str, Any] | None) -> list[str]:
-    """Why a segmentation job's result is implausible: the distinct reasons in its findings
-    (``findings[<label>]["implausible"]``, a list of lines, written by the worker from
-    :func:`dicom_ai.report.plausibility.check_plausibility`), in order; empty when plausible."""
-    reasons: list[str] = []
-    for f in (findings or {}).values():
-        if not isinstance(f, dict):
-            continue
-        given = f.get("implausible") or []
-        for reason in [given] if isinstance(given, str) else given:
-            if reason and reason not in reasons:
-                reasons.append(str(reason))
-    return reasons
-
-
-def findings_text(findings: dict[str, Any] | None) -> str:
-    """A job's findings in one line: ``Left lung 1850 mL, Right lung 913 mL`` (segmentation;
-    followed by ``(implausible: <reasons>)`` when the result is implausible) or
-    ``Target Region: Chest (0.97)`` (classification; ``(attention)`` when it asks for it)."""
-    parts = []
-    for name, f in (findings or {}).items():
-        if not isinstance(f, dict):
-            continue
-        if f.get("volume_ml") is not None:
-            parts.append(f"{name} {f['volume_ml']:.0f} mL")
-        elif f.get("class") is not None:
-            parts.append(f"{name}: {f['class']} ({f.get('probability', 0):.2f})"
-                         + (" (attention)" if f.get("attention") else ""))
-    text = ", ".join(parts)
-    reasons = findings_reasons(findings)
-    if reasons:
-        text += f" (implausible: {'; '.join(reasons)})"
-    return text
+    if states and all(s == DeliveryState.DELIVERED for s in states):
+        return DeliveryState.DELIVERED
+    return JobState.DONE
 
 
 def findings_attention(findings: dict[str, Any] | None) -> bool:
     """The findings ask for attention: a classification finding (its class is marked so, or it
-    is uncertain) or an implausible segmentation result (:func:`findings_reasons`)."""
-    return (any(isinstance(f, dict) and f.get("attention") for f in (findings or {}).values())
-            or bool(findings_reasons(findings)))
+    is uncertain) or an implausible segmentation result
+    (:func:`dicom_ai.report.findings.findings_reasons`)."""
+    return Findings.from_json(findings).needs_attention()
 
 
 def _study_query():
@@ -95,7 +63,7 @@ def worklist_row(study: Study) -> dict[str, Any]:
                     "attention": findings_attention(job.findings),
                     "attention_reasons": findings_reasons(job.findings),
                 }
-    receiving = any(s.state == "receiving" for s in study.series)
+    receiving = any(s.state == SeriesState.RECEIVING for s in study.series)
     ai = sorted(models.values(), key=lambda m: m["model"])
     statuses = [m["status"] for m in ai] + (["waiting for series"] if receiving else [])
     return {

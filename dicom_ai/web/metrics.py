@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Counter, Delivery, Job, Series
+from dicom_ai.cache.states import DeliveryState, JobState
 
 #: inference time buckets, s
 BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -26,7 +29,7 @@ class IndexCollector(Collector):
         self.sessions = sessions
         self.data_dir = Path(data_dir)
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         with self.sessions() as s:
             counters = dict(s.execute(select(Counter.name, Counter.value)).all())
             signals = s.execute(select(Series.completion_signal, func.count(Series.id))
@@ -34,7 +37,7 @@ class IndexCollector(Collector):
                                 .group_by(Series.completion_signal)).all()
             jobs = s.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all()
             deliveries = s.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all()
-            timings = s.execute(select(Job.model_name, Job.timings).where(Job.state == "done")).all()
+            timings = s.execute(select(Job.model_name, Job.timings).where(Job.state == JobState.DONE)).all()
         yield CounterMetricFamily("dicom_ai_instances_received", "C-STORE instances stored and indexed",
                                   value=counters.get("instances_received", 0))
         assoc = CounterMetricFamily("dicom_ai_associations", "associations by outcome", labels=["outcome"])
@@ -57,7 +60,7 @@ class IndexCollector(Collector):
             series.add_metric([signal], n)
         yield series
         job_g = GaugeMetricFamily("dicom_ai_jobs", "jobs by state", labels=["state"])
-        for state in ("queued", "running", "done", "failed"):
+        for state in JobState:
             job_g.add_metric([state], dict(jobs).get(state, 0))
         yield job_g
         per_model: dict[str, list[float]] = {}
@@ -72,8 +75,8 @@ class IndexCollector(Collector):
         yield hist
         dg = GaugeMetricFamily("dicom_ai_deliveries", "deliveries by state (failed = dead letters)",
                                labels=["state"])
-        for state in ("pending", "sending", "delivered", "failed"):
-            dg.add_metric([state], dict(deliveries).get(state, 0))
+        for delivery_state in DeliveryState:
+            dg.add_metric([delivery_state], dict(deliveries).get(delivery_state, 0))
         yield dg
         yield GaugeMetricFamily("dicom_ai_free_disk_bytes", "free space in data_dir",
                                 value=shutil.disk_usage(self.data_dir).free)

@@ -35,7 +35,7 @@ def test_identity_rule():
 
 def test_mixed_patients_compares_each_slice_with_what_came_before():
     ds = [pydicom.Dataset() for _ in range(3)]
-    for d, dob in zip(ds, ("", "19700304", "19800101")):
+    for d, dob in zip(ds, ("", "19700304", "19800101"), strict=False):
         d.PatientID, d.PatientName, d.PatientBirthDate = "X", "N^M", dob
     assert mixed_patients(ds[:2]) == []
     assert mixed_patients(ds) == ["PatientBirthDate"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import peers
 import pydicom
 import pytest
 
-import peers
 from dicom_ai.evaluate.reference import (
     clinic_key,
     dice_scores,
@@ -23,12 +23,12 @@ from dicom_ai.evaluate.reference import (
     parse_mapping,
     read_reference,
     reference_kind,
+    sample_label_map,
     segment_code,
     tg263_code,
 )
 from dicom_ai.infer.volume import load_series
-from dicom_ai.models.manifest import Code, Label
-from dicom_ai.evaluate.reference import sample_label_map
+from dicom_ai.package.manifest import Code, Label
 from dicom_ai.train.labels import labels_from_totalsegmentator
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -144,7 +144,7 @@ def test_seg_overlapping_segments_the_smaller_wins(ct3):
     sizes = {n: int(m.sum()) for n, m in segs.items()}
     count = np.sum(np.stack(list(segs.values())), axis=0)
     assert (count > 1).any()  # the file is the overlapping case
-    for voxel in zip(*np.nonzero(union)):
+    for voxel in zip(*np.nonzero(union), strict=False):
         covering = [n for n in segs if segs[n][voxel]]
         assert ref.mask[voxel] == min(covering, key=lambda n: (sizes[n], n))
 

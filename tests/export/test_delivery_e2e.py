@@ -1,4 +1,4 @@
-"""Issue 5 with real parts: results reach Orthanc once, through outages, rejections, restarts,
+"""Delivery with real parts: results reach Orthanc once, through outages, rejections, restarts,
 DICOMweb STOW-RS and return-to-sender."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import sqlite3
 import time
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
-
-import peers
-from dicom_ai.cache.db import Delivery
 from nodeproc import NodeProcess
+
+from dicom_ai.cache.db import Delivery
 
 pytestmark = pytest.mark.integration
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"

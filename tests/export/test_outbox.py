@@ -6,12 +6,12 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import peers
 import pydicom
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-import peers
 from dicom_ai.cache.db import Delivery, Job, Result, Series, open_index
 from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.cache.store import FileStore

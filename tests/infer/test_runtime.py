@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from dicom_ai.infer.runtime import ModelPackageError, SegmentationModel, keep_largest_component
+from dicom_ai.infer.postprocess import keep_largest_component
+from dicom_ai.infer.runtime import ModelPackageError, SegmentationModel
 from dicom_ai.infer.volume import load_series
 
 from .conftest import LUNG_PACKAGE, TOTALSEG, files

@@ -1,4 +1,4 @@
-"""Issue 7: one model in three runtimes (MONAI state dict, TorchScript, ONNX) gives the same mask
+"""One model in three runtimes (MONAI state dict, TorchScript, ONNX) gives the same mask
 (other axis orders, axcodes, are tested with the MONAI bundle import in tests/models)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dicom_ai.config import default_model_path
 from dicom_ai.infer.runtime import ModelPackageError, SegmentationModel, load_model
 from dicom_ai.infer.volume import load_series
 from dicom_ai.models.convert import convert_package
-from dicom_ai.models.manifest import load_manifest, sha256_of, write_manifest
 from dicom_ai.models.registry import sample_paths
+from dicom_ai.package.manifest import load_manifest, sha256_of, write_manifest
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from dicom_ai.infer.preprocess import from_network_axes, network_axes, to_networ
 from dicom_ai.infer.runtime import SegmentationModel
 from dicom_ai.infer.volume import load_series
 from dicom_ai.models.bundle import import_bundle, is_bundle
-from dicom_ai.models.manifest import load_manifest
+from dicom_ai.package.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 LUNG = REPO / "models" / "lung-unet"
@@ -310,6 +310,7 @@ def test_bundle_with_a_state_dict_and_network_def(lung, tmp_path):
         import_bundle(empty, tmp_path / "out-none")
 
 
+@pytest.mark.integration
 def test_models_add_takes_a_bundle_folder(bundle, tmp_path):
     """``dicom-ai models add BUNDLE``: imported, checked on the built-in sample, and the admin is
     told what could not be mapped."""

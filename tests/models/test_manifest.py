@@ -8,7 +8,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from dicom_ai.models.manifest import ModelManifest, load_manifest, write_manifest
+from dicom_ai.package.manifest import ModelManifest, load_manifest, write_manifest
 
 from ..report.conftest import make_manifest
 

@@ -1,4 +1,4 @@
-"""Issue 7: every ``dicom-ai models`` verb, run as the admin would, against a real index and
+"""Every ``dicom-ai models`` verb, run as the admin would, against a real index and
 real model packages (the shipped lung model and its TorchScript / ONNX exports)."""
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nodeproc import NodeProcess
+from peers import save_nifti
 
 from dicom_ai.config import default_model_path
 from dicom_ai.infer.runtime import SegmentationModel
 from dicom_ai.infer.volume import load_series
 from dicom_ai.report import build_seg
-from nodeproc import NodeProcess
-from peers import save_nifti
+
+pytestmark = pytest.mark.integration
 
 
 def _ok(out):

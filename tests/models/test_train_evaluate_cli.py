@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nodeproc import NodeProcess
+from peers import save_nifti
 
 from dicom_ai.config import default_model_path
 from dicom_ai.evaluate.series import load_volume
 from dicom_ai.infer.runtime import SegmentationModel
-from dicom_ai.models.manifest import load_manifest
+from dicom_ai.package.manifest import load_manifest
 from dicom_ai.train.data import classical_reference
-from nodeproc import NodeProcess
-from peers import save_nifti
+
+pytestmark = pytest.mark.integration
 
 LUNG1 = "ct_chest_NSCLC-Radiomics-LUNG1-003_EVALUATION-ONLY"
 A0002 = "ct_chest_Lung-PET-CT-Dx-A0002"

@@ -1,4 +1,4 @@
-"""Issue 3: 16 simultaneous associations, each sending its own series; C-ECHO answered meanwhile."""
+"""16 simultaneous associations, each sending its own series; C-ECHO answered meanwhile."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import peers
-from dicom_ai.cache.db import Instance, Series, open_index
+import pytest
 from nodeproc import NodeProcess
+
+from dicom_ai.cache.db import Instance, Series, open_index
 
 pytestmark = pytest.mark.integration
 N_ASSOC = 16

@@ -1,4 +1,4 @@
-"""Issue 3: an instance acknowledged with success is never lost, even when the node is killed."""
+"""An instance acknowledged with success is never lost, even when the node is killed."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import threading
 import time
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
+from nodeproc import NodeProcess
 from pynetdicom import AE
 
-import peers
 from dicom_ai.cache.db import Instance, open_index
-from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -14,16 +14,17 @@ import signal
 import socket
 import struct
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 import peers
+import pytest
+from nodeproc import NodeProcess
+
 from dicom_ai.cache.db import open_index
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
 from dicom_ai.receive.scp import StorageSCP
-from nodeproc import NodeProcess
 
 ECHO_BOUND = 2.0  # s each C-ECHO may take under a flood
 
@@ -143,12 +144,13 @@ def _close_all(socks: list[socket.socket]) -> None:
         s.close()
 
 
+@pytest.mark.integration
 def test_half_open_and_silent_floods_leave_echo_answered_and_are_dropped(make_scp, dcmtk):
     scp = make_scp(association_request_timeout=3)
     port = scp.settings.node.port
     flood: list[socket.socket] = []
     try:
-        for i in range(80):  # 3 bytes of an A-ASSOCIATE-RQ header, then nothing
+        for _ in range(80):  # 3 bytes of an A-ASSOCIATE-RQ header, then nothing
             s = connect(port)
             s.sendall(b"\x01\x00\x00")
             flood.append(s)
@@ -168,6 +170,7 @@ def test_half_open_and_silent_floods_leave_echo_answered_and_are_dropped(make_sc
         _close_all(flood)
 
 
+@pytest.mark.integration
 def test_connect_and_close_flood_costs_nothing(make_scp, dcmtk):
     scp = make_scp()
     port = scp.settings.node.port
@@ -244,6 +247,7 @@ def test_unfinished_pdu_in_an_association_is_aborted_within_network_timeout(make
     assert _eventually(lambda: scp.slots.open() == 0)
 
 
+@pytest.mark.integration
 def test_per_address_and_node_limits_refuse_with_local_limit_exceeded(make_scp, dcmtk, caplog):
     scp = make_scp(max_associations=5, max_associations_per_address=2)
     port = scp.settings.node.port
@@ -341,41 +345,46 @@ def _half_open_everywhere(port: int) -> list[socket.socket]:
     return socks
 
 
-def test_sigterm_with_half_open_connections_stops_within_bound(tmp_path, dcmtk):
+@contextmanager
+def _node_held_half_open(tmp_path):
+    """A node with two receiver processes, each holding half-open associations; yields the node
+    and its child processes (the worker, receiver 1, multiprocessing's resource tracker)."""
     node = NodeProcess(tmp_path / "node", stable_seconds=600, extra={"node": {"receivers": 2}})
     node.start()
     assert node.wait_for_log("receiver 1 started", 30), node.log_tail()
     socks = _half_open_everywhere(node.port)
     try:
-        kids = _children(node.proc.pid)
+        yield node, _children(node.proc.pid)
+    finally:
+        _close_all(socks)
+
+
+@pytest.mark.integration
+def test_sigterm_with_half_open_connections_stops_within_bound(tmp_path, dcmtk):
+    with _node_held_half_open(tmp_path) as (node, kids):
         t0 = time.monotonic()
         code = node.stop(timeout=30)
         took = time.monotonic() - t0
         assert code == 0 and took < 15, (code, took, node.log_tail())
         assert _eventually(lambda: not any(_alive(k) for k in kids), 5)
         assert _refused(node.port)
-    finally:
-        _close_all(socks)
 
 
+@pytest.mark.integration
 def test_sigkill_of_the_node_takes_its_processes_with_it(tmp_path, dcmtk):
-    node = NodeProcess(tmp_path / "node", stable_seconds=600, extra={"node": {"receivers": 2}})
-    node.start()
-    assert node.wait_for_log("receiver 1 started", 30), node.log_tail()
-    socks = _half_open_everywhere(node.port)
-    try:
-        kids = _children(node.proc.pid)
-        assert len(kids) >= 2  # the worker and receiver 1 (and multiprocessing's resource tracker)
-        os.kill(node.proc.pid, signal.SIGKILL)  # the node alone, not its process group
-        node.proc.wait(10)
-        assert _eventually(lambda: not any(_alive(k) for k in kids), 5), \
-            [open(f"/proc/{k}/cmdline").read() for k in kids if _alive(k)]
-        assert _refused(node.port)
-    finally:
-        _close_all(socks)
-        node.proc = None
+    with _node_held_half_open(tmp_path) as (node, kids):
+        try:
+            assert len(kids) >= 2  # the worker and receiver 1 (and the resource tracker)
+            os.kill(node.proc.pid, signal.SIGKILL)  # the node alone, not its process group
+            node.proc.wait(10)
+            assert _eventually(lambda: not any(_alive(k) for k in kids), 5), \
+                [open(f"/proc/{k}/cmdline").read() for k in kids if _alive(k)]
+            assert _refused(node.port)
+        finally:
+            node.proc = None
 
 
+@pytest.mark.integration
 def test_sigkill_while_the_node_starts_its_processes(tmp_path):
     """The node dies while its worker and receiver are still starting (before they could look
     at their parent): they must not live on as orphans."""

@@ -8,11 +8,11 @@ import logging
 import shutil
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-import peers
 from dicom_ai.cache.db import Counter, IdentityConflict, Instance, Patient, Series, Study
 from dicom_ai.infer.volume import check_one_patient, read_headers
 
@@ -61,6 +61,7 @@ def _refusals(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "refused (0xA900)" in r.getMessage()]
 
 
+@pytest.mark.integration
 def test_series_mixing_two_patients_keeps_the_first_and_refuses_the_other(scp, dcmtk, lidc_series, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dicom_ai")
     files = _copies(lidc_series, tmp_path / "mixed", 20, **A)
@@ -103,6 +104,7 @@ def test_series_mixing_two_patients_keeps_the_first_and_refuses_the_other(scp, d
     assert len(headers) == 10 and {str(ds.PatientID) for ds in headers} == {A["PatientID"]}
 
 
+@pytest.mark.integration
 def test_patients_keyed_on_id_issuer_and_name(scp, dcmtk, lidc_series, tmp_path):
     sends = {
         "same-id-1": {"PatientID": "SHARED-7", "PatientName": "Gamma^Gil"},
@@ -261,13 +263,15 @@ def test_the_check_in_the_index_transaction_catches_what_the_first_look_missed(s
     assert [c.kind for c in _conflicts(scp)] == ["patient"]
 
 
+@pytest.mark.integration
 def test_node_start_indexes_an_instance_file_a_kill_left_unindexed(tmp_path, dcmtk, lidc_series):
     """``dicom-ai serve`` sweeps at start: a file renamed into place whose index commit never
     happened (kill -9 in between) is indexed; one the checks refuse is removed."""
+    from nodeproc import NodeProcess
+
     from dicom_ai.cache.db import open_index
     from dicom_ai.cache.index import instance_meta, store_instance
     from dicom_ai.cache.store import FileStore
-    from nodeproc import NodeProcess
 
     node = NodeProcess(tmp_path / "node", stable_seconds=600)
     var = tmp_path / "node" / "var"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
 from pynetdicom import AE
 
-import peers
 from dicom_ai.cache.db import Instance, Series, open_index
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
@@ -54,6 +54,7 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "instances").rglob("*") if p.is_file()) if (root / "instances").exists() else []
 
 
+@pytest.mark.integration
 def test_storescu_series_stored_and_indexed(scp, dcmtk, shared_data):
     src = shared_data / "ct_abdomen_CRLM-CT-1006" / "image"
     out = peers.storescu("127.0.0.1", scp.settings.node.port, src, aec="DICOM_AI")
@@ -79,6 +80,7 @@ def test_storescu_series_stored_and_indexed(scp, dcmtk, shared_data):
         assert s.query(Instance).count() == 51
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("aet, aec, reason, logged", [
     ("INTRUDER", "DICOM_AI", "Calling AE Title Not Recognized", "calling AE title 'INTRUDER' from 127.0.0.1"),
     ("STORESCU", "SOMEONE_ELSE", "Called AE Title Not Recognized", "called AE title 'SOMEONE_ELSE'"),
@@ -91,6 +93,7 @@ def test_unknown_peers_rejected_at_association(scp, dcmtk, aet, aec, reason, log
     assert len(refusals) == 1 and logged in refusals[0], refusals
 
 
+@pytest.mark.integration
 def test_subnet_peer_allowed(scp, dcmtk):
     assert peers.echoscu("127.0.0.1", scp.settings.node.port, aec="DICOM_AI", aet="NET").returncode == 0
 
@@ -127,6 +130,7 @@ def test_totalsegmentator_blank_uids_refused(scp, shared_data, monkeypatch):
     assert _files(scp.store.root) == []
 
 
+@pytest.mark.integration
 def test_disk_reserve_refuses_with_a700_and_writes_nothing(tmp_path, dcmtk, shared_data, caplog):
     import shutil
 

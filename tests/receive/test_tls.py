@@ -1,4 +1,4 @@
-"""Issue 3: DICOM TLS, with DCMTK storescu +tls as the modality."""
+"""DICOM TLS (PS3.15 B.1), with DCMTK storescu +tls as the modality."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import peers
+import pytest
 from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration

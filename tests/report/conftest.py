@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from dicom_ai.infer.volume import Volume, load_series
-from dicom_ai.models.manifest import ModelManifest
+from dicom_ai.package.manifest import ModelManifest
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LIDC = DATA / "ct_chest_LIDC-IDRI-0314" / "image"

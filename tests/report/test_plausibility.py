@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_ai.models.manifest import load_manifest
+from dicom_ai.package.manifest import load_manifest
 from dicom_ai.report import measure_labels
 from dicom_ai.report.plausibility import (
     ADULT_LEFT_RIGHT_LUNG_RATIO,

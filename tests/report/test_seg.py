@@ -10,7 +10,7 @@ import pytest
 
 import dicom_ai
 from dicom_ai.infer.volume import Volume
-from dicom_ai.models.manifest import ModelManifest
+from dicom_ai.package.manifest import ModelManifest
 from dicom_ai.report import build_seg
 
 from .conftest import make_manifest
@@ -98,7 +98,7 @@ def _check_attributes(seg: hd.seg.Segmentation, volume: Volume, manifest: ModelM
     assert seg.ContentLabel == "DICOM_AI_LUNG"
     assert seg.StudyInstanceUID == volume.datasets[0].StudyInstanceUID
     assert len(seg.SegmentSequence) == len(manifest.labels)
-    for number, (item, label) in enumerate(zip(seg.SegmentSequence, manifest.labels), start=1):
+    for number, (item, label) in enumerate(zip(seg.SegmentSequence, manifest.labels, strict=False), start=1):
         assert item.SegmentNumber == number
         assert item.SegmentLabel == label.name
         assert item.SegmentAlgorithmType == "AUTOMATIC"

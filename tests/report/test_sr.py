@@ -76,7 +76,7 @@ def test_measurement_groups(objects, small_volume, small_mask, manifest) -> None
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(manifest.labels)
     segments = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
-    for group, label in zip(groups, manifest.labels):
+    for group, label in zip(groups, manifest.labels, strict=False):
         ref = group.referenced_segment
         assert ref is not None
         assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID

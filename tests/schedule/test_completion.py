@@ -3,8 +3,8 @@ from pathlib import Path
 
 from dicom_ai.cache.db import Job, Series, open_index
 from dicom_ai.cache.index import InstanceMeta, index_instance
-from dicom_ai.models.manifest import Code, Label, ModelManifest, NetworkSpec
 from dicom_ai.config import CompletionSettings
+from dicom_ai.package.manifest import Code, Label, ModelManifest, NetworkSpec
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
 from dicom_ai.schedule.facts import SeriesFacts
 from dicom_ai.schedule.routing import RoutableModel, Route, default_rule, passes

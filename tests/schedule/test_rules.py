@@ -1,5 +1,5 @@
-"""Issue 4: every routing rule condition, combine all/any, the localizer guard, per-study
-selection, priority and disabled rules (unit level; tests/test_routing_e2e.py sends real series)."""
+"""Every routing rule condition, combine all/any, the localizer guard, per-study selection,
+priority and disabled rules (unit level; tests/schedule/test_completion_e2e.py sends real series)."""
 
 import pytest
 

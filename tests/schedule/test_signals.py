@@ -1,13 +1,13 @@
-"""Issue 4: each completion signal, on index rows written as the receiver writes them."""
+"""Each completion signal, on index rows written as the receiver writes them."""
 
 import datetime as dt
 from dataclasses import replace
 
-from .test_completion import CT, _completion, _meta, _model, _routes
-
 from dicom_ai.cache.db import Series, open_index
 from dicom_ai.cache.index import index_instance, mark_released
 from dicom_ai.schedule.completion import schedule_complete_series
+
+from .test_completion import CT, _completion, _meta, _model, _routes
 
 
 def _now(seconds=0.0):

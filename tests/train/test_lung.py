@@ -12,14 +12,13 @@ import torch
 
 from dicom_ai.config import default_model_path
 from dicom_ai.evaluate.metrics import dice_per_label
+from dicom_ai.evaluate.reference import read_reference, sample_label_map
 from dicom_ai.evaluate.series import load_volume, series_files
-from dicom_ai.infer.network import SliceWise
 from dicom_ai.infer.postprocess import fill_small_holes
-from dicom_ai.evaluate.reference import read_reference
 from dicom_ai.infer.runtime import SegmentationModel
 from dicom_ai.infer.volume import load_series
+from dicom_ai.package.network import SliceWise
 from dicom_ai.train.data import classical_reference, default_data_root
-from dicom_ai.evaluate.reference import sample_label_map
 from dicom_ai.train.labels import LEFT, RIGHT, classical_lung_labels
 from dicom_ai.train.lung import (
     DESIGNS,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from dicom_ai.evaluate.series import series_files
 from dicom_ai.infer.runtime import ClassificationModel
 from dicom_ai.infer.volume import VolumeError, load_series
-from dicom_ai.models.manifest import load_manifest, sha256_of
-from dicom_ai.evaluate.series import series_files
+from dicom_ai.package.manifest import load_manifest, sha256_of
 from dicom_ai.train.region import (
     ABDOMEN,
     CHEST,

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
-
 import io
+import re
 import subprocess
 import sys
 
 import numpy as np
+import peers
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import peers
 from dicom_ai.cache.db import Delivery, Job, Result, Series, open_index
 from dicom_ai.cache.index import InstanceMeta, count, index_instance
 from dicom_ai.cache.store import FileStore
@@ -277,6 +276,7 @@ def test_openapi_documents_the_api(web):
         assert path in paths, path
 
 
+@pytest.mark.integration
 def test_users_add_reads_the_password_from_stdin(tmp_path):
     from dicom_ai.web.auth import authenticate
 

@@ -9,11 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 import peers
-from dicom_ai.cache.db import Job
+import pytest
 from nodeproc import NodeProcess
+
+from dicom_ai.cache.db import Job
 
 pytestmark = pytest.mark.integration
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -16,11 +16,11 @@ import threading
 import time
 
 import httpx
+import peers
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-import peers
 from dicom_ai.cache.db import IdentityConflict, Job, open_index
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
@@ -135,6 +135,7 @@ def test_pages_have_no_inline_script_or_style_and_the_script_sends_the_token(mak
     assert client.get("/static/app.css").status_code == 200
 
 
+@pytest.mark.integration
 def test_a_session_ends_at_logout_demotion_password_change_and_revoke(make):
     app, sessions, job = make()
     rerun = f"/api/jobs/{job}/rerun"
@@ -187,7 +188,7 @@ def test_sessions_last_session_hours_from_login(make, monkeypatch):
     """The login time in the session bounds it, whatever the cookie's own signature time."""
     import types
 
-    from dicom_ai.web import app as module
+    from dicom_ai.web import deps as module
 
     app, _, _ = make(session_hours=1)
     client = TestClient(app)

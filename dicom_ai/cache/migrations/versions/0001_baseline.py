@@ -1,4 +1,4 @@
-"""baseline: the index of dicom-ai before migrations (issue 2)
+"""baseline: the index of dicom-ai before migrations
 
 Revision ID: 0001
 Revises: 

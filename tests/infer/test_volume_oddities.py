@@ -1,4 +1,4 @@
-"""Issue 3: real oddities through the running node: each series becomes a correct volume or its
+"""Real oddities through the running node: each series becomes a correct volume or its
 job fails with a reason the admin reads in `dicom-ai jobs show`, and the queue goes on."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import re
 import time
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
+from nodeproc import NodeProcess
 from pydicom.uid import generate_uid
 
-import peers
 from dicom_ai.config import default_model_path
-from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
 

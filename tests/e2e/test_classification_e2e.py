@@ -1,4 +1,4 @@
-"""Issue 7: a classification model through the running node, switched in by the registry CLI.
+"""A classification model through the running node, switched in by the registry CLI.
 
 The admin disables the lung model and adds a version of the shipped body-region classifier
 whose ``chest`` class asks for attention, while the node runs; DCMTK sends the LIDC chest CT; the
@@ -14,12 +14,12 @@ import shutil
 import urllib.request
 
 import highdicom as hd
-import pytest
-
 import peers
+import pytest
+from nodeproc import NodeProcess
+
 from dicom_ai.cache.db import Job, Result
 from dicom_ai.config import repo_root
-from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
 

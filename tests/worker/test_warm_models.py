@@ -1,10 +1,9 @@
-"""Issue 7 (warm models): loaded models stay between jobs within a memory budget, LRU first out."""
+"""Warm models: loaded models stay between jobs within a memory budget, LRU first out."""
 
 from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
-
 
 from dicom_ai.worker import WarmModels, model_bytes
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
-
-import peers
 from nodeproc import NodeProcess
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"

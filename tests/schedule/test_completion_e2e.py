@@ -1,4 +1,4 @@
-"""Issue 4 with DCMTK storescu as the sender: each completion signal, a series split over two
+"""Series completion with DCMTK storescu as the sender: each completion signal, a series split over two
 associations, late instances, and routing rules on real series."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
+from nodeproc import NodeProcess
 from sqlalchemy import select
 
-import peers
 from dicom_ai.cache.db import Job, Series, open_index
-from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"

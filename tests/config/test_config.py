@@ -4,7 +4,7 @@ import pytest
 
 from dicom_ai.config import ConfigError, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_config_loads_and_is_closed_by_default():
@@ -47,6 +47,7 @@ def test_bad_config_names_the_key(tmp_path, text, key):
     assert "Traceback" not in str(info.value)
 
 
+@pytest.mark.integration
 def test_cli_reports_bad_config_in_one_line(tmp_path):
     import subprocess
     import sys

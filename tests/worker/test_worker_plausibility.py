@@ -16,11 +16,11 @@ from dicom_ai.cache.db import Job, Series, open_index
 from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
-from dicom_ai.models.manifest import sha256_of, write_manifest
+from dicom_ai.package.manifest import sha256_of, write_manifest
 from dicom_ai.web.data import findings_attention
 from dicom_ai.worker import JobRunner
 
-from .report.conftest import make_manifest
+from ..report.conftest import make_manifest
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 PATIENT_NAME = "LOE^LINDA"

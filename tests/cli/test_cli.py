@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import peers
+import pytest
 from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration

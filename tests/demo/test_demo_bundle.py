@@ -6,11 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import peers
 import pydicom
 import pytest
 from pydicom.uid import JPEGLSLossless
-
-import peers
 
 BUNDLE = peers.REPO_ROOT / "demo" / "ct_chest_LIDC-IDRI-0314"
 

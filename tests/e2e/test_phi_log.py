@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import peers
 import pydicom
 import pytest
-from pynetdicom import AE
-
-import peers
-from dicom_ai.cache.db import Job
 from nodeproc import NodeProcess
+
+from dicom_ai.cache.db import Job
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +28,8 @@ def _send_with_newline_uid(port: int, src: Path, tmp_path: Path) -> int | None:
     ds = pydicom.dcmread(src)
     uid = "1.2.3\n" + FORGED  # 44 characters, within the 64 a UID may have
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
-    path = tmp_path / "newline.dcm"
-    ds.save_as(path)
-    ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_AI")
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(path)
-        return int(status.Status) if status else None
-    finally:
-        assoc.release()
+    ds.save_as(tmp_path / "newline.dcm")
+    return peers.cstore_file(port, tmp_path / "newline.dcm")
 
 
 def test_log_holds_no_patient_data_and_no_forged_line(tmp_path: Path, shared_data: Path) -> None:

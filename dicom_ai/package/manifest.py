@@ -36,7 +36,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-
 #: Orientation code letter -> axis of the canonical grid (0 slices S/I, 1 rows P/A, 2 columns L/R).
 CANONICAL_AXIS_OF = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
 

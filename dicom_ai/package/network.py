@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from dicom_ai.models.manifest import NetworkSpec
+from dicom_ai.package.manifest import NetworkSpec
 
 #: Network of the shipped lung model: 3D U-Net, 1 input channel (windowed CT), 3 outputs
 #: (background, left lung, right lung), about 0.6 M parameters (2.4 MB in float32).

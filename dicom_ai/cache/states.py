@@ -1,0 +1,45 @@
+"""The values of the index's ``state`` and ``kind`` columns, by name.
+
+Each is a :class:`enum.StrEnum`: a member *is* its string (``JobState.DONE == "done"``), so the
+columns stay ``String`` and hold the same text as before (no data migration), rows read back as
+plain strings compare equal to the members, and templates and JSON see the strings.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SeriesState(StrEnum):
+    """:class:`dicom_ai.cache.db.Series` ``state``: receiving -> complete (jobs created) ->
+    purged (by retention; the row stays, its instances are gone)."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    PURGED = "purged"
+
+
+class JobState(StrEnum):
+    """:class:`dicom_ai.cache.db.Job` ``state``: queued -> running -> done | failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DeliveryState(StrEnum):
+    """:class:`dicom_ai.cache.db.Delivery` ``state``: pending -> sending -> delivered, or back to
+    pending (retry), or failed (a dead letter)."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class ResultKind(StrEnum):
+    """:class:`dicom_ai.cache.db.Result` ``kind``: the DICOM object a job produced."""
+
+    SEG = "SEG"
+    SR = "SR"

@@ -1,0 +1,42 @@
+"""The ``dicom-ai`` command: run the node, talk DICOM, look at jobs, train and evaluate models.
+
+One module per group of sub-commands: :mod:`~dicom_ai.cli.node` (serve, echo, send, demo),
+:mod:`~dicom_ai.cli.users`, :mod:`~dicom_ai.cli.jobs`, :mod:`~dicom_ai.cli.deliveries`,
+:mod:`~dicom_ai.cli.destinations`, :mod:`~dicom_ai.cli.rules`, :mod:`~dicom_ai.cli.studies`,
+:mod:`~dicom_ai.cli.models` and :mod:`~dicom_ai.cli.model_runs` (both ``models``). ``--help``
+lists them in the order they are added below. Start-up stays quick: the commands import the
+index, DICOM and inference modules when they run, not when the command line is parsed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from dicom_ai.cli import (
+    deliveries,
+    destinations,
+    jobs,
+    model_runs,  # noqa: F401  (adds test, export, train and evaluate to models.app)
+    models,
+    node,
+    rules,
+    studies,
+    users,
+)
+
+app = typer.Typer(help="dicom-ai: a DICOM node that runs AI models and returns DICOM SEG and SR.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+for command in node.COMMANDS:
+    app.command()(command)
+app.add_typer(users.app, name="users")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(deliveries.app, name="deliveries")
+app.add_typer(destinations.app, name="destinations")
+app.add_typer(rules.app, name="rules")
+app.add_typer(studies.app, name="studies")
+app.add_typer(models.app, name="models")
+
+
+def main() -> None:  # pragma: no cover
+    """Run the command line (``sys.argv``); exits with the command's status."""
+    app()
