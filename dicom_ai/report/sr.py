@@ -145,24 +145,13 @@ def _measurements(
         )
     ]
     if is_ct and not m.is_empty and math.isfinite(m.mean):
-        out.append(
+        out += [
             hd.sr.Measurement(
-                name=ATTENUATION,
-                value=float(m.mean),
-                unit=UNIT_HU,
-                derivation=MEAN,
+                name=ATTENUATION, value=float(value), unit=UNIT_HU, derivation=derivation,
                 algorithm_id=algorithm,
             )
-        )
-        out.append(
-            hd.sr.Measurement(
-                name=ATTENUATION,
-                value=float(m.std),
-                unit=UNIT_HU,
-                derivation=STANDARD_DEVIATION,
-                algorithm_id=algorithm,
-            )
-        )
+            for value, derivation in ((m.mean, MEAN), (m.std, STANDARD_DEVIATION))
+        ]
     return out
 
 

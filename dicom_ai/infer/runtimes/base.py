@@ -115,3 +115,17 @@ class Runtime(ABC):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)
+
+
+class TorchRuntime(Runtime):
+    """A runtime whose network is a torch module on the model's device: ``predict`` is the
+    module's forward pass (batch, channels, spatial...) -> (batch, outputs, spatial...)."""
+
+    module: torch.nn.Module  # always set (the base allows None for ONNX)
+
+    def __init__(self, module: torch.nn.Module, nbytes: int, weights_device: str) -> None:
+        super().__init__(nbytes, module, weights_device=weights_device)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The module's output for ``x`` (batch, channels, spatial...)."""
+        return self.module(x)

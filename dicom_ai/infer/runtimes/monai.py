@@ -7,22 +7,18 @@ from pathlib import Path
 
 import torch
 
-from dicom_ai.infer.runtimes.base import ModelPackageError, Runtime, module_bytes
+from dicom_ai.infer.runtimes.base import ModelPackageError, TorchRuntime, module_bytes
 from dicom_ai.package.manifest import ModelManifest
 from dicom_ai.package.network import SliceWise, build_network, is_slicewise
 
 
-class MonaiRuntime(Runtime):
+class MonaiRuntime(TorchRuntime):
     """A MONAI network built from ``manifest.network`` with the package's state dict loaded
     (float32). A 2D network (``spatial_dims`` 2) is wrapped in
     :class:`~dicom_ai.package.network.SliceWise`, so it takes (batch, channels, 1, rows, columns)
     like a 3D one."""
 
     name = "monai"
-    module: torch.nn.Module  # always set (the base allows None for ONNX)
-
-    def __init__(self, module: torch.nn.Module, nbytes: int, weights_device: str) -> None:
-        super().__init__(nbytes, module, weights_device=weights_device)
 
     @classmethod
     def load(cls, package_dir: Path, manifest: ModelManifest, device: torch.device) -> MonaiRuntime:
@@ -54,7 +50,3 @@ class MonaiRuntime(Runtime):
         network.to(device).eval()
         module = SliceWise(network) if is_slicewise(manifest.network) else network
         return cls(module, module_bytes(network), device.type)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, classes, spatial...) of ``x`` (batch, channels, spatial...)."""
-        return self.module(x)
