@@ -30,6 +30,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file.")]
 AetOpt = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
 AecOpt = Annotated[str, typer.Option("--aec", help="The peer's (called) AE title.")]
+LimitOpt = Annotated[int, typer.Option(help="At most this many rows, newest first.")]
 UserOpt = Annotated[Optional[str], typer.Option("--user", help="Who makes the change (default: $SUDO_USER or the login name).")]
 
 

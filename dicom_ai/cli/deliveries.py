@@ -12,17 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from dicom_ai.cache.states import DeliveryState
-from dicom_ai.cli.common import ConfigOpt, console, err, index_of
+from dicom_ai.cli.common import ConfigOpt, LimitOpt, console, err, index_of
 
+DeliveryStateOpt = Annotated[Optional[str], typer.Option(help="Only this state: pending, sending, delivered, failed.")]
 app = typer.Typer(help="The outbox: results on their way to destinations.", no_args_is_help=True)
 
 
 @app.command("list")
-def deliveries_list(
-    state: Annotated[Optional[str], typer.Option(help="Only this state: pending, sending, delivered, failed.")] = None,
-    limit: int = 100,
-    config: ConfigOpt = None,
-) -> None:
+def deliveries_list(state: DeliveryStateOpt = None, limit: LimitOpt = 100, config: ConfigOpt = None) -> None:
     """List deliveries, newest first; ``failed`` ones are dead letters (see ``resend``)."""
     from dicom_ai.cache import queries  # deferred: start-up time
     from dicom_ai.cache.db import Delivery  # deferred: start-up time

@@ -29,12 +29,11 @@ def destinations_list(config: ConfigOpt = None) -> None:
     console.print(table)
 
 
+PeerOpt = Annotated[str, typer.Option(help="For a return-to-sender destination: the peer's AE title.")]
+
+
 @app.command("check")
-def destinations_check(
-    name: str,
-    peer: Annotated[str, typer.Option(help="For a return-to-sender destination: the peer's AE title.")] = "",
-    config: ConfigOpt = None,
-) -> None:
+def destinations_check(name: str, peer: PeerOpt = "", config: ConfigOpt = None) -> None:
     """Check that a destination answers (C-ECHO, a QIDO-RS query or a writable folder)."""
     from dicom_ai.export.outbox import check_destination  # deferred: start-up time
 

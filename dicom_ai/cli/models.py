@@ -7,15 +7,16 @@ ends with exit status 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Optional
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from dicom_ai.cli.common import ConfigOpt, UserOpt, console, err, registry_call, registry_of
+from dicom_ai.cli.common import ConfigOpt, LimitOpt, UserOpt, console, err, registry_call, registry_of
 from dicom_ai.config import Settings
 from dicom_ai.package.manifest import load_manifest
 
@@ -136,54 +137,55 @@ def models_add(
     console.print(f"added {row.name} {row.version} ({row.task}, {row.runtime}): {state}")
 
 
-@app.command("enable")
-def models_enable(
-    model: Annotated[str, typer.Argument(help="NAME (its newest version) or NAME@VERSION.")],
-    user: UserOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Make a version the active one of its model (the others of that name stop being used)."""
-    from dicom_ai.models.registry import current_user, enable  # deferred: start-up time
+class _Change(NamedTuple):
+    """A registry change on one model, made by one person: its argument, help and outcome."""
 
-    _, sessions = registry_of(config)
-    row = registry_call(enable, sessions, model, user or current_user())
-    console.print(f"{row.name} {row.version} is active")
+    argument: str
+    doc: str
+    #: the line printed when it is done; ``{row}`` is the changed ModelVersion
+    done: str
+    #: (registry module, sessions, settings, model argument, who) -> the changed ModelVersion
+    call: Callable[[Any, sessionmaker, Settings, str, str], Any]
 
 
-@app.command("disable")
-def models_disable(
-    name: Annotated[str, typer.Argument(help="Model NAME.")],
-    user: UserOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Stop using a model: no version of it stays active (queued jobs still run)."""
-    from dicom_ai.models.registry import current_user, disable  # deferred: start-up time
+#: ``dicom-ai models enable | disable | remove``, registered from this table in this order
+_CHANGES: dict[str, _Change] = {
+    "enable": _Change("NAME (its newest version) or NAME@VERSION.",
+                      "Make a version the active one of its model (the others of that name stop being used).",
+                      "{row.name} {row.version} is active",
+                      lambda r, sessions, settings, spec, who: r.enable(sessions, spec, who)),
+    "disable": _Change("Model NAME.",
+                       "Stop using a model: no version of it stays active (queued jobs still run).",
+                       "{row.name} is disabled (was {row.version})",
+                       lambda r, sessions, settings, name, who: r.disable(sessions, name, who)),
+    "remove": _Change("NAME@VERSION (or NAME when it has one version).",
+                      "Remove a version that is not active and has no job waiting, with its files.",
+                      "removed {row.name} {row.version}",
+                      lambda r, sessions, settings, spec, who: r.remove(sessions, settings, spec, who)),
+}
 
-    _, sessions = registry_of(config)
-    row = registry_call(disable, sessions, name, user or current_user())
-    console.print(f"{row.name} is disabled (was {row.version})")
+
+def _change_command(name: str, change: _Change) -> Callable[..., None]:
+    def command(model: str = typer.Argument(..., help=change.argument),
+                user: UserOpt = None, config: ConfigOpt = None) -> None:
+        from dicom_ai.models import registry  # deferred: start-up time
+
+        settings, sessions = registry_of(config)
+        row = registry_call(change.call, registry, sessions, settings, model, user or registry.current_user())
+        console.print(change.done.format(row=row))
+
+    command.__name__ = f"models_{name}"
+    command.__doc__ = change.doc
+    return command
 
 
-@app.command("remove")
-def models_remove(
-    model: Annotated[str, typer.Argument(help="NAME@VERSION (or NAME when it has one version).")],
-    user: UserOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Remove a version that is not active and has no job waiting, with its files."""
-    from dicom_ai.models.registry import current_user, remove  # deferred: start-up time
-
-    settings, sessions = registry_of(config)
-    row = registry_call(remove, sessions, settings, model, user or current_user())
-    console.print(f"removed {row.name} {row.version}")
+for _name, _change in _CHANGES.items():
+    app.command(_name)(_change_command(_name, _change))
 
 
 @app.command("history")
-def models_history(
-    name: Annotated[Optional[str], typer.Argument(help="Only this model.")] = None,
-    limit: int = 100,
-    config: ConfigOpt = None,
-) -> None:
+def models_history(name: Annotated[Optional[str], typer.Argument(help="Only this model.")] = None,
+                   limit: LimitOpt = 100, config: ConfigOpt = None) -> None:
     """Every change to the registry, newest first: when, who, what."""
     from dicom_ai.cache import queries  # deferred: start-up time
 

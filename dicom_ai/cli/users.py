@@ -13,15 +13,12 @@ from rich.markup import escape
 
 from dicom_ai.cli.common import ConfigOpt, console, err, index_of
 
+RoleOpt = Annotated[str, typer.Option(help="reader (look) or admin (also act).")]
 app = typer.Typer(help="People who may log in to the web pages.", no_args_is_help=True)
 
 
 @app.command("add")
-def users_add(
-    name: str,
-    role: Annotated[str, typer.Option(help="reader (look) or admin (also act).")] = "reader",
-    config: ConfigOpt = None,
-) -> None:
+def users_add(name: str, role: RoleOpt = "reader", config: ConfigOpt = None) -> None:
     """Add a user, or change one's role and password (which ends the user's open web sessions);
     the password is read from standard input (first line)."""
     from dicom_ai.web.auth import add_user  # deferred: start-up time

@@ -187,20 +187,38 @@ class SliceSampler:
         return x
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The optimisation settings both segmentation trainers share.
+
+    ``iterations`` optimiser steps of :func:`~dicom_ai.train.loop.optimise` at peak
+    ``learning_rate``, stopped after ``max_minutes`` of wall time; ``seed`` seeds sampling and
+    augmentation; ``on_step`` is called after each step with (step, loss); ``device`` is where
+    the network runs (batches are drawn and augmented on the CPU).
+    """
+
+    iterations: int
+    learning_rate: float = 2e-3
+    max_minutes: float = 30.0
+    seed: int = 0
+    on_step: Callable[[int, float], None] | None = None
+    device: torch.device | str = "cpu"
+
+    def run(self, net: torch.nn.Module, batch_loss: Callable[[int], torch.Tensor]) -> Optimised:
+        """Optimise ``net`` on ``batch_loss(step)`` under this schedule."""
+        return optimise(net, batch_loss, iterations=self.iterations, learning_rate=self.learning_rate,
+                        max_minutes=self.max_minutes, on_step=self.on_step)
+
+
 def train_slicewise(
     net: torch.nn.Module,
     cases: list[SegCase],
+    schedule: Schedule,
     *,
     window: tuple[float, float],
-    iterations: int,
     batch_size: int = 8,
     canvas: int = 352,
     out: int = 256,
-    learning_rate: float = 2e-3,
-    max_minutes: float = 30.0,
-    seed: int = 0,
-    on_step: Callable[[int, float], None] | None = None,
-    device: torch.device | str = "cpu",
 ) -> Optimised:
     """Train a 2D segmentation network slice by slice.
 
@@ -212,15 +230,13 @@ def train_slicewise(
         Training cases, labels 0 .. classes - 1.
     window:
         HU window (low, high) scaled to [0, 1] after augmentation.
-    iterations, batch_size:
-        Optimiser steps and slices per step.
+    schedule:
+        Optimiser steps, learning rate, time limit, seed, step callback and device.
+    batch_size:
+        Slices per step.
     canvas, out:
         Every slice is centred on a ``canvas`` pixel square, then a random affine samples an
         ``out`` pixel square from it (``out / canvas`` of the field of view at scale 1).
-    on_step:
-        Called after each step with (step, loss).
-    device:
-        Where the network runs; slices are drawn and augmented on the CPU.
 
     Returns
     -------
@@ -229,17 +245,16 @@ def train_slicewise(
     """
     from monai.losses import DiceCELoss
 
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(schedule.seed)
+    gen = torch.Generator().manual_seed(schedule.seed)
     sampler = SliceSampler(cases, canvas, out, window, rng, gen)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def batch_loss(step: int) -> torch.Tensor:
         x, y = sampler.draw(batch_size)
-        return loss_fn(net(x.to(device)), y.to(device))
+        return loss_fn(net(x.to(schedule.device)), y.to(schedule.device))
 
-    return optimise(net, batch_loss, iterations=iterations, learning_rate=learning_rate,
-                    max_minutes=max_minutes, on_step=on_step)
+    return schedule.run(net, batch_loss)
 
 
 def _volume_transforms(patch: tuple[int, int, int], seed: int):
@@ -282,16 +297,11 @@ def _volume_transforms(patch: tuple[int, int, int], seed: int):
 def train_volumetric(
     net: torch.nn.Module,
     cases: list[SegCase],
+    schedule: Schedule,
     *,
     window: tuple[float, float],
     patch: tuple[int, int, int],
-    iterations: int,
     batch_size: int = 2,
-    learning_rate: float = 2e-3,
-    max_minutes: float = 30.0,
-    seed: int = 0,
-    on_step: Callable[[int, float], None] | None = None,
-    device: torch.device | str = "cpu",
 ) -> Optimised:
     """Train a 3D segmentation network on patches (the recipe of the 3D lung U-Net 1.0.0).
 
@@ -302,8 +312,8 @@ def train_volumetric(
     """
     from monai.losses import DiceCELoss
 
-    rng = random.Random(seed)
-    transforms = _volume_transforms(patch, seed)
+    rng = random.Random(schedule.seed)
+    transforms = _volume_transforms(patch, schedule.seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     prepared = [(window01(torch.from_numpy(c.hu), window).numpy()[None], c.label[None]) for c in cases]
 
@@ -315,10 +325,9 @@ def train_volumetric(
             o = o[0] if isinstance(o, list) else o
             images.append(torch.as_tensor(o["image"]).float())
             labels.append(torch.as_tensor(o["label"]).float())
-        return loss_fn(net(torch.stack(images).to(device)), torch.stack(labels).to(device))
+        return loss_fn(net(torch.stack(images).to(schedule.device)), torch.stack(labels).to(schedule.device))
 
-    return optimise(net, batch_loss, iterations=iterations, learning_rate=learning_rate,
-                    max_minutes=max_minutes, on_step=on_step)
+    return schedule.run(net, batch_loss)
 
 
 def train_segmentation(net: torch.nn.Module, cases: list[SegCase], *, slicewise: bool, window: tuple[float, float],
@@ -327,9 +336,9 @@ def train_segmentation(net: torch.nn.Module, cases: list[SegCase], *, slicewise:
     """Train a segmentation network with the trainer of its design: :func:`train_slicewise`
     for a 2D network run slice by slice, else :func:`train_volumetric` on 3D patches of
     ``patch`` voxels (z, y, x). ``batch_size`` None takes the trainer's default; ``options``
-    (learning_rate, max_minutes, seed, on_step, device) go to the trainer."""
-    if batch_size is not None:
-        options["batch_size"] = batch_size
+    (learning_rate, max_minutes, seed, on_step, device) make its :class:`Schedule`."""
+    schedule = Schedule(iterations=iterations, **options)
+    sizes = {} if batch_size is None else {"batch_size": batch_size}
     if slicewise:
-        return train_slicewise(net, cases, window=window, iterations=iterations, **options)
-    return train_volumetric(net, cases, window=window, patch=patch, iterations=iterations, **options)
+        return train_slicewise(net, cases, schedule, window=window, **sizes)
+    return train_volumetric(net, cases, schedule, window=window, patch=patch, **sizes)

@@ -7,7 +7,8 @@ and listing identity conflicts need the admin role. An unknown or out-of-range i
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
@@ -21,6 +22,27 @@ from dicom_ai.web.auth import Identity
 from dicom_ai.web.deps import Limit, WebContext, admin, context, reader, row_id
 
 router = APIRouter()
+Row = TypeVar("Row")
+
+
+def _newest(ctx: WebContext, model: type[Row], as_dict: Callable[[Row], dict[str, Any]], limit: int,
+            state: str = "") -> list[dict[str, Any]]:
+    """At most ``limit`` rows of ``model``, newest first (only those in ``state`` when given),
+    each as ``as_dict`` makes it."""
+    with ctx.sessions() as s:
+        return [as_dict(row) for row in queries.newest(s, model, limit, state)]
+
+
+def _found(value: Row | None, what: str) -> Row:
+    """``value``; 404 ``no such <what>`` when it is None."""
+    if value is None:
+        raise HTTPException(404, f"no such {what}")
+    return value
+
+
+def _row_or_404(s: Any, model: type[Row], key: int, what: str) -> Row:
+    """The ``model`` row with id ``key``; 404 ``no such <what>`` when there is none."""
+    return _found(s.get(model, row_id(key, what)), what)
 
 
 @router.get("/openapi.json", include_in_schema=False)
@@ -43,10 +65,7 @@ def api_study(study_uid: str, _who: Identity = Depends(reader),
               ctx: WebContext = Depends(context)) -> dict[str, Any]:
     """A study with its series, jobs, results, deliveries and timeline."""
     with ctx.sessions() as s:
-        study = data.study_detail(s, study_uid)
-    if study is None:
-        raise HTTPException(404, "no such study")
-    return study
+        return _found(data.study_detail(s, study_uid), "study")
 
 
 @router.get("/api/series/{series_uid}", tags=["series"])
@@ -54,36 +73,27 @@ def api_series(series_uid: str, _who: Identity = Depends(reader),
                ctx: WebContext = Depends(context)) -> dict[str, Any]:
     """A series: its state, completion signal and routing decisions."""
     with ctx.sessions() as s:
-        series = queries.series_by_uid(s, series_uid)
-        if series is None:
-            raise HTTPException(404, "no such series")
-        return data.series_dict(series)
+        return data.series_dict(_found(queries.series_by_uid(s, series_uid), "series"))
 
 
 @router.get("/api/jobs", tags=["jobs"])
 def api_jobs(state: str = "", limit: Limit = 100, _who: Identity = Depends(reader),
              ctx: WebContext = Depends(context)) -> list[dict[str, Any]]:
     """Jobs, newest first."""
-    with ctx.sessions() as s:
-        return [data.job_dict(job) for job in queries.newest(s, Job, limit, state)]
+    return _newest(ctx, Job, data.job_dict, limit, state)
 
 
 @router.get("/api/jobs/{job_id}", tags=["jobs"])
 def api_job(job_id: int, _who: Identity = Depends(reader), ctx: WebContext = Depends(context)) -> dict[str, Any]:
     with ctx.sessions() as s:
-        job = s.get(Job, row_id(job_id, "job"))
-        if job is None:
-            raise HTTPException(404, "no such job")
-        return data.job_dict(job)
+        return data.job_dict(_row_or_404(s, Job, job_id, "job"))
 
 
 @router.post("/api/jobs/{job_id}/rerun", tags=["jobs"], status_code=201)
 def api_rerun(job_id: int, who: Identity = Depends(admin), ctx: WebContext = Depends(context)) -> dict[str, Any]:
     """Queue the job's model again on its series (admin)."""
     with ctx.sessions.begin() as s:
-        job = s.get(Job, row_id(job_id, "job"))
-        if job is None:
-            raise HTTPException(404, "no such job")
+        job = _row_or_404(s, Job, job_id, "job")
         again = Job(series_fk=job.series_fk, model_name=job.model_name, model_version=job.model_version,
                     model_path=job.model_path, rule=f"re-run by {who.name}", priority=job.priority,
                     destinations=job.destinations)
@@ -95,16 +105,14 @@ def api_rerun(job_id: int, who: Identity = Depends(admin), ctx: WebContext = Dep
 @router.get("/api/results", tags=["results"])
 def api_results(limit: Limit = 100, _who: Identity = Depends(reader),
                 ctx: WebContext = Depends(context)) -> list[dict[str, Any]]:
-    with ctx.sessions() as s:
-        return [data.result_dict(r) for r in queries.newest(s, Result, limit)]
+    return _newest(ctx, Result, data.result_dict, limit)
 
 
 @router.get("/api/deliveries", tags=["deliveries"])
 def api_deliveries(state: str = "", limit: Limit = 100, _who: Identity = Depends(reader),
                    ctx: WebContext = Depends(context)) -> list[dict[str, Any]]:
     """Deliveries, newest first; ``state=failed`` lists the dead letters."""
-    with ctx.sessions() as s:
-        return [data.delivery_dict(d) for d in queries.newest(s, Delivery, limit, state)]
+    return _newest(ctx, Delivery, data.delivery_dict, limit, state)
 
 
 @router.post("/api/deliveries/{delivery_id}/resend", tags=["deliveries"])
@@ -130,9 +138,7 @@ def api_models(_who: Identity = Depends(reader), ctx: WebContext = Depends(conte
 @router.post("/api/destinations/{name}/check", tags=["deliveries"])
 def api_check(name: str, _who: Identity = Depends(admin), ctx: WebContext = Depends(context)) -> dict[str, str]:
     """C-ECHO / QIDO-RS / folder check of a destination; kept for the admin page (admin)."""
-    dest = ctx.settings.destination(name)
-    if dest is None:
-        raise HTTPException(404, "no such destination")
+    dest = _found(ctx.settings.destination(name), "destination")
     try:
         result = {"ok": "yes", "detail": check_destination(dest, ctx.settings)}
     except (ConnectionError, OSError) as exc:
