@@ -2,8 +2,10 @@
 
 An instance is acknowledged only if its image can later be decoded, since a bad file must never
 block the queue: native pixel data must have exactly the length the Image Pixel Module
-(PS3.3 C.7.6.3) implies; encapsulated pixel data (PS3.5 A.4) must hold every frame and its first frame
-must decode.
+(PS3.3 C.7.6.3) implies; encapsulated pixel data (PS3.5 A.4) must hold every frame, and each
+frame's codestream must be whole and state the module's geometry in its header (PS3.5 8.2,
+:mod:`dicom_ai.dicom.codestream`). Nothing is decoded while the association waits: corruption
+inside entropy-coded data is found when the image is decoded.
 
 Every byte is the sender's claim, so nothing is allocated from a claim before it is checked
 against the bytes that came: a deflated data set (PS3.5 A.5) is inflated only up to the
@@ -19,11 +21,17 @@ from io import BytesIO
 
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.encaps import generate_frames
 from pydicom.filereader import read_dataset
-from pydicom.pixels import pixel_array
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
 
+from dicom_ai.dicom.codestream import (
+    CODESTREAM_SYNTAXES,
+    CodestreamError,
+    CodestreamMismatch,
+    check_frame,
+    encapsulated_frames,
+)
 from dicom_ai.dicom.status import DimseStatus
 
 #: an RLE segment run of 2 bytes (header -127, one value) gives 128 bytes (PS3.5 G.3.1)
@@ -115,6 +123,15 @@ def _rle_segments_fit(frame: bytes, rows: int, cols: int, segments: int, number:
 def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str, limit: int | None = None) -> None:
     """Raise :class:`Refusal` when the pixel data of ``ds`` cannot be decoded later.
 
+    Native pixel data must be as long as the Image Pixel Module (PS3.3 C.7.6.3) implies.
+    Encapsulated pixel data (PS3.5 A.4) must split into Number of Frames frames, its Basic or
+    Extended Offset Table agreeing (:func:`dicom_ai.dicom.codestream.encapsulated_frames`);
+    every JPEG, JPEG-LS, JPEG 2000 or HTJ2K frame must start and end with its codestream's
+    markers and state the data set's Rows, Columns and Samples per Pixel, at a precision that
+    fits Bits Allocated (:func:`dicom_ai.dicom.codestream.check_frame`, PS3.5 8.2); every RLE
+    frame's header must fit the image (PS3.5 G.5). Nothing is decoded: corruption inside
+    entropy-coded data is found only when the image is decoded.
+
     Parameters
     ----------
     ds:
@@ -122,14 +139,16 @@ def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str, limit: int | Non
     transfer_syntax:
         The presentation context's transfer syntax UID.
     limit:
-        The largest decoded frame accepted, bytes (the first frame of compressed pixel data is
-        decoded here); None: no limit.
+        The largest decoded frame accepted, bytes; None: no limit.
 
     Raises
     ------
     Refusal
-        0xA900 when the pixel data does not match the Image Pixel Module, 0xA700 when a frame
-        would decode to more than ``limit`` bytes, 0xC000 when it cannot be decoded.
+        0xA900 when the pixel data does not match the Image Pixel Module (its length, the
+        number of frames, a codestream header's geometry); 0xA700 when a frame would decode to
+        more than ``limit`` bytes; 0xC000 when the encapsulation or a codestream is malformed
+        (no SOI/SOC or EOI/EOC marker, a truncated or garbled marker segment) or no decoder
+        reads the transfer syntax.
     """
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -157,22 +176,27 @@ def check_pixel_data(ds: pydicom.Dataset, transfer_syntax: str, limit: int | Non
     if limit is not None and frame_bytes > limit:
         raise Refusal(DimseStatus.OUT_OF_RESOURCES, f"a {rows}x{cols}x{samples} frame at {bits} bits "
                       f"({frame_bytes // 2**20} MiB) exceeds [node] max_instance_mb")
-    found = 0
+    if ts != RLELossless and ts not in CODESTREAM_SYNTAXES:
+        raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"encapsulated Pixel Data in {ts.name} is not checked")
     try:
-        for frame in generate_frames(data, number_of_frames=frames):
-            found += 1
+        available = get_decoder(ts).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"no installed decoder reads {ts.name}")
+    extended = None
+    if "ExtendedOffsetTable" in ds:
+        extended = (bytes(ds.ExtendedOffsetTable), bytes(ds.get("ExtendedOffsetTableLengths") or b""))
+    number = 0
+    try:
+        for number, frame in enumerate(encapsulated_frames(data, frames, extended), 1):
             if ts == RLELossless:
-                _rle_segments_fit(frame, rows, cols, samples * ((bits + 7) // 8), found)
-    except Refusal:
-        raise
-    except Exception as exc:  # noqa: BLE001 - malformed encapsulation
-        raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"encapsulated Pixel Data is malformed: {exc}") from None
-    if found < frames:
-        raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"{found} encoded frames for {frames} frames")
-    try:
-        pixel_array(ds, index=0)
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise Refusal(
-            DimseStatus.CANNOT_UNDERSTAND, f"first frame cannot be decoded ({ts.name}): {first}"
-        ) from None
+                _rle_segments_fit(frame, rows, cols, samples * ((bits + 7) // 8), number)
+            else:
+                check_frame(frame, ts, rows=rows, columns=cols, samples=samples, bits_allocated=bits)
+    except CodestreamMismatch as exc:
+        where = f"frame {number}: " if number else ""
+        raise Refusal(DimseStatus.DATASET_MISMATCH, f"{ts.name} {where}{exc}") from None
+    except CodestreamError as exc:
+        where = f"frame {number}: " if number else ""
+        raise Refusal(DimseStatus.CANNOT_UNDERSTAND, f"{ts.name} {where}{exc}") from None

@@ -3,7 +3,9 @@
 Each file is either stored (and its image decodes later) or refused with 0xA900, a 0xC000-range
 status or 0xA700, with one log line saying why; a non-image SOP class is refused at association
 (no presentation context accepted). The node never crashes or hangs, no temporary file stays,
-and what was stored before is not touched.
+and what was stored before is not touched. The receiver reads compressed pixel data only by its
+items, headers and markers (:mod:`dicom_ai.dicom.codestream`), so that every stored image
+decodes is checked here, after storage.
 """
 
 from __future__ import annotations
