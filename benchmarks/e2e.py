@@ -1,17 +1,27 @@
 """End-to-end latency of the node on the real LIDC chest CT (a measurement, not a test).
 
-Starts Orthanc (the PACS) and ``dicom-ai serve`` on loopback, sends the 275-slice LIDC series with
-DCMTK ``storescu``, and reports the time from the last instance acknowledged to the SEG and SR
-acknowledged by Orthanc, minus ``stable_seconds``, with its split and the worker's peak RSS.
-Side by side, the same series' transfer time into Orthanc directly (the PACS without the node),
-and ratios.
+Starts Orthanc (the PACS) and ``dicom-ai serve`` on loopback, sends the 275-slice LIDC-IDRI-0314
+series with DCMTK ``storescu``, waits until the SEG and the SR are both ``delivered`` (a job or a
+delivery that fails stops the script with its reason), and reports the time from the last
+instance acknowledged to the last result acknowledged by Orthanc, minus ``stable_seconds``, with
+the worker's split (load, model, post-processing, report, preview) and its peak RSS.
 
-    python benchmarks/e2e.py [--runs 1] [--stable-seconds 2]
+Two copies of the series: the uncompressed one in ``../shared/data`` (Implicit VR Little
+Endian) and the repository's JPEG-LS lossless demo copy (sent with ``-xt``). Side by side, in the
+same run, the same series' transfer time into Orthanc directly (the PACS without the node), and
+ratios. Every run gets a fresh Orthanc and a fresh node.
+
+    python benchmarks/e2e.py [--runs 3] [--stable-seconds 2] [--series uncompressed jpegls]
+
+Run it against another checkout (e.g. the previous commit, for a before/after) with
+``PYTHONPATH=/path/to/that/checkout``: the node is started as ``python -m dicom_ai.cli``, so it
+runs whatever ``dicom_ai`` that path holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -25,11 +35,37 @@ from nodeproc import NodeProcess  # noqa: E402
 
 from dicom_ai.cache.db import Delivery, Instance, Job, Series, open_index  # noqa: E402
 
+#: name -> (folder, storescu proposal)
+SERIES: dict[str, tuple[Path, str | None]] = {
+    "uncompressed": (peers.LIDC_SERIES, None),
+    "jpegls": (REPO / "demo" / "ct_chest_LIDC-IDRI-0314" / "image", "jpegls"),
+}
+RESULTS = 2  # the lung model's SEG and SR
+SPLIT = ("load", "model_load", "preprocess", "inference", "postprocess", "report", "preview", "total")
 
-def one_run(tmp: Path, stable: float) -> dict[str, float]:
+
+def _wait_delivered(sessions, timeout: float) -> None:
+    """Return once every result is delivered; SystemExit with the reason when a job or a
+    delivery fails, or at ``timeout`` (s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            job = s.query(Job).first()
+            if job is not None and job.state == "failed":
+                raise SystemExit(f"job failed: {job.reason}")
+            states = [d.state for d in s.query(Delivery)]
+            if "failed" in states:
+                raise SystemExit("a delivery failed: " + "; ".join(d.last_status for d in s.query(Delivery)))
+            if len(states) == RESULTS and all(x == "delivered" for x in states):
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"results not delivered within {timeout:.0f} s")
+
+
+def one_run(tmp: Path, folder: Path, propose: str | None, stable: float) -> dict[str, float]:
     with peers.Orthanc(workdir=tmp / "orthanc") as pacs:
         t = time.perf_counter()
-        direct = peers.storescu("127.0.0.1", pacs.dicom_port, peers.LIDC_SERIES, aec=pacs.aet)
+        direct = peers.storescu("127.0.0.1", pacs.dicom_port, folder, aec=pacs.aet, propose=propose)
         direct_s = time.perf_counter() - t
         assert direct.returncode == 0, direct.stderr
         for study in pacs.get("/studies"):
@@ -37,55 +73,55 @@ def one_run(tmp: Path, stable: float) -> dict[str, float]:
         dest = [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
         with NodeProcess(tmp / "node", destinations=dest, stable_seconds=stable) as node:
             t = time.perf_counter()
-            sent = peers.storescu("127.0.0.1", node.port, peers.LIDC_SERIES, aec=node.ae_title)
+            sent = peers.storescu("127.0.0.1", node.port, folder, aec=node.ae_title, propose=propose)
             send_s = time.perf_counter() - t
             assert sent.returncode == 0, sent.stderr
             sessions = open_index(f"sqlite:///{tmp / 'node' / 'var' / 'index.sqlite'}")
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline:
-                with sessions() as s:
-                    states = [d.state for d in s.query(Delivery)]
-                    if len(states) == 2 and all(x != "pending" for x in states):
-                        break
-                    job = s.query(Job).first()
-                    if job is not None and job.state == "failed":
-                        raise SystemExit(f"job failed: {job.reason}")
-                time.sleep(0.2)
+            _wait_delivered(sessions, 900)
             with sessions() as s:
                 last_ack = max(i.received_at for i in s.query(Instance))
                 series = s.query(Series).one()
                 job = s.query(Job).one()
-                delivered = max(d.delivered_at for d in s.query(Delivery))
-                e2e = (delivered - last_ack).total_seconds()
-                return {
+                delivered = max(d.delivered_at for d in s.query(Delivery) if d.delivered_at is not None)
+                timings = dict(job.timings or {})
+                row = {
                     "transfer into Orthanc directly (s)": direct_s,
                     "transfer into dicom-ai (s)": send_s,
-                    "e2e minus stable_seconds (s)": e2e - stable,
-                    "completion detected after stable_seconds (s)": (series.completed_at - last_ack).total_seconds() - stable,
+                    "e2e minus stable_seconds (s)": (delivered - last_ack).total_seconds() - stable,
+                    "completion detected after stable_seconds (s)":
+                        (series.completed_at - last_ack).total_seconds() - stable,
                     "queue wait (s)": (job.started_at - job.created_at).total_seconds(),
-                    **{f"{k} (s)": v for k, v in job.timings.items() if k != "worker_peak_rss_mb"},
-                    "send to PACS (s)": (delivered - job.finished_at).total_seconds(),
-                    "worker peak RSS (MB)": job.timings.get("worker_peak_rss_mb", float("nan")),
                 }
+                row.update({f"worker {k} (s)": float(timings.get(k, float("nan"))) for k in SPLIT})
+                row["send to PACS (s)"] = (delivered - job.finished_at).total_seconds()
+                row["worker peak RSS (MB)"] = float(timings.get("worker_peak_rss_mb", float("nan")))
+                return row
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stable-seconds", type=float, default=2.0)
+    ap.add_argument("--series", nargs="+", choices=list(SERIES), default=list(SERIES))
     args = ap.parse_args()
-    rows = []
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp:
-            rows.append(one_run(Path(tmp), args.stable_seconds))
-    keys = list(rows[0])
-    print(f"LIDC-IDRI-0314, 275 slices, stable_seconds={args.stable_seconds}, runs={args.runs}")
-    for k in keys:
-        vals = [r[k] for r in rows]
-        print(f"  {k:48s} {sum(vals) / len(vals):9.2f}")
-    r = rows[-1]
-    print(f"  ratio: transfer into dicom-ai / into Orthanc    {r['transfer into dicom-ai (s)'] / r['transfer into Orthanc directly (s)']:9.2f}")
-    print(f"  ratio: e2e / inference                          {r['e2e minus stable_seconds (s)'] / r['inference (s)']:9.2f}")
+    import dicom_ai
+
+    print(f"dicom_ai from {Path(dicom_ai.__file__).parent}; LIDC-IDRI-0314, 275 slices, "
+          f"stable_seconds={args.stable_seconds}, runs={args.runs} (median shown)")
+    for name in args.series:
+        folder, propose = SERIES[name]
+        rows = []
+        for _ in range(args.runs):
+            with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp:
+                rows.append(one_run(Path(tmp), folder, propose, args.stable_seconds))
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"\n{name} ({'storescu ' + peers.PROPOSE[propose] if propose else 'Implicit VR Little Endian'})")
+        for k, v in med.items():
+            print(f"  {k:48s} {v:9.2f}   (runs: {', '.join(f'{r[k]:.2f}' for r in rows)})")
+        print(f"  ratio: transfer into dicom-ai / into Orthanc    "
+              f"{med['transfer into dicom-ai (s)'] / med['transfer into Orthanc directly (s)']:9.2f}")
+        print(f"  ratio: e2e / worker total                       "
+              f"{med['e2e minus stable_seconds (s)'] / med['worker total (s)']:9.2f}")
     return 0
 
 
