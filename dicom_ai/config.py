@@ -200,7 +200,7 @@ class WorkerSettings(_Section):
     """``[worker]``: the inference worker."""
 
     device: str = "auto"  # auto | cpu | cuda
-    poll_seconds: float = Field(1.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)  # idle poll, s; the node also wakes the worker when it queues a job
     # weights of models kept loaded between jobs, in RAM and in GPU memory; the least recently
     # used on that device leave first
     model_memory_mb: float = Field(2048.0, ge=0)

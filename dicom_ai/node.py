@@ -58,6 +58,7 @@ class Node:
         self._stopped = threading.Event()
         self.worker: BaseProcess | None = None
         self._worker_stop: Any = None
+        self._worker_wake: Any = None
         self.listener: socket.socket | None = None
         self._deliveries_recovered = False
         self.web: uvicorn.Server | None = None
@@ -76,9 +77,11 @@ class Node:
     def _completion_tick(self) -> None:
         try:
             self._refresh_models()
-            schedule_complete_series(
+            queued = schedule_complete_series(
                 self.sessions, self.routes, self.settings.completion, self._image_classes
             )
+            if queued and self._worker_wake is not None:
+                self._worker_wake.set()
         except Exception:
             log.exception("completion tick failed")
 
@@ -109,7 +112,7 @@ class Node:
             log.info("recovered: %d temporary files removed, %d unindexed instance files indexed "
                      "and %d removed, %d jobs requeued", removed, orphans_indexed, orphans_removed,
                      requeued)
-        self.worker, self._worker_stop = start_worker(self.settings)
+        self.worker, self._worker_stop, self._worker_wake = start_worker(self.settings)
         interval = self.settings.completion.check_interval_seconds
         self.scheduler.add_job(self._completion_tick, "interval", seconds=interval, max_instances=1,
                                coalesce=True, id="completion")
@@ -177,6 +180,7 @@ class Node:
         self.scheduler.shutdown(wait=True)
         if self.worker is not None:
             self._worker_stop.set()
+            self._worker_wake.set()
             self.worker.join(worker_grace)
             if self.worker.is_alive():
                 log.warning("worker did not stop in %.0f s; terminating (its job is requeued at next start)", worker_grace)
@@ -199,7 +203,7 @@ class Node:
             while not done.wait(1.0):
                 if self.worker is not None and not self.worker.is_alive():
                     log.error("worker process died (exit code %s); restarting it", self.worker.exitcode)
-                    self.worker, self._worker_stop = start_worker(self.settings)
+                    self.worker, self._worker_stop, self._worker_wake = start_worker(self.settings)
                 for number, (proc, _stop) in list(self.receivers.items()):
                     if not proc.is_alive():
                         log.error("receiver %d died (exit code %s); restarting it", number, proc.exitcode)

@@ -280,7 +280,7 @@ class JobRunner:
         return outputs, findings
 
 
-def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None) -> None:
+def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wake: Any = None) -> None:
     """Entry point of the worker process: poll for queued jobs until ``stop`` is set, or the
     node process ``parent_pid`` is gone: the kernel kills the worker when the node dies, however
     it dies (:func:`~dicom_ai.receive.process.die_with_parent`; a job it was running is requeued
@@ -301,19 +301,27 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None) ->
             break
         job_id = claim_next_job(sessions)
         if job_id is None:
-            stop.wait(settings.worker.poll_seconds)
+            # the node sets ``wake`` when it queues jobs (and when it stops): no poll delay then
+            (wake or stop).wait(settings.worker.poll_seconds)
+            if wake is not None:
+                wake.clear()
             continue
         runner.run(job_id)
     log.info("worker stopped")
 
 
-def start_worker(settings: Settings) -> tuple[BaseProcess, Any]:
-    """Start the worker process (spawned: a clean interpreter, torch imported only there)."""
+def start_worker(settings: Settings) -> tuple[BaseProcess, Any, Any]:
+    """Start the worker process (spawned: a clean interpreter, torch imported only there).
+
+    Returns the process and two events: ``stop`` ends it after its current job; ``wake`` makes
+    an idle worker look for queued jobs at once instead of after ``[worker] poll_seconds`` (set
+    it when jobs are queued, and with ``stop``).
+    """
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
+    stop, wake = ctx.Event(), ctx.Event()
     proc = ctx.Process(
         target=worker_main, args=(settings.model_dump_json(),),
-        kwargs={"stop": stop, "parent_pid": os.getpid()}, name="dicom-ai-worker", daemon=False,
+        kwargs={"stop": stop, "parent_pid": os.getpid(), "wake": wake}, name="dicom-ai-worker", daemon=False,
     )
     proc.start()
-    return proc, stop
+    return proc, stop, wake
