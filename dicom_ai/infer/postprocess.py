@@ -72,18 +72,60 @@ def postprocess_segmentation(mask: np.ndarray, manifest: ModelManifest, spacing:
     return mask
 
 
+def nonzero_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Bounding box of the non-zero voxels of a mask.
+
+    Parameters
+    ----------
+    mask:
+        Integer or boolean mask (slices, rows, columns).
+
+    Returns
+    -------
+    tuple[slice, slice, slice] | None
+        (slices, rows, columns) ranges of the smallest box holding every non-zero voxel; None
+        when the mask is all zero. Found by maximum reductions, one pass over the mask and one
+        over the slices it spans.
+    """
+    if mask.size == 0:
+        return None
+    flat = np.ascontiguousarray(mask).reshape(mask.shape[0], -1)
+    slices = np.flatnonzero(flat.max(axis=1))
+    if not slices.size:
+        return None
+    z = slice(int(slices[0]), int(slices[-1]) + 1)
+    plane = mask[z].max(axis=0)
+    rows = np.flatnonzero(plane.max(axis=1))
+    columns = np.flatnonzero(plane.max(axis=0))
+    return z, slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
+
+
 def label_boxes(mask: np.ndarray) -> dict[int, tuple[slice, ...]]:
-    """Bounding box of every label value present in a uint8 mask, in one pass."""
-    return {i + 1: box for i, box in enumerate(ndi.find_objects(mask)) if box is not None}
+    """Bounding box (slices, rows, columns) of every label value present in a uint8 mask
+    (``scipy.ndimage.find_objects`` within the box of the non-zero voxels)."""
+    outer = nonzero_box(mask)
+    if outer is None:
+        return {}
+    offsets = [s.start for s in outer]
+    return {
+        i + 1: tuple(slice(s.start + o, s.stop + o) for s, o in zip(box, offsets, strict=True))
+        for i, box in enumerate(ndi.find_objects(mask[outer])) if box is not None
+    }
 
 
 def _regions(mask: np.ndarray, labels: list[int]):
-    """(value, bounding box, view of ``mask`` on it) for each label value present."""
-    boxes = label_boxes(mask)
+    """(value, bounding box, view of ``mask`` on it, ``view == value``) for each label value
+    present; each box is found within the box of all non-zero voxels."""
+    outer = nonzero_box(mask)
+    if outer is None:
+        return
+    region = mask[outer]
     for value in labels:
-        box = boxes.get(value)
+        inside = region == value
+        box = nonzero_box(inside)
         if box is not None:
-            yield value, box, mask[box]
+            absolute = tuple(slice(s.start + o.start, s.stop + o.start) for s, o in zip(box, outer, strict=True))
+            yield value, absolute, mask[absolute], inside[box]
 
 
 def keep_largest_component(mask: np.ndarray, labels: list[int]) -> np.ndarray:
@@ -102,13 +144,13 @@ def keep_largest_component(mask: np.ndarray, labels: list[int]) -> np.ndarray:
         The same array.
     """
     struct = ndi.generate_binary_structure(3, 3)
-    for value, _, sub in _regions(mask, labels):
-        comp, n = ndi.label(sub == value, structure=struct)
+    for _, _, sub, inside in _regions(mask, labels):
+        comp, n = ndi.label(inside, structure=struct)
         if n <= 1:
             continue
-        sizes = np.bincount(comp.ravel())
-        sizes[0] = 0
-        sub[(comp != 0) & (comp != int(np.argmax(sizes)))] = 0
+        # component sizes from the label's voxels only (component 0, the rest, is not counted)
+        sizes = np.bincount(comp[inside], minlength=n + 1)
+        sub[inside & (comp != int(np.argmax(sizes)))] = 0
     return mask
 
 
@@ -134,8 +176,7 @@ def fill_small_holes(mask: np.ndarray, labels: list[int], spacing: tuple[float, 
         hole of any size is filled; both or neither.
     """
     max_px = max_mm2 / (float(spacing[1]) * float(spacing[2]))
-    for value, box, sub in _regions(mask, labels):
-        m = sub == value
+    for value, box, sub, m in _regions(mask, labels):
         filled = ndi.binary_fill_holes(m)
         for z in range(m.shape[0]):
             if not m[z].any():

@@ -18,11 +18,13 @@ Pipeline of :meth:`SegmentationModel.predict` (all torch, on the model's device)
    0.27 / 0.56 to 0.67 / 0.60 before postprocessing);
 3. postprocess: class scores are upsampled trilinearly back to the source extent in slabs of
    slices (bounded memory) and the argmax taken there (smooth contours, no staircase from a
-   nearest-neighbour upsampling of labels), the reorientation is undone, then
+   nearest-neighbour upsampling of labels), on the model's device and only within the
+   bounding box of the non-background classes (outside it the argmax is 0 whatever the
+   interpolation weights), the reorientation is undone, then on the CPU
    (:func:`dicom_ai.infer.postprocess.postprocess_segmentation`) class indices become the
    manifest's label values, only the largest 3D connected component of each label is kept,
-   and with ``fill_holes_mm2`` in the manifest, holes inside each label are filled. The mask
-   is uint8 (slices, rows, columns).
+   and with ``fill_holes_mm2`` in the manifest, holes inside each label are filled, each within
+   the label's bounding box. The mask is uint8 (slices, rows, columns).
 
 Slice-wise models (a 2D network, ``patch_size`` ``[1, rows, columns]``) run through the same
 sliding window, one slice per window (:class:`dicom_ai.package.network.SliceWise`).
@@ -46,6 +48,7 @@ import torch
 
 from dicom_ai.infer.postprocess import postprocess_segmentation
 from dicom_ai.infer.preprocess import (
+    CanonicalTransform,
     canonical_order,
     from_canonical,
     from_network_axes,
@@ -177,13 +180,33 @@ class SegmentationModel(LoadedModel):
         timings:
             Seconds spent in ``"preprocess"``, ``"inference"`` and ``"postprocess"``.
         """
+        logits, tf, timings = self.scores(volume, sw_batch_size)
+        t2 = time.perf_counter()
+        mask = self.postprocess(logits, tf, volume)
+        del logits
+        timings["postprocess"] = time.perf_counter() - t2
+        return mask, timings
+
+    @torch.inference_mode()
+    def scores(self, volume: Volume, sw_batch_size: int = 1) -> tuple[torch.Tensor, CanonicalTransform, dict[str, float]]:
+        """Steps 1 and 2 of :meth:`predict`: the network's class scores of a volume.
+
+        Returns
+        -------
+        logits:
+            (classes, z, y, x) scores on the canonical grid at the manifest's spacing, on the
+            model's device (float16 on CUDA, float32 on CPU).
+        transform:
+            The canonical transform of the volume (:func:`dicom_ai.infer.preprocess.canonical_transform`).
+        timings:
+            Seconds spent in ``"preprocess"`` and ``"inference"``.
+        """
         from monai.inferers import sliding_window_inference
 
         m = self.manifest
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         image, tf = self._preprocess(volume)
-        sync()
+        self._sync()
         t1 = time.perf_counter()
         if 1 in m.patch_size:  # slice-wise network: batch many slices per call
             sw_batch_size = max(sw_batch_size, 16)
@@ -196,17 +219,36 @@ class SegmentationModel(LoadedModel):
             mode="gaussian",
             padding_mode="replicate",
         )
+        del image
         logits = from_network_axes(logits[0], m.axcodes)
         if self.device.type == "cuda":
             logits = logits.half()
-        sync()
-        t2 = time.perf_counter()
+        self._sync()
+        return logits, tf, {"preprocess": t1 - t0, "inference": time.perf_counter() - t1}
+
+    @torch.inference_mode()
+    def postprocess(self, logits: torch.Tensor, tf: CanonicalTransform, volume: Volume) -> np.ndarray:
+        """Step 3 of :meth:`predict`: class scores from :meth:`scores` to the label mask.
+
+        Upsampling and argmax run on the device of ``logits`` (only within the bounding box of
+        the non-background classes: :func:`dicom_ai.infer.preprocess.upsample_argmax`), the
+        connected components and hole filling on the CPU within each label's bounding box
+        (:func:`dicom_ai.infer.postprocess.postprocess_segmentation`).
+
+        Returns
+        -------
+        np.ndarray
+            uint8 (slices, rows, columns) on the source grid, the manifest's label values.
+        """
         canon = upsample_argmax(logits, tf.shape)
-        del logits, image
         mask = from_canonical(canon, tf).contiguous().cpu().numpy()
-        postprocess_segmentation(mask, m, volume.spacing, volume.array)
-        t3 = time.perf_counter()
-        return mask, {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
+        del canon
+        postprocess_segmentation(mask, self.manifest, volume.spacing, volume.array)
+        return mask
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
 
 class ClassResult:

@@ -22,6 +22,7 @@ from pydicom.sr.codedict import codes
 
 import dicom_ai
 from dicom_ai.cache.states import ResultKind
+from dicom_ai.infer.postprocess import nonzero_box
 from dicom_ai.infer.volume import Volume
 from dicom_ai.package.manifest import Code, Label, ModelManifest
 from dicom_ai.report import uids
@@ -164,12 +165,20 @@ def _to_segment_numbers(mask: np.ndarray, labels: list[Label]) -> np.ndarray:
 
     The *label-map* style input of highdicom (one array, value = segment number) keeps memory
     at one byte per voxel whatever the number of labels; a stacked (slices, rows, columns,
-    segments) array would need one byte per voxel *per label*.
+    segments) array would need one byte per voxel *per label*. When every label's value is
+    already its segment number the mask itself is returned (no copy); otherwise only the box
+    of the labelled voxels is translated.
     """
+    if all(label.value == number for number, label in enumerate(labels, start=1)):
+        return mask
     lut = np.zeros(256, dtype=np.uint8)
     for number, label in enumerate(labels, start=1):
         lut[label.value] = number
-    return lut[mask]
+    out = np.zeros_like(mask)
+    box = nonzero_box(mask)
+    if box is not None:
+        out[box] = lut[mask[box]]
+    return out
 
 
 def _check_source(volume: Volume) -> None:
