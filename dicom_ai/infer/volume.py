@@ -11,14 +11,28 @@ duplicated positions, mixed orientations or sizes, multi-frame objects) are refu
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import logging
-from collections.abc import Iterable
+import math
+import mmap
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, JPEGLSTransferSyntaxes
 
 from dicom_ai.cache.identity import mixed_patients
 from dicom_ai.dicom.geometry import plane_axes
@@ -34,6 +48,13 @@ SPACING_TOLERANCE_REL = 0.01
 SPACING_TOLERANCE_MM = 0.01
 #: Largest in-plane shift between consecutive slice origins (mm) that is not called a tilt.
 SHEAR_TOLERANCE_MM = 0.05
+#: Fewest slices per decoding process; smaller series are decoded in this process (starting a
+#: process costs about as much as decoding a few compressed slices).
+MIN_SLICES_PER_PROCESS = 16
+#: pydicom decoding plugin preferred per transfer syntax (PS3.5 A.4.3, JPEG-LS): CharLS (pyjpegls)
+#: decodes about 3 times faster than libjpeg and refuses corrupt entropy-coded data, which
+#: libjpeg turns into wrong pixels without an error. No other plugin is tried for these.
+PREFERRED_PLUGINS: dict[str, str] = {str(uid): "pyjpegls" for uid in JPEGLSTransferSyntaxes}
 
 #: SOP classes that never hold an image slice (PS3.4 B.5): SEG, SR, RT, presentation states,
 #: key objects, encapsulated documents, raw data, waveforms.
@@ -74,6 +95,12 @@ class GantryTilt(IrregularGrid):
 
 class UnevenSpacing(IrregularGrid):
     """The gaps between slices differ (missing slices or an irregular acquisition)."""
+
+
+class UndecodableSlice(VolumeError):
+    """The pixel data of one slice cannot be decoded (e.g. corrupt entropy-coded data in a
+    compressed fragment, PS3.5 A.4). The message names the file and its SOP Instance UID, the
+    transfer syntax, the decoder and the decoder's reason; never patient data."""
 
 
 @dataclass
@@ -239,6 +266,216 @@ def check_one_patient(datasets: list[pydicom.Dataset]) -> None:
         )
 
 
+@functools.cache
+def _plugin(transfer_syntax: str) -> str:
+    """The pydicom decoding plugin for ``transfer_syntax`` (:data:`PREFERRED_PLUGINS`), or ""
+    (pydicom tries every available one) where none is preferred or it is not installed."""
+    plugin = PREFERRED_PLUGINS.get(transfer_syntax, "")
+    if plugin and plugin not in get_decoder(UID(transfer_syntax)).available_plugins:
+        return ""
+    return plugin
+
+
+def _decoder_reason(exc: BaseException) -> str:
+    """The first line of what the decoder said; pydicom wraps plugin errors in a RuntimeError
+    whose first line only says that all plugins failed, the next lines give each plugin's reason."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Unable to decode as exceptions were raised") and len(lines) > 1:
+        return lines[1]
+    return lines[0]
+
+
+def _decode_file(path: Path, out: np.ndarray) -> tuple[str, str] | None:
+    """Read ``path`` whole, decode its single frame and write ``slope * stored + intercept``
+    (Rescale Slope and Intercept, PS3.3 C.11.1.1.2) into ``out``, float32 (rows, columns).
+
+    Returns
+    -------
+    None on success, else (name of the :class:`VolumeError` subclass to raise, message): the
+    message names the file, its SOP Instance UID, the transfer syntax, the decoder and the
+    first line of the decoder's reason.
+    """
+    ds: pydicom.Dataset | None = None
+    plugin = ""
+    try:
+        ds = pydicom.dcmread(path)
+        plugin = _plugin(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+        if plugin:
+            ds.pixel_array_options(decoding_plugin=plugin)
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+        meta = getattr(ds, "file_meta", None) if ds is not None else None
+        ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+        uid = str(ds.get("SOPInstanceUID", "") or "") if ds is not None else ""
+        if not uid and meta is not None:
+            uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+        ts_text = f"{UID(ts).name} ({ts})" if UID(ts).is_transfer_syntax else (ts or "unknown")
+        reason = _decoder_reason(exc)
+        if plugin and reason.startswith(f"{plugin}: "):  # pydicom prefixes the plugin's name
+            reason = reason[len(plugin) + 2:]
+        return "UndecodableSlice", (
+            f"{path.name} (SOP Instance UID {uid or 'unknown'}): pixel data cannot be decoded "
+            f"(transfer syntax {ts_text}, {plugin or 'any available decoder'}): {reason}"
+        )
+    if pixels.shape != out.shape:
+        rows, cols = out.shape
+        return "VolumeError", f"{path.name}: pixel data shape {pixels.shape} is not one {rows}x{cols} frame"
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    out[...] = pixels
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return None
+
+
+def _raise_failure(kind: str, message: str) -> NoReturn:
+    raise (UndecodableSlice if kind == "UndecodableSlice" else VolumeError)(message)
+
+
+def decode_processes(n_files: int) -> int:
+    """How many processes decode a series of ``n_files`` files: at most one per CPU this
+    process may run on (``os.sched_getaffinity``), at least :data:`MIN_SLICES_PER_PROCESS`
+    files each; 1 (decode in this process) where fork is not available or this process is a
+    daemon (which may not have children)."""
+    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, n_files // MIN_SLICES_PER_PROCESS))
+
+
+#: The array and files of a decoding process, set when it starts (inherited through fork,
+#: never pickled).
+_CHILD_STATE: tuple[np.ndarray, Sequence[Path]] | None = None
+
+
+#: prctl(2) option: the signal this process gets when its parent ends (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_init(array: np.ndarray, paths: Sequence[Path], parent_pid: int) -> None:
+    """Start of a decoding process: keep the array and files, and end with the process that
+    forked it, however that one ends (SIGKILL from the kernel, prctl ``PR_SET_PDEATHSIG``;
+    otherwise an orphan would wait for work forever, holding the shared array)."""
+    global _CHILD_STATE
+    _CHILD_STATE = (array, paths)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent ended before prctl took effect
+        os._exit(1)
+
+
+def _child_decode(start: int, stop: int) -> list[tuple[int, str, str]]:
+    """Decode files ``start:stop`` into their slots of the shared array; every failure as
+    (file index, error class name, message)."""
+    assert _CHILD_STATE is not None, "_child_init runs first"
+    array, paths = _CHILD_STATE
+    failures = []
+    for i in range(start, stop):
+        failure = _decode_file(paths[i], array[i])
+        if failure is not None:
+            failures.append((i, *failure))
+    return failures
+
+
+def _permute_slices(array: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """``array[order]`` for ``array`` (files, rows, columns), without a second full array where
+    ``order`` is a permutation of all files (moved in place, cycle by cycle)."""
+    n = len(order)
+    if n != array.shape[0] or sorted(order) != list(range(n)):
+        return array[np.asarray(order, dtype=np.intp)]
+    done = np.zeros(n, dtype=bool)
+    for start in range(n):
+        if done[start] or order[start] == start:
+            done[start] = True
+            continue
+        held = array[start].copy()
+        k = start
+        while True:
+            done[k] = True
+            src = order[k]
+            if src == start:
+                array[k] = held
+                break
+            array[k] = array[src]
+            k = src
+    return array
+
+
+class _ForkedDecoding:
+    """Every file of a series decoded by forked processes while this process reads the headers:
+    the files are decoded in the order given, each into its own slot of one float32 (files,
+    rows, columns) array in anonymous shared memory (``mmap``, MAP_SHARED), which forked
+    processes write into without copies. The codecs hold the GIL, so threads would not help.
+    :meth:`result` waits and puts the kept slices in slice order."""
+
+    def __init__(self, paths: Sequence[Path], rows: int, cols: int, processes: int) -> None:
+        n = len(paths)
+        buffer = mmap.mmap(-1, n * rows * cols * 4)
+        self.array = np.frombuffer(buffer, dtype=np.float32).reshape(n, rows, cols)
+        self.pool = ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("fork"),
+                                        initializer=_child_init, initargs=(self.array, paths, os.getpid()))
+        # a few chunks per process, so that one slow chunk does not leave a CPU idle
+        size = max(1, math.ceil(n / (4 * processes)))
+        self.futures = [self.pool.submit(_child_decode, a, min(a + size, n)) for a in range(0, n, size)]
+
+    def result(self, order: Sequence[int]) -> np.ndarray:
+        """The (slices, rows, columns) array of the files ``order`` (indices in the paths
+        given), in that order.
+
+        Raises
+        ------
+        UndecodableSlice, VolumeError
+            For the first of those files (in that order) that failed; VolumeError if a decoding
+            process died.
+        """
+        failures: dict[int, tuple[str, str]] = {}
+        try:
+            for future in self.futures:
+                failures.update((i, (kind, message)) for i, kind, message in future.result())
+        except BrokenProcessPool as exc:
+            raise VolumeError(
+                f"a pixel data decoding process died while decoding the {len(self.array)} files "
+                f"(a decoder crashed on one of them): {exc}"
+            ) from exc
+        finally:
+            self.close()
+        for i in order:
+            if i in failures:
+                _raise_failure(*failures[i])
+        return _permute_slices(self.array, order)
+
+    def close(self) -> None:
+        """Stop: chunks not started are dropped, running ones are waited for."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_decoding(paths: Sequence[Path]) -> _ForkedDecoding | None:
+    """Start decoding every file in forked processes (:func:`decode_processes`), the array sized
+    by the first file with Rows and Columns; None where the series is decoded in this process:
+    one process is enough, or that file's pixel data are native (uncompressed, PS3.5 8.1.1 and
+    A.1-A.3: reading them is copying bytes, which costs less than starting processes and
+    sharing memory)."""
+    processes = decode_processes(len(paths))
+    if processes <= 1:
+        return None
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+        except (InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        if "Rows" in ds and "Columns" in ds:
+            ts = UID(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+            if ts.is_transfer_syntax and not (ts.is_compressed or ts.is_deflated):
+                return None
+            return _ForkedDecoding(paths, int(ds.Rows), int(ds.Columns), processes)
+    return None
+
+
 def load_series(paths: list[Path]) -> Volume:
     """Read the files of one series and assemble a :class:`Volume`.
 
@@ -254,8 +491,10 @@ def load_series(paths: list[Path]) -> Volume:
     4. check the slice origins advance along the normal only (no gantry tilt / shear), with
        uniform gaps (within 1 % or 0.01 mm) and no duplicated positions;
     5. decode each slice (uncompressed, deflated, RLE, JPEG, JPEG-LS and JPEG 2000 through
-       pydicom and the pylibjpeg plugins) and write ``slope * stored + intercept`` into a
-       preallocated float32 array, one slice at a time.
+       pydicom and its plugins; JPEG-LS with CharLS, :data:`PREFERRED_PLUGINS`) and write
+       ``slope * stored + intercept`` into one preallocated float32 array; compressed or
+       deflated series in up to one forked process per usable CPU (:func:`decode_processes`),
+       which start on the files in the order given while steps 1-4 run here.
 
     Parameters
     ----------
@@ -275,9 +514,23 @@ def load_series(paths: list[Path]) -> Volume:
     VolumeError
         If no image slice is left, the slices belong to several series or differ in
         orientation, size or pixel spacing, the series is gantry-tilted, its slice spacing is
-        uneven, two slices share a position, an object is multi-frame, or a slice cannot be
-        decoded. The message names the problem for the admin.
+        uneven, two slices share a position, an object is multi-frame, or a slice holds
+        another frame size. The message names the problem for the admin.
+    UndecodableSlice
+        If the pixel data of a slice cannot be decoded (the first such slice in slice order):
+        the message names its file and SOP Instance UID and gives the decoder's reason.
     """
+    files = [Path(p) for p in paths]
+    decoding = _start_decoding(files)  # decodes while the headers are read and checked
+    try:
+        return _load_series(files, decoding)
+    finally:
+        if decoding is not None:
+            decoding.close()
+
+
+def _load_series(paths: list[Path], decoding: _ForkedDecoding | None) -> Volume:
+    """:func:`load_series` with the pixel data from ``decoding``, or decoded here if None."""
     slices = read_headers(paths)
     if not slices:
         raise NoImageSlices("no image slices in the series (only non-image objects, localizers or unreadable files)")
@@ -354,28 +607,19 @@ def load_series(paths: list[Path]) -> Volume:
         ds = slices[0][1]
         spacing_slice = float(ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0)
 
-    # --- pixel data, slice by slice -----------------------------------------------------
-    array = np.empty((len(slices), rows0, cols0), dtype=np.float32)
-    for k, (path, header) in enumerate(slices):
-        try:
-            ds = pydicom.dcmread(path)
-            pixels = ds.pixel_array
-        except Exception as exc:  # decoders raise many types
-            ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "unknown")
-            raise VolumeError(
-                f"{path.name}: pixel data cannot be decoded (transfer syntax {ts}): {exc}"
-            ) from exc
-        if pixels.shape != (rows0, cols0):
-            raise VolumeError(f"{path.name}: pixel data shape {pixels.shape} is not one {rows0}x{cols0} frame")
-        slope = float(header.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
-        out = array[k]
-        out[...] = pixels
-        if slope != 1.0:
-            out *= np.float32(slope)
-        if intercept != 0.0:
-            out += np.float32(intercept)
-        del ds, pixels
+    # --- pixel data ----------------------------------------------------------------------
+    if decoding is not None and decoding.array.shape[1:] != (rows0, cols0):
+        decoding.close()  # sized by a file left out (e.g. a localizer of another size)
+        decoding = None
+    if decoding is not None:
+        index = {path: i for i, path in enumerate(paths)}
+        array = decoding.result([index[path] for path, _ in slices])
+    else:
+        array = np.empty((len(slices), rows0, cols0), dtype=np.float32)
+        for k, (path, _) in enumerate(slices):
+            failure = _decode_file(path, array[k])
+            if failure is not None:
+                _raise_failure(*failure)
 
     direction = np.stack([row_dir, col_dir, normal])
     return Volume(
