@@ -176,18 +176,25 @@ def fill_small_holes(mask: np.ndarray, labels: list[int], spacing: tuple[float, 
         hole of any size is filled; both or neither.
     """
     max_px = max_mm2 / (float(spacing[1]) * float(spacing[2]))
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)  # 4-connected within a slice, as binary_fill_holes
     for value, box, sub, m in _regions(mask, labels):
         filled = ndi.binary_fill_holes(m)
-        for z in range(m.shape[0]):
-            if not m[z].any():
-                continue
-            holes = ndi.binary_fill_holes(m[z]) & ~m[z]
-            lab, n = ndi.label(holes)
-            if n:
-                index = np.arange(1, n + 1)
-                keep = ndi.sum(holes, lab, index=index) <= max_px
+        # in-slice holes: the 4-connected background components of a slice that do not touch
+        # its border, i.e. what binary_fill_holes(m[z]) adds; all slices labelled at once
+        background, n = ndi.label(~m, structure=in_plane)
+        if n:
+            exterior = np.zeros(n + 1, dtype=bool)
+            exterior[0] = True  # 0: the label's own voxels
+            for edge in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
+                exterior[edge] = True
+            index = np.flatnonzero(~exterior)
+            if index.size:
+                keep = np.bincount(background.ravel(), minlength=n + 1)[index] <= max_px
                 if image is not None and below is not None:
-                    keep |= ndi.mean(image[box][z], lab, index=index) < below
-                filled[z] |= np.isin(lab, index[keep])
+                    keep |= np.asarray(ndi.mean(image[box], background, index=index)) < below
+                chosen = np.zeros(n + 1, dtype=bool)
+                chosen[index[keep]] = True
+                filled |= chosen[background]
         sub[filled & (sub == 0)] = value
     return mask
