@@ -205,6 +205,9 @@ class WorkerSettings(_Section):
     # used on that device leave first
     model_memory_mb: float = Field(2048.0, ge=0)
     gpu_model_memory_mb: float = Field(4096.0, ge=0)
+    # load the enabled models when the worker starts, so the first job of each does not wait
+    # for its weights (within model_memory_mb)
+    preload_models: bool = True
 
 
 class WebSettings(_Section):

@@ -39,6 +39,7 @@ from dicom_ai.report.measure import measure_labels
 from dicom_ai.report.plausibility import check_plausibility, reasons_by_label
 from dicom_ai.report.preview import write_preview_png
 from dicom_ai.report.uids import device_uid
+from dicom_ai.schedule.routing import enabled_models
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,21 @@ class JobRunner:
 
     def model(self, path: str):
         return self._models.get(path)
+
+    def preload(self) -> None:
+        """Load the enabled models now (``[worker] preload_models``), as many as
+        ``model_memory_mb`` holds, so the first job of each does not wait for its weights. A
+        model that cannot be loaded is logged; its jobs fail with the reason when they run."""
+        t = time.perf_counter()
+        loaded = []
+        for routable in enabled_models(self.settings, self.sessions):
+            try:
+                self.model(str(routable.path))
+            except Exception as exc:  # noqa: BLE001 - any loading failure; the job reports it
+                log.warning("model %s not preloaded: %s", routable.label, exc)
+                continue
+            loaded.append(routable.label)
+        log.info("models loaded in %.1f s: %s", time.perf_counter() - t, ", ".join(loaded) or "none")
 
     def run(self, job_id: int) -> None:
         """Run one claimed job to ``done`` or ``failed``; never raises."""
@@ -295,6 +311,8 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
     sessions = open_index(settings.database_url)
     runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir))
     log.info("worker started (%d CPU threads for inference)", threads)
+    if settings.worker.preload_models:
+        runner.preload()
     while not stop.is_set():
         if os.getppid() != parent:  # the node was killed: its successor starts its own worker
             log.warning("node process gone; worker exits")
