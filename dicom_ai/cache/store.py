@@ -7,10 +7,12 @@ characters) before they become part of a path, so no sender can write outside ``
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,10 @@ from typing import BinaryIO
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 TMP_PREFIX = ".tmp-"
+#: seconds a free-space reading is used (less what was staged since) before the file system is
+#: asked again
+FREE_SPACE_MAX_AGE = 1.0
+_tmp_ids = itertools.count(1)
 
 
 class InvalidUID(ValueError):
@@ -130,6 +136,9 @@ class FileStore:
     def __init__(self, data_dir: Path) -> None:
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._free = 0  # bytes free at the last reading
+        self._free_at = float("-inf")  # time.monotonic() of that reading
+        self._staged_since = 0  # bytes staged since
 
     def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """Relative path of an instance; raises :class:`InvalidUID` for a bad UID."""
@@ -158,20 +167,43 @@ class FileStore:
             If it cannot be written (no temporary file is left then).
         """
         dest = self.abspath(relpath)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
+        fd, tmp = self._create_temporary(dest)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            view = memoryview(data).cast("B")
+            written = 0
+            while written < len(view):  # one write(2) unless the kernel takes less
+                written += os.write(fd, view[written:])
+            os.fsync(fd)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
             raise
-        return Staged(Path(tmp), dest, len(data))
+        os.close(fd)
+        self._staged_since += len(view)
+        return Staged(tmp, dest, len(view))
+
+    def _create_temporary(self, dest: Path) -> tuple[int, Path]:
+        """Create a new file, mode 0600, under a temporary name beside ``dest`` (its folder made
+        when missing); returns its descriptor and path. Names are this process's (pid and a
+        counter), so one ``open(2)`` normally does it."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        for _attempt in range(100):
+            tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{next(_tmp_ids)}-{dest.name}"
+            try:
+                return os.open(tmp, flags, 0o600), tmp
+            except FileNotFoundError:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # left by an earlier process with this pid
+                continue
+        raise FileExistsError(f"no free temporary name beside {dest}")
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+        """Bytes free on the file system of ``data_dir``: a reading at most
+        :data:`FREE_SPACE_MAX_AGE` s old, less what this store staged since."""
+        now = time.monotonic()
+        if now - self._free_at > FREE_SPACE_MAX_AGE:
+            self._free, self._free_at, self._staged_since = shutil.disk_usage(self.root).free, now, 0
+        return self._free - self._staged_since
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by a crash (never indexed); returns how many."""

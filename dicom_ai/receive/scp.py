@@ -24,6 +24,7 @@ from pydicom import uid
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 from sqlalchemy.orm import sessionmaker
@@ -153,13 +154,17 @@ class StorageSCP:
                         data.received, self.settings.node.max_instance_mb)
             return DimseStatus.OUT_OF_RESOURCES
         try:
-            raw = event.encoded_dataset(include_meta=True)
+            # as Event.encoded_dataset(include_meta=True), with the File Meta Information
+            # (PS3.10 7.1) made once, for the file and the parse
+            file_meta = event.file_meta
+            stream = data.getbuffer()
+            raw = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(file_meta), stream))
         except Exception as exc:  # noqa: BLE001 - any decoding fault is the sender's
             log.warning("C-STORE from %s refused (0xC000): cannot read data set: %s", calling, exc)
             return DimseStatus.CANNOT_UNDERSTAND
         try:
             transfer_syntax = event.context.transfer_syntax
-            ds = read_received(raw, data.getbuffer(), transfer_syntax, event.file_meta, limit)
+            ds = read_received(raw, stream, transfer_syntax, file_meta, limit)
             association_id, series_seen = self._associations.get(event.assoc, ("", set()))
             meta = self._meta(ds, rq, transfer_syntax, association_id)
             check_pixel_data(ds, transfer_syntax, limit)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, dsutils
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.events import Event
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 #: (owner, attribute, what it is used for)
@@ -30,7 +29,7 @@ METHODS = [
     (DIMSEMessage, "decode_msg", "gathering fragments in BoundedBuffer"),
     (RequestHandler, "_create_association", "AssociationServer: the admitted connection"),
     (ThreadedAssociationServer, "shutdown", "AssociationServer.shutdown"),
-    (Event, "encoded_dataset", "the C-STORE handler's raw data set"),
+    (dsutils, "encode_file_meta", "the C-STORE handler's File Meta Information, encoded once"),
 ]
 
 
