@@ -284,15 +284,14 @@ def main() -> int:
     size = sum(p.stat().st_size for p in files) / 1e6
     print(f"{args.series.name} of {args.series.parent.name}: first {SLICES} slices, {size:.1f} MB, "
           f"{syntax}; {args.echoes} C-ECHOs per level; loopback, {os.cpu_count()} CPU(s)")
-    header = (f"{'receiver':9s} {'hostile':>7s} {'held':>5s} {'closed':>6s} {'echo p50 ms':>11s} "
-              f"{'p95 ms':>7s} {'fail':>4s} {'51 slices s':>11s}")
-    print(header)
-    print("-" * len(header))
+    lines = []
     for receiver, rows in results.items():
         for level, r in rows.items():
             wall = "failed" if r["transfer"] != r["transfer"] else f"{r['transfer']:.2f}"
-            print(f"{receiver:9s} {level:7d} {r['held']:5.0f} {r['closed']:6.0f} {r['p50'] * 1e3:11.0f} "
-                  f"{r['p95'] * 1e3:7.0f} {r['failed']:4.0f} {wall:>11s}")
+            lines.append(f"{receiver:9s} {level:7d} {r['held']:5.0f} {r['closed']:6.0f} "
+                         f"{r['p50'] * 1e3:11.0f} {r['p95'] * 1e3:7.0f} {r['failed']:4.0f} {wall:>11s}")
+    ingest.print_table(f"{'receiver':9s} {'hostile':>7s} {'held':>5s} {'closed':>6s} {'echo p50 ms':>11s} "
+                       f"{'p95 ms':>7s} {'fail':>4s} {'51 slices s':>11s}", lines)
     print()
     print(f"{'dicom-ai / Orthanc':19s} {'hostile':>7s} {'echo p50':>8s} {'p95':>6s} {'51 slices':>9s}")
     for level in levels:

@@ -1,15 +1,25 @@
 """Ingest throughput: dicom-ai vs DCMTK storescp vs Orthanc on the same series (a measurement).
 
-Sends the 275-slice LIDC-IDRI-0314 chest CT (``peers.LIDC_SERIES``, implicit VR little endian,
-~145 MB) over loopback with DCMTK ``storescu`` to three receivers, one after another in the same
-run:
+Sends the 275-slice LIDC-IDRI-0314 chest CT over loopback with DCMTK ``storescu`` to three
+receivers, one after another in the same run, in three encodings of the same pixels (``--cases``):
+
+* **uncompressed**: ``peers.LIDC_SERIES``, implicit VR little endian, ~145 MB, sent as it is;
+* **JPEG-LS**: the repository's demo copy (``demo/ct_chest_LIDC-IDRI-0314/image``, JPEG-LS
+  lossless, ~53 MB), sent with ``storescu -xt`` (propose JPEG-LS lossless; the files go as they
+  are, no transcoding);
+* **JPEG 2000**: a JPEG 2000 lossless copy of the uncompressed series, made at start in the
+  temporary folder (pydicom ``Dataset.compress`` with pylibjpeg-openjpeg), sent with
+  ``storescu -xv``.
+
+The receivers:
 
 * **dicom-ai** (``dicom-ai serve`` via ``tests/nodeproc.NodeProcess``, ``stable_seconds`` 3600 so
   no inference job starts during the measurement; default ``receivers``, i.e. one receiver
   process per core sharing the port; writes each instance atomically with fsync and commits
   its index row, SQLite ``synchronous=FULL``, before answering);
 * **DCMTK storescp** (defaults, files written to ``-od``; ``--fork`` for the 4-association case
-  so it serves them concurrently; note that storescp does *not* fsync);
+  so it serves them concurrently; ``+xa`` for the compressed cases, so it accepts them; note
+  that storescp does *not* fsync);
 * **Orthanc** (``peers.Orthanc``, default settings: ``SyncStorageArea`` is not set, and its
   default is ``true`` since Orthanc 1.7.4 -- the installed 1.10.1 prints ``"SyncStorageArea" :
   true`` with ``Orthanc --config=FILE`` -- so it fsyncs every file).
@@ -33,7 +43,7 @@ MB/s (file bytes sent / wall time, MB = 10^6 bytes), and dicom-ai's instances/s 
 other receiver's for the same number of associations. Put ``--tmp`` on a real disk: on tmpfs
 fsync costs nothing and Orthanc/dicom-ai look faster than they would be.
 
-    python benchmarks/ingest.py [--runs 3] [--tmp DIR]
+    python benchmarks/ingest.py [--runs 3] [--tmp DIR] [--cases uncompressed,JPEG-LS,JPEG-2000]
 """
 
 from __future__ import annotations
@@ -47,7 +57,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,6 +72,9 @@ HOST = "127.0.0.1"
 SENDER_AET = "STORESCU"  # the calling AE title NodeProcess allows
 RECEIVERS = ("dicom-ai", "storescp", "Orthanc")
 ASSOCIATIONS = (1, 4)
+DEMO_SERIES = REPO / "demo" / "ct_chest_LIDC-IDRI-0314" / "image"
+#: case -> storescu option proposing its transfer syntax (None: storescu's uncompressed default)
+CASES: dict[str, str | None] = {"uncompressed": None, "JPEG-LS": "-xt", "JPEG-2000": "-xv"}
 
 # A started receiver: (port, called AE title, function returning the number of stored instances).
 Target = tuple[int, str, Callable[[], int]]
@@ -138,6 +152,32 @@ def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
         proc.wait(10)
 
 
+def print_table(header: str, rows: Iterable[str]) -> None:
+    """Print ``header``, a rule as wide as it, and ``rows`` (one line each)."""
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(row)
+
+
+def _to_j2k(src: Path, dest: Path) -> None:
+    import pydicom  # the benchmark's own import: only this case needs it
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = pydicom.dcmread(src)
+    ds.compress(JPEG2000Lossless)  # pylibjpeg-openjpeg; raises if no encoder is installed
+    ds.save_as(dest, enforce_file_format=True)
+
+
+def j2k_copy(files: list[Path], out_dir: Path) -> list[Path]:
+    """JPEG 2000 lossless copies of ``files`` in ``out_dir`` (same UIDs; one process per CPU)."""
+    out_dir.mkdir(parents=True)
+    dests = [out_dir / f.name for f in files]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(_to_j2k, files, dests, chunksize=8))
+    return dests
+
+
 def split(files: list[Path], n: int) -> list[list[Path]]:
     """``files`` in ``n`` contiguous groups of nearly equal size."""
     size, extra = divmod(len(files), n)
@@ -155,7 +195,7 @@ def split(files: list[Path], n: int) -> list[list[Path]]:
 
 
 @contextmanager
-def dicom_ai(workdir: Path, associations: int) -> Iterator[Target]:
+def dicom_ai(workdir: Path, associations: int, compressed: bool = False) -> Iterator[Target]:
     node = NodeProcess(workdir, stable_seconds=3600)
     try:
         node.start()
@@ -171,7 +211,7 @@ def dicom_ai(workdir: Path, associations: int) -> Iterator[Target]:
 
 
 @contextmanager
-def storescp(workdir: Path, associations: int) -> Iterator[Target]:
+def storescp(workdir: Path, associations: int, compressed: bool = False) -> Iterator[Target]:
     exe = peers.dcmtk_tool("storescp")
     if exe is None:
         raise FileNotFoundError("DCMTK storescp not found")
@@ -185,6 +225,8 @@ def storescp(workdir: Path, associations: int) -> Iterator[Target]:
             args = [exe, "-aet", aet, "-od", str(out_dir)]
             if associations > 1:
                 args.append("--fork")
+            if compressed:
+                args.append("+xa")
             with open(workdir / "storescp.log", "ab") as log:
                 proc = subprocess.Popen(
                     args + [str(port)], stdout=log, stderr=subprocess.STDOUT,
@@ -210,7 +252,7 @@ def storescp(workdir: Path, associations: int) -> Iterator[Target]:
 
 
 @contextmanager
-def orthanc(workdir: Path, associations: int) -> Iterator[Target]:
+def orthanc(workdir: Path, associations: int, compressed: bool = False) -> Iterator[Target]:
     pacs = peers.Orthanc(workdir=workdir / "orthanc")  # default settings: SyncStorageArea true
     try:
         pacs.start()
@@ -233,8 +275,9 @@ START = {"dicom-ai": dicom_ai, "storescp": storescp, "Orthanc": orthanc}
 # --------------------------------------------------------------------------------------------
 
 
-def send(port: int, aec: str, groups: list[list[Path]], logdir: Path) -> float:
-    """Start one DCMTK storescu per group at once; return seconds from first start to last exit."""
+def send(port: int, aec: str, groups: list[list[Path]], logdir: Path, propose: str | None = None) -> float:
+    """Start one DCMTK storescu per group at once (``propose``: its option proposing the files'
+    transfer syntax, e.g. ``-xt``); return seconds from first start to last exit."""
     exe = peers.dcmtk_tool("storescu")
     if exe is None:
         raise FileNotFoundError("DCMTK storescu not found")
@@ -245,7 +288,8 @@ def send(port: int, aec: str, groups: list[list[Path]], logdir: Path) -> float:
         t0 = time.perf_counter()
         for group, log in zip(groups, logs, strict=False):
             procs.append(subprocess.Popen(
-                [exe, "-aec", aec, "-aet", SENDER_AET, HOST, str(port), *map(str, group)],
+                [exe, *([propose] if propose else []), "-aec", aec, "-aet", SENDER_AET, HOST,
+                 str(port), *map(str, group)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             ))
         for p in procs:
@@ -269,14 +313,15 @@ def send(port: int, aec: str, groups: list[list[Path]], logdir: Path) -> float:
     return wall
 
 
-def measure(receiver: str, associations: int, files: list[Path], workdir: Path) -> float:
+def measure(receiver: str, associations: int, files: list[Path], workdir: Path,
+            propose: str | None = None) -> float:
     """One transfer into a fresh receiver with fresh storage; returns the wall time in seconds."""
     workdir.mkdir(parents=True)
     try:
-        with START[receiver](workdir, associations) as (port, aec, count):
+        with START[receiver](workdir, associations, propose is not None) as (port, aec, count):
             if count() != 0:
                 raise RuntimeError(f"{receiver}: storage not empty before the transfer")
-            wall = send(port, aec, split(files, associations), workdir)
+            wall = send(port, aec, split(files, associations), workdir, propose)
             stored = count()
             if stored != len(files):
                 raise RuntimeError(
@@ -295,44 +340,72 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (median)")
     ap.add_argument("--tmp", type=Path, default=None,
                     help="parent folder for receivers' storage (default: the system temp folder)")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"comma-separated, of {', '.join(CASES)} (default: all)")
+    ap.add_argument("--receivers", default=",".join(RECEIVERS),
+                    help="comma-separated, of dicom-ai, storescp, Orthanc (default: all; ratios need dicom-ai)")
+    ap.add_argument("--associations", default=",".join(map(str, ASSOCIATIONS)),
+                    help="comma-separated numbers of concurrent associations (default: 1,4)")
     args = ap.parse_args()
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
+    assocs = [int(a) for a in args.associations.split(",") if a.strip()]
+    if args.runs < 1 or not cases or not receivers or not assocs or min(assocs) < 1:
+        ap.error("--runs, --associations must be at least 1; --cases, --receivers not empty")
+    if unknown := [c for c in cases if c not in CASES] + [r for r in receivers if r not in START]:
+        ap.error(f"unknown case or receiver: {', '.join(unknown)}")
 
-    files = sorted(p for p in peers.LIDC_SERIES.iterdir() if p.is_file())
-    if not files:
-        raise SystemExit(f"no files in {peers.LIDC_SERIES}")
-    total_bytes = sum(p.stat().st_size for p in files)
-    for p in files:  # read once so the first measurement does not pay for a cold page cache
-        p.read_bytes()
-
-    walls: dict[tuple[str, int], list[float]] = {(r, a): [] for r in RECEIVERS for a in ASSOCIATIONS}
     tmp = Path(tempfile.mkdtemp(prefix="dicom-ai-ingest-", dir=args.tmp))
     try:
+        series: dict[str, list[Path]] = {}
+        sizes: dict[str, int] = {}  # bytes of each case's files
+        for case in cases:
+            if case == "JPEG-2000":
+                source = sorted(p for p in peers.LIDC_SERIES.iterdir() if p.is_file())
+                print(f"  making a JPEG 2000 lossless copy of {len(source)} files ...", file=sys.stderr, flush=True)
+                series[case] = j2k_copy(source, tmp / "j2k")
+            else:
+                folder = peers.LIDC_SERIES if case == "uncompressed" else DEMO_SERIES
+                series[case] = sorted(p for p in folder.iterdir() if p.is_file())
+            if not series[case]:
+                raise SystemExit(f"no files for the {case} case")
+            # read once so the first measurement does not pay for a cold page cache
+            sizes[case] = sum(len(p.read_bytes()) for p in series[case])
+
+        walls: dict[tuple[str, str, int], list[float]] = {
+            (c, r, a): [] for c in cases for r in receivers for a in assocs}
         for run in range(args.runs):
-            for a in ASSOCIATIONS:
-                for r in RECEIVERS:
-                    wall = measure(r, a, files, tmp / f"{r}-{a}-{run}")
-                    walls[r, a].append(wall)
-                    print(f"  run {run + 1}/{args.runs}  {r:9s} {a} assoc  {wall:7.2f} s  "
-                          f"{len(files) / wall:7.1f} inst/s", file=sys.stderr, flush=True)
+            for case in cases:
+                files = series[case]
+                for a in assocs:
+                    for r in receivers:
+                        wall = measure(r, a, files, tmp / f"{r}-{a}-{run}", CASES[case])
+                        walls[case, r, a].append(wall)
+                        print(f"  run {run + 1}/{args.runs}  {case:12s} {r:9s} {a} assoc  {wall:7.2f} s  "
+                              f"{len(files) / wall:7.1f} inst/s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rate = {k: len(files) / statistics.median(v) for k, v in walls.items()}
-    print(f"LIDC-IDRI-0314: {len(files)} instances, {total_bytes / 1e6:.1f} MB, DCMTK storescu "
-          f"over loopback, TCP_NODELAY=1, median of {args.runs} run(s), {os.cpu_count()} CPU(s)")
-    header = (f"{'receiver':10s} {'assoc':>5s} {'inst/s':>8s} {'MB/s':>7s} "
-              f"{'dicom-ai/this':>13s}  wall s (each run)")
-    print(header)
-    print("-" * len(header))
-    for a in ASSOCIATIONS:
-        for r in RECEIVERS:
-            wall = statistics.median(walls[r, a])
-            ratio = "-" if r == "dicom-ai" else f"{rate['dicom-ai', a] / rate[r, a]:.2f}"
-            each = " ".join(f"{w:.2f}" for w in walls[r, a])
-            print(f"{r:10s} {a:5d} {rate[r, a]:8.1f} {total_bytes / 1e6 / wall:7.1f} "
-                  f"{ratio:>13s}  {each}")
+    print(f"LIDC-IDRI-0314, DCMTK storescu over loopback, TCP_NODELAY=1, median of {args.runs} "
+          f"run(s), {os.cpu_count()} CPU(s)")
+    for case in cases:
+        files = series[case]
+        total_bytes = sizes[case]
+        rate = {(r, a): len(files) / statistics.median(walls[case, r, a]) for r in receivers for a in assocs}
+        print()
+        print(f"{case} ({CASES[case] or 'storescu default'}): {len(files)} instances, "
+              f"{total_bytes / 1e6:.1f} MB")
+        rows = []
+        for a in assocs:
+            for r in receivers:
+                wall = statistics.median(walls[case, r, a])
+                ratio = ("-" if r == "dicom-ai" or "dicom-ai" not in receivers
+                         else f"{rate['dicom-ai', a] / rate[r, a]:.2f}")
+                each = " ".join(f"{w:.2f}" for w in walls[case, r, a])
+                rows.append(f"{r:10s} {a:5d} {rate[r, a]:8.1f} {total_bytes / 1e6 / wall:7.1f} "
+                            f"{ratio:>13s}  {each}")
+        print_table(f"{'receiver':10s} {'assoc':>5s} {'inst/s':>8s} {'MB/s':>7s} "
+                    f"{'dicom-ai/this':>13s}  wall s (each run)", rows)
     return 0
 
 
