@@ -15,7 +15,6 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
 from dicom_ai.cache.db import Job, Series, open_index
-from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
 from dicom_ai.infer import volume as volume_module
@@ -24,8 +23,8 @@ from dicom_ai.worker import JobRunner, claim_next_job
 
 from ..infer.test_parallel_load import DEMO, garble
 from ..report.conftest import make_manifest
+from .conftest import file_and_index
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
 PATIENT_NAME = "UNDECODABLE^URSULA"
 
 
@@ -48,13 +47,7 @@ def _package(folder: Path) -> Path:
 
 def _add_series(sessions, store: FileStore, slices: list[pydicom.Dataset]) -> None:
     for i, ds in enumerate(slices):
-        meta = InstanceMeta("P7", PATIENT_NAME, str(ds.StudyInstanceUID), "20240401", "ACC7", "CT CHEST",
-                            str(ds.SeriesInstanceUID), "CT", "CHEST", "axial", 1, CT, str(ds.SOPInstanceUID),
-                            i + 1, str(ds.file_meta.TransferSyntaxUID))
-        rel = store.instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-        store.abspath(rel).parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(store.abspath(rel), enforce_file_format=True)
-        index_instance(sessions, meta, rel, store.abspath(rel).stat().st_size, "CT1")
+        file_and_index(sessions, store, ds, i + 1, patient_id="P7", patient_name=PATIENT_NAME, accession="ACC7")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from dicom_ai.cache.db import Job, Series, open_index
-from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
 from dicom_ai.package.manifest import sha256_of, write_manifest
@@ -21,8 +20,8 @@ from dicom_ai.web.data import findings_attention
 from dicom_ai.worker import JobRunner
 
 from ..report.conftest import make_manifest
+from .conftest import file_and_index
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
 PATIENT_NAME = "LOE^LINDA"
 
 
@@ -69,13 +68,7 @@ def node(tmp_path, lidc_series):
     for i, f in enumerate(by_z[150:162]):
         ds = pydicom.dcmread(f)
         ds.PatientName = PATIENT_NAME
-        meta = InstanceMeta("P9", PATIENT_NAME, str(ds.StudyInstanceUID), "20240401", "ACC9", "CT CHEST",
-                            str(ds.SeriesInstanceUID), "CT", "CHEST", "axial", 1, CT, str(ds.SOPInstanceUID),
-                            i + 1, str(ds.file_meta.TransferSyntaxUID))
-        rel = store.instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-        store.abspath(rel).parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(store.abspath(rel), enforce_file_format=True)
-        index_instance(sessions, meta, rel, store.abspath(rel).stat().st_size, "CT1")
+        file_and_index(sessions, store, ds, i + 1, patient_id="P9", patient_name=PATIENT_NAME, accession="ACC9")
     with sessions.begin() as s:
         s.query(Series).one().state = "complete"
     return settings, sessions, store
