@@ -8,7 +8,10 @@ runs them in that order, as :meth:`dicom_ai.infer.runtime.SegmentationModel.pred
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -128,6 +131,19 @@ def _regions(mask: np.ndarray, labels: list[int]):
             yield value, absolute, mask[absolute], inside[box]
 
 
+def _each_region(regions: Iterable[tuple], work: Callable[[tuple], Any]) -> list[tuple[tuple, Any]]:
+    """``(region, work(region))`` for each region of :func:`_regions`, in label order, computed
+    in threads up to the usable CPUs: scipy.ndimage's labelling and morphology release the GIL
+    for most of their work. ``work`` only reads the mask; its caller applies the results in
+    order, so the outcome is that of a sequential loop."""
+    regions = list(regions)
+    workers = min(len(regions), len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        return [(r, work(r)) for r in regions]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="postprocess") as pool:
+        return list(zip(regions, pool.map(work, regions), strict=True))
+
+
 def keep_largest_component(mask: np.ndarray, labels: list[int]) -> np.ndarray:
     """Keep, for each label value, only its largest 3D connected component (26-connectivity).
 
@@ -144,13 +160,20 @@ def keep_largest_component(mask: np.ndarray, labels: list[int]) -> np.ndarray:
         The same array.
     """
     struct = ndi.generate_binary_structure(3, 3)
-    for _, _, sub, inside in _regions(mask, labels):
+
+    def smaller_components(region: tuple) -> np.ndarray | None:
+        inside = region[3]
         comp, n = ndi.label(inside, structure=struct)
         if n <= 1:
-            continue
+            return None
         # component sizes from the label's voxels only (component 0, the rest, is not counted)
         sizes = np.bincount(comp[inside], minlength=n + 1)
-        sub[inside & (comp != int(np.argmax(sizes)))] = 0
+        return inside & (comp != int(np.argmax(sizes)))
+
+    # each label's voxels are its own: removing one label's components changes no other region
+    for (_, _, sub, _), drop in _each_region(_regions(mask, labels), smaller_components):
+        if drop is not None:
+            sub[drop] = 0
     return mask
 
 
@@ -178,7 +201,9 @@ def fill_small_holes(mask: np.ndarray, labels: list[int], spacing: tuple[float, 
     max_px = max_mm2 / (float(spacing[1]) * float(spacing[2]))
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndi.generate_binary_structure(2, 1)  # 4-connected within a slice, as binary_fill_holes
-    for value, box, sub, m in _regions(mask, labels):
+
+    def holes_filled(region: tuple) -> np.ndarray:
+        _, box, _, m = region
         filled = ndi.binary_fill_holes(m)
         # in-slice holes: the 4-connected background components of a slice that do not touch
         # its border, i.e. what binary_fill_holes(m[z]) adds; all slices labelled at once
@@ -196,5 +221,10 @@ def fill_small_holes(mask: np.ndarray, labels: list[int], spacing: tuple[float, 
                 chosen = np.zeros(n + 1, dtype=bool)
                 chosen[index[keep]] = True
                 filled |= chosen[background]
+        return filled
+
+    # filling writes only background voxels, which no region reads as its own: computed apart, applied
+    # in label order (a voxel two labels enclose goes to the first), as a sequential loop does
+    for (value, _, sub, _), filled in _each_region(_regions(mask, labels), holes_filled):
         sub[filled & (sub == 0)] = value
     return mask
