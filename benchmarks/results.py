@@ -1,14 +1,14 @@
 """Post-processing and result encoding (SEG + SR) on the LIDC chest CT (275 slices), each beside
 a reference in the same run.
 
-The network output is real: the shipped lung model (``models/lung-unet``) runs once on the
-series (:meth:`dicom_ai.infer.runtime.SegmentationModel.scores`), then
+The network output is real: the shipped active lung model (``models/lung-unet-2d``; another
+with ``--package``) runs once on the series (:meth:`dicom_ai.infer.runtime.SegmentationModel.scores`), then
 
 * post-processing, ours: :meth:`~dicom_ai.infer.runtime.SegmentationModel.postprocess`
   (upsampling and argmax within the bounding box of the non-background classes on the model's
   device, largest component within each label's box); reference: the same steps on the whole
   volume as the node did them before (every output slice upsampled and its argmax taken,
-  ``scipy.ndimage.find_objects`` over the whole mask), kept here as
+  ``scipy.ndimage.find_objects`` over the whole mask, holes filled slice by slice), kept here as
   :func:`reference_postprocess`. The two masks must be equal voxel for voxel;
 * encoding, ours: what the worker times as ``report`` (``measure_labels``,
   ``check_plausibility``, ``build_seg``, ``build_sr``, both written with ``save_as``), and the
@@ -17,7 +17,7 @@ series (:meth:`dicom_ai.infer.runtime.SegmentationModel.scores`), then
 
 Prints seconds (median of ``--runs``) and ratios ours / reference.
 
-    python benchmarks/results.py [--runs 3] [--device cpu|cuda]
+    python benchmarks/results.py [--runs 3] [--package models/lung-unet-2d] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from scipy import ndimage as ndi
 
 REPO = Path(__file__).resolve().parents[1]
 LIDC = REPO.parent / "shared" / "data" / "ct_chest_LIDC-IDRI-0314" / "image"
-PACKAGE = REPO / "models" / "lung-unet"
+PACKAGE = REPO / "models" / "lung-unet-2d"  # the shipped active lung model (2.0.0)
+sys.path.insert(0, str(REPO / "tests"))
 
 
 def _argmax_classes(scores: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,9 @@ def reference_upsample_argmax(logits: torch.Tensor, size: tuple[int, int, int]) 
 
 def reference_postprocess(model, logits: torch.Tensor, tf, volume) -> np.ndarray:
     """The post-processing as it was: whole-volume upsampling, whole-mask ``find_objects``."""
-    from dicom_ai.infer.postprocess import fill_small_holes, remap_labels
+    from infer.test_fill_holes import per_slice_fill_holes  # the per-slice definition
+
+    from dicom_ai.infer.postprocess import remap_labels
     from dicom_ai.infer.preprocess import from_canonical
 
     mask = from_canonical(reference_upsample_argmax(logits, tf.shape), tf).contiguous().cpu().numpy()
@@ -109,7 +112,7 @@ def reference_postprocess(model, logits: torch.Tensor, tf, volume) -> np.ndarray
             sizes[0] = 0
             sub[(comp != 0) & (comp != int(np.argmax(sizes)))] = 0
     if m.fill_holes_mm2:
-        fill_small_holes(mask, labels, volume.spacing, m.fill_holes_mm2, volume.array, m.fill_holes_below)
+        per_slice_fill_holes(mask, labels, volume.spacing, m.fill_holes_mm2, volume.array, m.fill_holes_below)
     return mask
 
 
@@ -153,6 +156,7 @@ def timed(fn: Callable[[], object], runs: int, sync: Callable[[], None]) -> tupl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--package", type=Path, default=PACKAGE, help="a segmentation model package")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
 
@@ -167,7 +171,7 @@ def main() -> int:
     from dicom_ai.report.sr import build_sr
 
     volume = load_series(sorted(LIDC.glob("*.dcm")))
-    model = SegmentationModel.load(PACKAGE, device=args.device)
+    model = SegmentationModel.load(args.package, device=args.device)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     logits, tf, net = model.scores(volume)
     print(f"{model.manifest.label} on {model.device} ({torch.get_num_threads()} threads), "

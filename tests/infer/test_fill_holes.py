@@ -15,7 +15,7 @@ from dicom_ai.infer.postprocess import fill_small_holes
 from dicom_ai.infer.volume import load_series
 
 
-def _per_slice(mask, labels, spacing, max_mm2, image, below):
+def per_slice_fill_holes(mask, labels, spacing, max_mm2, image, below):
     """The definition: each label's bounding box, each axial slice on its own."""
     max_px = max_mm2 / (spacing[1] * spacing[2])
     for value in labels:
@@ -58,7 +58,7 @@ def test_fill_small_holes_matches_the_per_slice_definition(ct, max_mm2, below):
     mask[(hu < -400) & body] = 1  # aerated lung: vessels and airway walls leave holes
     mask[hu > 150] = 2  # bone and contrast: rings with soft tissue inside
     assert ndi.label(ndi.binary_fill_holes(mask[20] == 1) & (mask[20] != 1))[1] > 10  # holes to fill
-    expected = _per_slice(mask.copy(), [1, 2], spacing, max_mm2, hu, below)
+    expected = per_slice_fill_holes(mask.copy(), [1, 2], spacing, max_mm2, hu, below)
     got = fill_small_holes(mask.copy(), [1, 2], spacing, max_mm2, hu if below is not None else None, below)
     assert (expected != mask).sum() > 100  # the case fills something
     np.testing.assert_array_equal(got, expected)
