@@ -31,26 +31,21 @@ from io import BytesIO
 import openjpeg
 from pydicom.encaps import generate_frames, parse_basic_offsets, parse_fragments
 from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
+    JPEG2000MC,
     UID,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
+    JPEG2000MCLossless,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
 )
 
 #: transfer syntaxes whose frames are ITU-T T.81 codestreams (PS3.5 A.4.1)
-JPEG_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1})
+JPEG_SYNTAXES = frozenset(JPEGTransferSyntaxes)  # baseline, extended, lossless, lossless SV1
 #: transfer syntaxes whose frames are ITU-T T.87 codestreams (PS3.5 A.4.3)
-JPEG_LS_SYNTAXES = frozenset({JPEGLSLossless, JPEGLSNearLossless})
+JPEG_LS_SYNTAXES = frozenset(JPEGLSTransferSyntaxes)  # lossless, near-lossless
 #: transfer syntaxes whose frames are ISO/IEC 15444-1 or -15 codestreams (PS3.5 A.4.4 and the HTJ2K syntaxes of A.4)
-J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
+#: (not the Part 2 multi-component syntaxes, whose codestreams this module does not read)
+J2K_SYNTAXES = frozenset(JPEG2000TransferSyntaxes) - {JPEG2000MCLossless, JPEG2000MC}
 #: every transfer syntax :func:`check_frame` reads
 CODESTREAM_SYNTAXES = JPEG_SYNTAXES | JPEG_LS_SYNTAXES | J2K_SYNTAXES
 
@@ -203,7 +198,8 @@ def j2k_header(frame: bytes) -> FrameHeader:
     Parameters
     ----------
     frame:
-        One frame's codestream, as the fragments of its item(s) joined.
+        The bytes of one frame (its fragments joined, PS3.5 A.4), starting at SOC or at a JP2
+        signature box.
 
     Returns
     -------
