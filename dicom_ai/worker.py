@@ -32,8 +32,8 @@ from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import create_deliveries
 from dicom_ai.infer.volume import check_one_patient, load_series
+from dicom_ai.lifetime import die_with_parent
 from dicom_ai.logconf import setup_logging
-from dicom_ai.receive.process import die_with_parent
 from dicom_ai.report.findings import Finding, Findings, findings_text
 from dicom_ai.report.measure import measure_labels
 from dicom_ai.report.plausibility import check_plausibility, reasons_by_label
@@ -299,7 +299,7 @@ class JobRunner:
 def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wake: Any = None) -> None:
     """Entry point of the worker process: poll for queued jobs until ``stop`` is set, or the
     node process ``parent_pid`` is gone: the kernel kills the worker when the node dies, however
-    it dies (:func:`~dicom_ai.receive.process.die_with_parent`; a job it was running is requeued
+    it dies (:func:`~dicom_ai.lifetime.die_with_parent`; a job it was running is requeued
     at the next start), and between jobs it checks ``os.getppid()`` too."""
     parent = parent_pid if parent_pid is not None else os.getppid()
     die_with_parent(parent)  # first: the node may die while this process is starting

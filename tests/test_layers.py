@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Layers, bottom first. ``dicom_ai`` is the package's own ``__init__`` (its version).
 LAYERS: list[set[str]] = [
-    {"dicom_ai", "config", "logconf"},
+    {"dicom_ai", "config", "logconf", "lifetime"},
     {"dicom"},  # header values, image-plane geometry
     {"cache"},  # index and file store
     {"package"},  # model package manifest, network definitions

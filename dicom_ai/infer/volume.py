@@ -11,16 +11,12 @@ duplicated positions, mixed orientations or sizes, multi-frame objects) are refu
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import logging
 import math
 import mmap
 import multiprocessing as mp
 import os
-import signal
-import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -37,6 +33,7 @@ from pydicom.uid import UID, JPEGLSTransferSyntaxes
 from dicom_ai.cache.identity import mixed_patients
 from dicom_ai.dicom.geometry import plane_axes
 from dicom_ai.dicom.header import float_values, image_type_text, is_localizer
+from dicom_ai.lifetime import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -352,21 +349,13 @@ def decode_processes(n_files: int) -> int:
 _CHILD_STATE: tuple[np.ndarray, Sequence[Path]] | None = None
 
 
-#: prctl(2) option: the signal this process gets when its parent ends (linux/prctl.h).
-_PR_SET_PDEATHSIG = 1
-
-
 def _child_init(array: np.ndarray, paths: Sequence[Path], parent_pid: int) -> None:
     """Start of a decoding process: keep the array and files, and end with the process that
-    forked it, however that one ends (SIGKILL from the kernel, prctl ``PR_SET_PDEATHSIG``;
-    otherwise an orphan would wait for work forever, holding the shared array)."""
+    forked it, however that one ends (:func:`~dicom_ai.lifetime.die_with_parent`; otherwise an
+    orphan would wait for work forever, holding the shared array)."""
     global _CHILD_STATE
     _CHILD_STATE = (array, paths)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent ended before prctl took effect
-        os._exit(1)
+    die_with_parent(parent_pid)
 
 
 def _child_decode(start: int, stop: int) -> list[tuple[int, str, str]]:

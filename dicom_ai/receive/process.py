@@ -12,43 +12,19 @@ however the node ends (:func:`die_with_parent`), so no orphan keeps answering on
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing as mp
 import os
-import signal
 import socket
-import sys
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from dicom_ai.config import Settings
+from dicom_ai.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # prctl(2) option, <linux/prctl.h>
 PARENT_POLL = 0.5  # s between checks that the node process is still there (besides prctl)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Make this process end when the node process ``parent_pid`` ends, however it ends.
-
-    On Linux the kernel then sends this process SIGKILL (prctl ``PR_SET_PDEATHSIG``, prctl(2);
-    it fires when the thread that started the process ends, which in the node is the main
-    thread). A node that died before this call (while this process was starting) is caught by
-    the check that follows: the process exits at once. Elsewhere only the caller's polling of
-    ``os.getppid()`` applies. Call it first thing in a child's entry function.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
-        except (OSError, AttributeError) as exc:
-            log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
-    if os.getppid() != parent_pid:
-        sys.stderr.write(f"node process {parent_pid} gone before process {os.getpid()} started; exiting\n")
-        os._exit(0)
 
 
 def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any, number: int,
