@@ -273,6 +273,22 @@ def _plugin(transfer_syntax: str) -> str:
     return plugin
 
 
+def preferred_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """``ds.pixel_array`` (stored values), decoded with the plugin :data:`PREFERRED_PLUGINS`
+    names for the data set's transfer syntax, where there is one and it is installed; for the
+    series the worker reads and the slices the web viewer shows alike.
+
+    Raises
+    ------
+    Exception
+        Whatever the pydicom decoder raises for pixel data it cannot decode.
+    """
+    plugin = _plugin(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+    if plugin:
+        ds.pixel_array_options(decoding_plugin=plugin)
+    return ds.pixel_array
+
+
 def _decoder_reason(exc: BaseException) -> str:
     """The first line of what the decoder said; pydicom wraps plugin errors in a RuntimeError
     whose first line only says that all plugins failed, the next lines give each plugin's reason."""
@@ -298,10 +314,8 @@ def _decode_file(path: Path, out: np.ndarray) -> tuple[str, str] | None:
     plugin = ""
     try:
         ds = pydicom.dcmread(path)
-        plugin = _plugin(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
-        if plugin:
-            ds.pixel_array_options(decoding_plugin=plugin)
-        pixels = ds.pixel_array
+        plugin = _plugin(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))  # for the message
+        pixels = preferred_pixels(ds)
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
         meta = getattr(ds, "file_meta", None) if ds is not None else None
         ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""

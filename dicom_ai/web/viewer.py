@@ -11,6 +11,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 
+from dicom_ai.infer.volume import preferred_pixels
+
 #: CT window presets: name -> (width, level) in HU
 PRESETS: dict[str, tuple[float, float]] = {
     "lung": (1500, -600),
@@ -66,7 +68,7 @@ def render_slice(data_dir: Path, item: dict, index: int, preset: str = "lung",
         raise IndexError(index)
     width, level = PRESETS[preset]
     ds = pydicom.dcmread(Path(data_dir) / item["paths"][index])
-    hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1) or 1) + float(
+    hu = preferred_pixels(ds).astype(np.float32) * float(ds.get("RescaleSlope", 1) or 1) + float(
         ds.get("RescaleIntercept", 0) or 0)
     grey = np.clip((hu - (level - width / 2)) / width, 0, 1) * 255
     rgb = np.repeat(grey[..., None], 3, axis=2)
