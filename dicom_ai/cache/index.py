@@ -11,10 +11,10 @@ C.7.1.1 Patient Module, C.7.2.1 General Study Module, C.7.3.1 General Series Mod
   resent_instance`` says.
 
 An instance breaking the first three is refused (the receiver answers 0xA900, PS3.4 B.2.3) and
-recorded as an :class:`~dicom_ai.cache.db.IdentityConflict`. The checks run before the file is
-written, so a refused instance touches nothing stored, and again in the index transaction, with
-the write lock held, where the file is renamed into place: two receiver processes racing with
-conflicting instances cannot both get in.
+recorded as an :class:`~dicom_ai.cache.db.IdentityConflict`. The checks run in the index
+transaction, with the write lock held, where the file, written under a temporary name first, is
+renamed into place only when they pass: a refused instance touches nothing stored, and two
+receiver processes racing with conflicting instances cannot both get in.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from sqlalchemy.orm import sessionmaker
 from dicom_ai.cache.db import Counter, IdentityConflict, Instance, Patient, Series, Study, utcnow
 from dicom_ai.cache.identity import PatientIdentity
 from dicom_ai.cache.states import SeriesState
-from dicom_ai.cache.store import TMP_PREFIX, FileStore, Staged, check_uid, same_dataset
+from dicom_ai.cache.store import TMP_PREFIX, FileStore, Pending, Staged, check_uid, same_dataset
 from dicom_ai.dicom.header import instance_facts, int_value
 
 log = logging.getLogger(__name__)
@@ -469,12 +469,16 @@ def store_instance(
     data: bytes | memoryview,
     calling_ae: str,
     resent: str = "keep_first",
+    pending: Pending | None = None,
 ) -> Stored:
     """Check, write and index one received instance (see the module docstring).
 
-    The checks run first, without writing (:func:`check_instance`); then the file is written
-    under a temporary name and renamed into place inside the index transaction
-    (:func:`index_instance`), which checks again. A conflict is recorded as an
+    The file is written under a temporary name first (``pending``, when the receiver started
+    writing it already: :meth:`FileStore.write_ahead`). The index transaction
+    (:func:`index_instance`) makes the identity checks with the write lock held and renames the
+    file into place only when they pass; a refused instance's temporary file is removed, so
+    nothing stored changes. A SOP Instance UID already stored in the series is compared with
+    the stored file and kept, or replaced, as ``resent`` says. A conflict is recorded as an
     :class:`~dicom_ai.cache.db.IdentityConflict` row and counted (``identity_conflicts_<kind>``).
 
     Parameters
@@ -483,47 +487,59 @@ def store_instance(
         ``[node] resent_instance``: ``keep_first`` or ``replace``, for a SOP Instance UID stored
         in the same series with another data set. Either way the stored copy is never moved to
         another patient, study or series.
+    pending:
+        ``data`` being written ahead; used for the first write, and discarded when not used.
 
     Raises
     ------
     OSError
         If the file cannot be written (nothing is left behind).
     """
-    conflict, existing = check_instance(sessions, meta)
-    for _attempt in range(3):  # a race with another receiver can change the answer once
-        if conflict is not None:
-            record_conflict(sessions, conflict, meta, calling_ae)
-            return Stored("refused", conflict)
-        replacing, outcome = False, "new"
-        if existing is not None:
-            if not store.abspath(existing).is_file():
-                replacing, outcome = True, "restored"
-            elif same_dataset(store.abspath(existing), data):
-                return Stored("identical")
-            elif resent == "keep_first":
-                conflict = Conflict("resent", "SOPInstanceUID sent again with another data set; first copy kept")
+    conflict: Conflict | None = None
+    existing: str | None = None  # the stored path of this SOP Instance UID in its series
+    try:
+        # each pass learns at most one new fact (a conflict, or the stored copy), and a race
+        # with another receiver can change the answer once more
+        for _attempt in range(4):
+            if conflict is not None:
                 record_conflict(sessions, conflict, meta, calling_ae)
-                return Stored("kept_first", conflict)
+                return Stored("refused", conflict)
+            replacing, outcome = False, "new"
+            if existing is not None:
+                if not store.abspath(existing).is_file():
+                    replacing, outcome = True, "restored"
+                elif same_dataset(store.abspath(existing), data):
+                    return Stored("identical")
+                elif resent == "keep_first":
+                    conflict = Conflict("resent", "SOPInstanceUID sent again with another data set; first copy kept")
+                    record_conflict(sessions, conflict, meta, calling_ae)
+                    return Stored("kept_first", conflict)
+                else:
+                    replacing, outcome = True, "replaced"
+            if pending is not None and not pending.used:
+                staged = pending.staged(store.abspath(relpath))
             else:
-                replacing, outcome = True, "replaced"
-        staged = store.stage(relpath, data)
-        try:
-            index_instance(sessions, meta, relpath, staged.size, calling_ae, replace=replacing, staged=staged)
-        except IdentityRefused as exc:
-            conflict = exc.conflict
-            continue
-        except AlreadyStored as exc:  # indexed by another receiver since we looked
-            existing = exc.path
-            continue
-        finally:
-            staged.discard()
-        if existing is not None and existing != relpath:
-            store.abspath(existing).unlink(missing_ok=True)  # its row now names relpath
-        if outcome == "replaced":
-            done = Conflict("resent", "SOPInstanceUID sent again with another data set; replaced")
-            record_conflict(sessions, done, meta, calling_ae)
-            return Stored("replaced", done)
-        return Stored(outcome)
+                staged = store.stage(relpath, data)
+            try:
+                index_instance(sessions, meta, relpath, staged.size, calling_ae, replace=replacing, staged=staged)
+            except IdentityRefused as exc:
+                conflict = exc.conflict
+                continue
+            except AlreadyStored as exc:  # stored already, or by another receiver since we looked
+                existing = exc.path
+                continue
+            finally:
+                staged.discard()
+            if existing is not None and existing != relpath:
+                store.abspath(existing).unlink(missing_ok=True)  # its row now names relpath
+            if outcome == "replaced":
+                done = Conflict("resent", "SOPInstanceUID sent again with another data set; replaced")
+                record_conflict(sessions, done, meta, calling_ae)
+                return Stored("replaced", done)
+            return Stored(outcome)
+    finally:
+        if pending is not None:
+            pending.discard()
     raise RuntimeError(f"{meta.sop_instance_uid}: the index kept changing while it was stored")
 
 

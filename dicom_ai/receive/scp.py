@@ -30,7 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.index import InstanceMeta, count, instance_meta, mark_released, store_instance
-from dicom_ai.cache.store import FileStore, InvalidUID
+from dicom_ai.cache.store import FileStore, InvalidUID, Pending
 from dicom_ai.config import Settings
 from dicom_ai.dicom.status import DimseStatus
 from dicom_ai.receive.transport import (
@@ -162,6 +162,27 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001 - any decoding fault is the sender's
             log.warning("C-STORE from %s refused (0xC000): cannot read data set: %s", calling, exc)
             return DimseStatus.CANNOT_UNDERSTAND
+        reserve = self.settings.node.min_free_mb * 1024 * 1024
+        if self.store.free_bytes() - len(raw) < reserve:
+            log.error(
+                "C-STORE %s refused (0xA700): less than [node] min_free_mb = %d MiB free in %s",
+                rq.AffectedSOPInstanceUID,
+                self.settings.node.min_free_mb,
+                self.store.root,
+            )
+            return DimseStatus.OUT_OF_RESOURCES
+        # the file is written and fsync'd under a temporary name while the data set is parsed
+        # and checked; store_instance renames it into place, or it is removed
+        pending = self.store.write_ahead(raw)
+        try:
+            return self._check_and_store(raw, stream, file_meta, event, rq, calling, limit, pending)
+        finally:
+            pending.discard()
+
+    def _check_and_store(self, raw: bytes, stream: Any, file_meta: Any, event: evt.Event, rq: C_STORE,
+                         calling: str, limit: int, pending: Pending) -> int:
+        """Parse and check a received data set (``raw``: as a file; ``stream``: as received),
+        then store it (:func:`store_instance`); returns the DIMSE status of the outcome."""
         try:
             transfer_syntax = event.context.transfer_syntax
             ds = read_received(raw, stream, transfer_syntax, file_meta, limit)
@@ -174,15 +195,6 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001
             log.warning("C-STORE from %s refused (0xC000): cannot parse data set: %s", calling, exc)
             return DimseStatus.CANNOT_UNDERSTAND
-        reserve = self.settings.node.min_free_mb * 1024 * 1024
-        if self.store.free_bytes() - len(raw) < reserve:
-            log.error(
-                "C-STORE %s refused (0xA700): less than [node] min_free_mb = %d MiB free in %s",
-                meta.sop_instance_uid,
-                self.settings.node.min_free_mb,
-                self.store.root,
-            )
-            return DimseStatus.OUT_OF_RESOURCES
         relpath = self.store.instance_relpath(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
         # identity checks, write and index (dicom_ai.cache.index): an instance whose patient
         # differs from its study's, whose series is stored under another study, or whose SOP
@@ -190,7 +202,7 @@ class StorageSCP:
         # nothing stored changes; a re-sent UID in the same series follows [node] resent_instance
         try:
             stored = store_instance(self.sessions, self.store, meta, relpath, raw, calling,
-                                    self.settings.node.resent_instance)
+                                    self.settings.node.resent_instance, pending)
         except OSError as exc:
             log.error("C-STORE %s failed (0xA700): %s", meta.sop_instance_uid, exc)
             return DimseStatus.OUT_OF_RESOURCES

@@ -39,3 +39,47 @@ def test_stale_temporaries_removed(tmp_path):
     (tmp_path / "instances" / "1").mkdir(parents=True)
     (tmp_path / "instances" / "1" / ".tmp-abc").write_bytes(b"x")
     assert store.remove_stale_temporaries() == 1
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_file_written_ahead_is_placed_in_a_new_folder_or_removed(tmp_path):
+    """write_ahead writes before the destination is known: staged + placed, the file lands in
+    its (new) folder with the bytes sent; discarded, nothing is left; a crash before either
+    leaves only a temporary name, which the start-up sweep removes."""
+    store = FileStore(tmp_path)
+    data = os.urandom(300_000)
+    pending = store.write_ahead(data)
+    assert _files(tmp_path) == [str(pending.tmp.relative_to(tmp_path))]
+    staged = pending.staged(store.abspath("instances/1.2/1.2.3/1.2.3.4.dcm"))
+    staged.place()
+    staged.sync()
+    pending.discard()  # staged: nothing more to do
+    assert _files(tmp_path) == ["instances/1.2/1.2.3/1.2.3.4.dcm"]
+    assert store.abspath("instances/1.2/1.2.3/1.2.3.4.dcm").read_bytes() == data
+
+    store.write_ahead(b"refused").discard()
+    assert _files(tmp_path) == ["instances/1.2/1.2.3/1.2.3.4.dcm"]
+
+    store.write_ahead(b"killed before it was placed")
+    assert store.remove_stale_temporaries() == 1
+    assert _files(tmp_path) == ["instances/1.2/1.2.3/1.2.3.4.dcm"]
+
+
+def test_a_failed_write_ahead_leaves_no_temporary(tmp_path, monkeypatch):
+    store = FileStore(tmp_path)
+
+    def full(*_a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError):
+        store.write_ahead(b"x" * 1000)
+    monkeypatch.undo()
+    pending = store.write_ahead(b"y" * 1000)
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        pending.staged(store.abspath("instances/1/2/3.dcm"))
+    assert _files(tmp_path) == []

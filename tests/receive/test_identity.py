@@ -246,15 +246,13 @@ def test_series_under_another_study_is_refused(scp, lidc_series, tmp_path):
         assert s.query(Instance).count() == 1 and s.query(Study).count() == 1
 
 
-def test_the_check_in_the_index_transaction_catches_what_the_first_look_missed(scp, lidc_series, tmp_path, monkeypatch):
-    """Another receiver process may store a conflicting instance between the look before the
-    write and the index transaction: the transaction checks again and nothing is placed."""
-    import dicom_ai.cache.index as index
-
+def test_a_refused_instance_written_ahead_leaves_no_file(scp, lidc_series, tmp_path):
+    """The file is written under a temporary name while the data set is checked; the index
+    transaction refuses the conflicting instance, and neither the file nor its temporary name
+    is left."""
     files = _copies(lidc_series, tmp_path / "race", 2, **A)
     _rewrite(files[1], **B)
     assert _send(scp, pydicom.dcmread(files[0])) == 0
-    monkeypatch.setattr(index, "check_instance", lambda sessions, meta: (None, None))
     assert _send(scp, pydicom.dcmread(files[1])) == 0xA900
     with scp.sessions() as s:
         assert s.query(Instance).count() == 1
