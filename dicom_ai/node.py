@@ -9,6 +9,7 @@ file is written atomically, so nothing is ever half-written.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import signal
 import threading
 import time
@@ -59,6 +60,9 @@ class Node:
         self.worker: BaseProcess | None = None
         self._worker_stop: Any = None
         self._worker_wake: Any = None
+        # set by the worker after each job: the outbox then runs at once, not at its next tick
+        self._job_finished = mp.get_context("spawn").Event()
+        self._outbox_lock = threading.Lock()  # the tick and the wake-up never run it together
         self.listener: socket.socket | None = None
         self._deliveries_recovered = False
         self.web: uvicorn.Server | None = None
@@ -86,13 +90,22 @@ class Node:
             log.exception("completion tick failed")
 
     def _outbox_tick(self) -> None:
-        try:
-            if not self._deliveries_recovered:  # first tick: settle transfers a stop interrupted
-                recover_deliveries(self.sessions, self.settings)
-                self._deliveries_recovered = True
-            deliver_due(self.sessions, self.store, self.settings)
-        except Exception:
-            log.exception("outbox tick failed")
+        with self._outbox_lock:
+            try:
+                if not self._deliveries_recovered:  # first tick: settle transfers a stop interrupted
+                    recover_deliveries(self.sessions, self.settings)
+                    self._deliveries_recovered = True
+                deliver_due(self.sessions, self.store, self.settings)
+            except Exception:
+                log.exception("outbox tick failed")
+
+    def _deliver_finished_jobs(self) -> None:
+        """Run the outbox as soon as the worker has ended a job (its results are then queued),
+        rather than up to ``[completion] check_interval_seconds`` later; until the node stops."""
+        while not self._stopped.is_set():
+            if self._job_finished.wait(1.0) and not self._stopped.is_set():
+                self._job_finished.clear()
+                self._outbox_tick()
 
     def _retention_tick(self) -> None:
         r = self.settings.retention
@@ -112,7 +125,7 @@ class Node:
             log.info("recovered: %d temporary files removed, %d unindexed instance files indexed "
                      "and %d removed, %d jobs requeued", removed, orphans_indexed, orphans_removed,
                      requeued)
-        self.worker, self._worker_stop, self._worker_wake = start_worker(self.settings)
+        self.worker, self._worker_stop, self._worker_wake = start_worker(self.settings, self._job_finished)
         interval = self.settings.completion.check_interval_seconds
         self.scheduler.add_job(self._completion_tick, "interval", seconds=interval, max_instances=1,
                                coalesce=True, id="completion")
@@ -122,6 +135,7 @@ class Node:
                                minutes=self.settings.retention.check_interval_minutes,
                                max_instances=1, coalesce=True, id="retention")
         self.scheduler.start()
+        threading.Thread(target=self._deliver_finished_jobs, name="outbox-wake", daemon=True).start()
         node = self.settings.node
         self.listener = open_listener(node.bind_address, node.port)
         # [node] max_associations(_per_address) hold for the node: one row of counts per process
@@ -203,7 +217,8 @@ class Node:
             while not done.wait(1.0):
                 if self.worker is not None and not self.worker.is_alive():
                     log.error("worker process died (exit code %s); restarting it", self.worker.exitcode)
-                    self.worker, self._worker_stop, self._worker_wake = start_worker(self.settings)
+                    self.worker, self._worker_stop, self._worker_wake = start_worker(
+                        self.settings, self._job_finished)
                 for number, (proc, _stop) in list(self.receivers.items()):
                     if not proc.is_alive():
                         log.error("receiver %d died (exit code %s); restarting it", number, proc.exitcode)

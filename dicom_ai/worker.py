@@ -296,11 +296,13 @@ class JobRunner:
         return outputs, findings
 
 
-def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wake: Any = None) -> None:
+def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wake: Any = None,
+                finished: Any = None) -> None:
     """Entry point of the worker process: poll for queued jobs until ``stop`` is set, or the
     node process ``parent_pid`` is gone: the kernel kills the worker when the node dies, however
     it dies (:func:`~dicom_ai.lifetime.die_with_parent`; a job it was running is requeued
-    at the next start), and between jobs it checks ``os.getppid()`` too."""
+    at the next start), and between jobs it checks ``os.getppid()`` too. ``finished`` is set
+    after each job, so the node sends its results at once."""
     parent = parent_pid if parent_pid is not None else os.getppid()
     die_with_parent(parent)  # first: the node may die while this process is starting
     settings = Settings.model_validate_json(settings_json)
@@ -325,21 +327,25 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
                 wake.clear()
             continue
         runner.run(job_id)
+        if finished is not None:
+            finished.set()
     log.info("worker stopped")
 
 
-def start_worker(settings: Settings) -> tuple[BaseProcess, Any, Any]:
+def start_worker(settings: Settings, finished: Any = None) -> tuple[BaseProcess, Any, Any]:
     """Start the worker process (spawned: a clean interpreter, torch imported only there).
 
     Returns the process and two events: ``stop`` ends it after its current job; ``wake`` makes
     an idle worker look for queued jobs at once instead of after ``[worker] poll_seconds`` (set
-    it when jobs are queued, and with ``stop``).
+    it when jobs are queued, and with ``stop``). The worker sets ``finished`` (an event of the
+    ``spawn`` context, when given) each time it has ended a job.
     """
     ctx = mp.get_context("spawn")
     stop, wake = ctx.Event(), ctx.Event()
     proc = ctx.Process(
         target=worker_main, args=(settings.model_dump_json(),),
-        kwargs={"stop": stop, "parent_pid": os.getpid(), "wake": wake}, name="dicom-ai-worker", daemon=False,
+        kwargs={"stop": stop, "parent_pid": os.getpid(), "wake": wake, "finished": finished},
+        name="dicom-ai-worker", daemon=False,
     )
     proc.start()
     return proc, stop, wake
