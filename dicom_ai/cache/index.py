@@ -157,7 +157,7 @@ _PATIENT_COLUMNS = (
     Patient.sex,
 )
 _SERIES_ROW = (
-    select(Series.id, Study.study_instance_uid, *_PATIENT_COLUMNS)
+    select(Series.id, Series.state, Study.study_instance_uid, *_PATIENT_COLUMNS)
     .join_from(Series, Study, Series.study_fk == Study.id)
     .join_from(Study, Patient, Study.patient_fk == Patient.id)
     .where(Series.series_instance_uid == bindparam("series_uid"))
@@ -201,6 +201,7 @@ class _Found:
     patient_pk: int | None = None
     stored: PatientIdentity | None = None  # the patient of the study, when it exists
     instance_path: str | None = None
+    series_state: str = SeriesState.RECEIVING  # of the stored series (a new one is receiving)
 
 
 def _examine(conn: Any, meta: InstanceMeta, identity: PatientIdentity) -> _Found:
@@ -214,7 +215,7 @@ def _examine(conn: Any, meta: InstanceMeta, identity: PatientIdentity) -> _Found
             found.conflict = Conflict(
                 "study", "SeriesInstanceUID is stored under another StudyInstanceUID")
             return found
-        found.series_id = row.id
+        found.series_id, found.series_state = row.id, row.state
     else:
         row = conn.execute(_STUDY_ROW, params).first()
         if row is not None:
@@ -426,7 +427,8 @@ def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dic
                     conn.execute(_INSERT_INSTANCE, params)
                 else:
                     conn.execute(_UPDATE_INSTANCE, params)
-                if new or staged is not None:  # a late or replaced instance re-opens its series
+                # a late or replaced instance re-opens its series
+                if (new or staged is not None) and found.series_state != SeriesState.RECEIVING:
                     conn.execute(_REOPEN_SERIES, params)
                 conn.execute(_TOUCH_SERIES, params)
                 if staged is not None:
