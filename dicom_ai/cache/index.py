@@ -527,7 +527,7 @@ def store_instance(
             except IdentityRefused as exc:
                 conflict = exc.conflict
                 continue
-            except AlreadyStored as exc:  # stored already, or by another receiver since we looked
+            except AlreadyStored as exc:  # this SOP Instance UID is indexed in the series already
                 existing = exc.path
                 continue
             finally:
