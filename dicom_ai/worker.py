@@ -37,7 +37,7 @@ from dicom_ai.logconf import setup_logging
 from dicom_ai.report.findings import Finding, Findings, findings_text
 from dicom_ai.report.measure import measure_labels
 from dicom_ai.report.plausibility import check_plausibility, reasons_by_label
-from dicom_ai.report.preview import write_preview_png
+from dicom_ai.report.preview import label_mask_npz, write_preview_png
 from dicom_ai.report.uids import device_uid
 from dicom_ai.schedule.routing import enabled_models
 
@@ -284,10 +284,8 @@ class JobRunner:
         t = time.perf_counter()
         # for the web viewer: the label mask (slices, rows, columns) and each slice's file
         slices = [str(Path(p).relative_to(self.store.root)) for p in volume.paths]
-        buf = io.BytesIO()
-        np.savez_compressed(buf, mask=mask.astype(np.uint8), paths=np.array(slices),
-                            labels=np.array([[lb.value, *lb.color] for lb in manifest.labels]))
-        self.store.write(f"results/{job_id}/mask.npz", buf.getbuffer())
+        labels = np.array([[lb.value, *lb.color] for lb in manifest.labels])
+        self.store.write(f"results/{job_id}/mask.npz", label_mask_npz(mask, slices, labels))
         try:
             write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
         except Exception as exc:  # noqa: BLE001 - a preview is a convenience

@@ -6,7 +6,9 @@ Pillow and numpy only.
 
 from __future__ import annotations
 
+import io
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,33 @@ def _tile(
     image = image.resize(size, Image.Resampling.BILINEAR)
     ImageDraw.Draw(image).text((4, 4), f"slice {index + 1}/{mask.shape[0]}", fill=(255, 255, 0))
     return image
+
+
+def label_mask_npz(mask: np.ndarray, slice_paths: list[str], labels: np.ndarray) -> bytes:
+    """The web viewer's copy of a segmentation, as the bytes of an ``.npz`` file (numpy's
+    format; :func:`numpy.load` reads it).
+
+    Parameters
+    ----------
+    mask: numpy.ndarray
+        uint8 label mask (slices, rows, columns), stored as ``mask``.
+    slice_paths: list[str]
+        The source file of each slice, in slice order, stored as ``paths``.
+    labels: numpy.ndarray
+        (labels, 4): each label's value and R, G, B colour, stored as ``labels``.
+
+    The members are deflated at zlib level 1, not numpy.savez_compressed's default level 6: on
+    a 275 x 512 x 512 lung mask that is ~5x faster (0.15 s against 0.7 s) for a file ~1.4x
+    larger (~1 MB).
+    """
+    buf = io.BytesIO()
+    arrays = {"mask": np.ascontiguousarray(mask, dtype=np.uint8), "paths": np.array(slice_paths),
+              "labels": np.asarray(labels)}
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+    return buf.getvalue()
 
 
 def write_preview_png(
