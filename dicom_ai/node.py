@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicom_ai.cache.db import open_index
+from dicom_ai.cache.db import open_index, receiver_index
 from dicom_ai.cache.index import index_orphans
 from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
@@ -53,7 +53,7 @@ class Node:
         self._registry_generation = generation(self.sessions)
         self.models = enabled_models(settings, self.sessions)
         self.routes = routes(settings, self.models)
-        self.scp = StorageSCP(settings, self.store, self.sessions)
+        self.scp = StorageSCP(settings, self.store, receiver_index(settings.database_url))
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._image_classes = set(image_storage_sop_classes())
         self._stopped = threading.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,17 +183,38 @@ class Delivery(Base):
     result: Mapped[Result] = relationship(back_populates="deliveries")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives power loss
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
+    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return set_pragmas
 
 
-def make_engine(url: str) -> Engine:
-    """Create the engine; for SQLite: WAL, synchronous FULL, 30 s busy timeout, foreign keys."""
+#: SQLite ``synchronous`` settings :func:`make_engine` accepts (https://sqlite.org/pragma.html)
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def make_engine(url: str, synchronous: str = "FULL") -> Engine:
+    """Create the engine; for SQLite: WAL, 30 s busy timeout, foreign keys, and ``synchronous``.
+
+    ``FULL`` (the default) fsyncs the write-ahead log at every commit, so a committed
+    transaction survives a power loss. ``NORMAL`` leaves that to the next checkpoint or to the
+    next ``FULL`` commit of another connection: a commit survives a crash of the process but may
+    be lost with the power. The receivers use it for their instance rows (see
+    :func:`receiver_index`); every other writer uses ``FULL``. Other databases ignore it.
+
+    Raises
+    ------
+    ValueError
+        If ``synchronous`` is not one of :data:`SYNCHRONOUS`.
+    """
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
@@ -202,7 +224,7 @@ def make_engine(url: str) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             json_serializer=json.dumps,
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(synchronous))
     else:
         engine = create_engine(url, pool_pre_ping=True)
     return engine
@@ -341,3 +363,18 @@ def open_index(url: str) -> sessionmaker:
     engine = make_engine(url)
     migrate(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def receiver_index(url: str) -> sessionmaker:
+    """The index as a C-STORE receiver writes it: an already migrated schema (the node migrates
+    it at start, :func:`open_index`), and for SQLite commits that do not wait for the disk
+    (``synchronous=NORMAL``, :func:`make_engine`).
+
+    That keeps every acknowledged instance durable, because the receiver fsyncs the instance's
+    file and its folder before the success status, and the node's start-up sweep
+    (:func:`dicom_ai.cache.index.index_orphans`) indexes every instance file that has no row:
+    an instance row that a power loss took is made again from the file. It takes the disk's
+    flush out of the index transaction, which every receiver process and association waits for
+    in turn.
+    """
+    return sessionmaker(make_engine(url, synchronous="NORMAL"), expire_on_commit=False)

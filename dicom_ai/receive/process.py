@@ -38,7 +38,7 @@ def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any
     parent = parent_pid if parent_pid is not None else os.getppid()
     die_with_parent(parent)
     # a second of imports (pynetdicom, sqlalchemy): only once the node may take this process along
-    from dicom_ai.cache.db import open_index  # deferred: after die_with_parent
+    from dicom_ai.cache.db import receiver_index  # deferred: after die_with_parent
     from dicom_ai.cache.store import FileStore  # deferred: after die_with_parent
     from dicom_ai.logconf import setup_logging  # deferred: after die_with_parent
     from dicom_ai.receive.scp import StorageSCP  # deferred: after die_with_parent
@@ -48,7 +48,7 @@ def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any
     if slots is not None:
         slots = slots.for_process(number)
         slots.clear()
-    scp = StorageSCP(settings, FileStore(settings.node.data_dir), open_index(settings.database_url))
+    scp = StorageSCP(settings, FileStore(settings.node.data_dir), receiver_index(settings.database_url))
     scp.start(listening_socket, slots=slots)
     log.info("receiver %d started (pid %d)", number, os.getpid())
     while not stop.wait(PARENT_POLL):
