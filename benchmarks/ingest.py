@@ -15,8 +15,8 @@ The receivers:
 
 * **dicom-ai** (``dicom-ai serve`` via ``tests/nodeproc.NodeProcess``, ``stable_seconds`` 3600 so
   no inference job starts during the measurement; default ``receivers``, i.e. one receiver
-  process per core sharing the port; writes each instance atomically with fsync and commits
-  its index row, SQLite ``synchronous=FULL``, before answering);
+  process per core sharing the port; writes each instance atomically with fsync of the file
+  and its folder, and commits its index row, SQLite ``synchronous=NORMAL``, before answering);
 * **DCMTK storescp** (defaults, files written to ``-od``; ``--fork`` for the 4-association case
   so it serves them concurrently; ``+xa`` for the compressed cases, so it accepts them; note
   that storescp does *not* fsync);
