@@ -6,7 +6,10 @@ with ``--package``) runs once on the series (:meth:`dicom_ai.infer.runtime.Segme
 
 * post-processing, ours: :meth:`~dicom_ai.infer.runtime.SegmentationModel.postprocess`
   (upsampling and argmax within the bounding box of the non-background classes on the model's
-  device, largest component within each label's box); reference: the same steps on the whole
+  device, scores computed only where the model pixels around an output pixel do not settle its
+  class; largest component labelled voxel by voxel only within the box of the largest
+  component of 4x4x4 blocks; holes enclosed in 3D found from the in-slice holes, without a
+  second labelling); reference: the same steps on the whole
   volume as the node did them before (every output slice upsampled and its argmax taken,
   ``scipy.ndimage.find_objects`` over the whole mask, holes filled slice by slice), kept here as
   :func:`reference_postprocess`. The two masks must be equal voxel for voxel;

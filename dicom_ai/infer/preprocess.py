@@ -287,31 +287,37 @@ def canonical_order(values: tuple, axcodes: str) -> tuple:
 
 
 def upsample_argmax(
-    logits: torch.Tensor, size: tuple[int, int, int], slab: int = 16
+    logits: torch.Tensor, size: tuple[int, int, int], slab: int = 128
 ) -> torch.Tensor:
     """Trilinear upsampling of class scores to ``size`` followed by argmax, computed only in the
     bounding box of the classes other than 0 (the background), on the device of ``logits``.
 
     Equivalent to ``F.interpolate(logits, size, mode="trilinear", align_corners=False)``
     followed by ``argmax`` over classes (ties to the lowest index), done separably: each model
-    slice is upsampled in-plane once (bilinear: columns, then rows, with the source indices and
-    weights of ``F.interpolate``, :func:`_linear_taps`), and each output slice is the linear
-    blend of its two neighbouring model slices. Two rules keep the work small without changing
-    any voxel:
+    slice upsampled in-plane (bilinear: columns, then rows, with the source indices and weights
+    of ``F.interpolate``, :func:`_linear_taps`), and each output slice the linear blend of its
+    two neighbouring model slices. Scores are blends of neighbouring model voxels with
+    non-negative weights, which gives three rules that keep the work small without changing any
+    voxel:
 
-    * every interpolated score is a blend of neighbouring model voxels with non-negative
-      weights, so where class 0 wins (ties included) at all of them it wins in the blend too:
-      outside the model-grid bounding box of the voxels whose argmax is not 0, widened by two
-      model voxels, the output is 0 and is not computed;
-    * where both neighbouring model slices have the same argmax class, every blend of them has
-      it too, so the blend is computed only for the pixels where they differ (the contours).
+    * where class 0 wins (ties included) at all of them it wins in the blend too: outside the
+      model-grid bounding box of the voxels whose argmax is not 0, widened by two model voxels,
+      the output is 0 and is not computed;
+    * where the four model pixels around an output pixel of a slice have the same argmax class,
+      by a margin over every lower class that float32 rounding cannot close
+      (:func:`_settled_classes`), the in-plane blend has that class too: it is looked up, and
+      the in-plane scores are computed only for the other pixels (the contours);
+    * where both neighbouring model slices have the same in-plane argmax class, every blend of
+      them has it too, so the blend is computed only for the pixels where they differ.
 
-    Only the box is upsampled in-plane. Its float32 products and sums are separate operations
-    (the same on CPU and GPU); ``F.interpolate``'s kernel may fuse them, which can move a score
-    by one unit in the last place and so change the argmax only where two classes tie to that
-    precision (no voxel of the 275-slice LIDC-IDRI-0314 series with the shipped lung model).
-    Memory stays bounded by ``slab`` upsampled model slices (fewer when ``C x H x W`` is large)
-    whatever the number of slices.
+    The scores that are computed are the float32 products and sums of the separable blend as
+    separate operations (the same on CPU and GPU), read from ``logits`` at any strides (no copy
+    of a crop of padded planes); ``F.interpolate``'s kernel may fuse them, which can move a
+    score by one unit in the last place and so change the argmax only where two classes tie to
+    that precision (no voxel of the 275-slice LIDC-IDRI-0314 series with the shipped lung
+    model). Memory stays bounded by ``slab`` model slices of the box's in-plane classes and
+    their output slices (fewer when they pass 256 MiB) whatever the number of slices; fewer,
+    larger parts mean fewer operations, each spread over the CPU threads.
 
     Parameters
     ----------
@@ -321,7 +327,7 @@ def upsample_argmax(
     size:
         Output (D, H, W) in voxels.
     slab:
-        Most model slices upsampled in-plane at once (at least 2).
+        Most model slices classified in-plane at once (at least 2).
 
     Returns
     -------
@@ -332,7 +338,8 @@ def upsample_argmax(
     D, H, W = size
     device = logits.device
     out = torch.zeros((D, H, W), dtype=torch.uint8, device=device)
-    coarse = _argmax_classes(logits.float())
+    model = logits.float()
+    coarse = _argmax_classes(model)
     box = _foreground_box(coarse != 0, (d, h, w), (D, H, W))
     if box is None:
         return out
@@ -352,8 +359,17 @@ def upsample_argmax(
     # the model rows and columns the box reads (the indices do not decrease)
     r0, r1 = int(y_lo[0]), int(y_hi[-1]) + 1
     c0, c1 = int(x_lo[0]), int(x_hi[-1]) + 1
+    # the scores' memory as one run (any strides, e.g. a crop of padded planes), read by offsets
+    strides = model.stride()
+    flat = _Scores(model.as_strided((sum((n - 1) * st for n, st in zip(model.shape, strides, strict=True)) + 1,), (1,)),
+                   strides[0], C)
+    strides = strides[1:]
+    taps = _taps(h, H, y0, y1, w, W, x0, x1, strides[1], strides[2], device)
     y_lo, y_hi, x_lo, x_hi = y_lo - r0, y_hi - r0, x_lo - c0, x_hi - c0
-    plane_bytes = C * H * W * 4
+    settled = _settled_classes(flat, strides, coarse)[:, r0:r1, c0:c1]
+    # bytes per model slice of a part: its in-plane classes (uint8, two temporaries) and those
+    # of its output slices (uint8, and the copy into the output)
+    plane_bytes = (4 + 2 * -(-D // d)) * (y1 - y0) * (x1 - x0)
     step = max(2, min(int(slab), (256 << 20) // max(plane_bytes, 1)))
     z = z_start
     while z < z_stop:
@@ -362,23 +378,117 @@ def upsample_argmax(
         z_end = z
         while z_end < z_stop and hi[z_end] < k1:
             z_end += 1
-        part = logits[:, k0:k1, r0:r1, c0:c1].float()  # (C, planes, rows, columns) read by the box
-        # products and sums in place (the same float32 operations, fewer large temporaries)
-        part = part.index_select(3, x_lo).mul_(x_w0).add_(part.index_select(3, x_hi).mul_(x_w1))
-        scores = part.index_select(2, y_lo).mul_(y_w0[:, None]).add_(part.index_select(2, y_hi).mul_(y_w1[:, None]))
-        del part
-        index = _argmax_classes(scores)
+        # in-plane argmax: the class of the four model pixels around an output pixel where they
+        # settle it, computed from the blended scores elsewhere
+        cells = settled[k0:k1]
+        cells = _agree(cells.index_select(2, x_lo), cells.index_select(2, x_hi))
+        index = _agree(cells.index_select(1, y_lo), cells.index_select(1, y_hi))
+        k, y, x = (index == _UNSETTLED).nonzero(as_tuple=True)
+        if k.numel():
+            index[k, y, x] = _argmax_classes(_bilinear(flat, (k + k0) * strides[0], y, x, taps))
         a = lo_t[z:z_end].to(device) - k0
-        b = hi_t[z:z_end].to(device) - k0
-        result = index[a]
-        differ = (result != index[b]) & blend[z:z_end, None, None]
-        s, y, x = differ.nonzero(as_tuple=True)
-        if s.numel():
-            mixed = scores[:, a[s], y, x] * w_lo[z:z_end][s] + scores[:, b[s], y, x] * w_hi[z:z_end][s]
-            result[s, y, x] = _argmax_classes(mixed)
+        result = index.index_select(0, a)
+        # an output slice that blends model slices k and k + 1 differs from k where they differ:
+        # their in-plane scores there, computed once, blended with each such slice's weights
+        k, y, x = (index[1:] != index[:-1]).nonzero(as_tuple=True)
+        mixing = blend[z:z_end].nonzero()[:, 0]
+        if k.numel() and mixing.numel():
+            first = torch.searchsorted(k, torch.arange(k1 - k0 + 1, device=device))
+            pair = a[mixing]
+            lengths = first[pair + 1] - first[pair]
+            slices = torch.repeat_interleave(mixing, lengths)
+            ends = lengths.cumsum(0)
+            pixel = (torch.arange(int(ends[-1]), device=device)
+                     + torch.repeat_interleave(first[pair] - ends + lengths, lengths))
+            low = _bilinear(flat, (k + k0) * strides[0], y, x, taps)
+            high = _bilinear(flat, (k + k0 + 1) * strides[0], y, x, taps)
+            mixed = low[:, pixel] * w_lo[z:z_end][slices] + high[:, pixel] * w_hi[z:z_end][slices]
+            result[slices, y[pixel], x[pixel]] = _argmax_classes(mixed)
         out[z:z_end, y0:y1, x0:x1] = result
         z = z_end
     return out
+
+
+#: In-plane class not settled by the model pixels around an output pixel.
+_UNSETTLED = 255
+
+#: Relative margin by which a model pixel's class must beat each lower class for every bilinear
+#: blend of pixels of that class to keep it: float32 rounding of the blend (a few units of 2^-24
+#: relative to the blended magnitudes) cannot close such a gap, so no lower class ties it.
+_MARGIN = 1e-4
+
+
+class _Scores:
+    """Class scores read at voxel offsets: ``memory`` the tensor's memory as one contiguous run,
+    ``step`` the offset from one class to the next, ``classes`` their number."""
+
+    def __init__(self, memory: torch.Tensor, step: int, classes: int) -> None:
+        self.memory = memory
+        self.classes = torch.arange(classes, device=memory.device)[:, None] * step
+
+    def at(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Scores (C, n) of the voxels at ``offsets`` (n) within a class."""
+        index = (self.classes + offsets[None]).reshape(-1)
+        return self.memory.index_select(0, index).view(self.classes.shape[0], -1)
+
+
+def _settled_classes(flat: _Scores, strides: tuple[int, ...], classes: torch.Tensor) -> torch.Tensor:
+    """Per model voxel, its argmax class ``classes`` (uint8 (slices, rows, columns)) where that
+    class exceeds every lower class by the relative :data:`_MARGIN`, else :data:`_UNSETTLED`.
+    ``flat`` holds the scores, a voxel's offset given by ``strides``.
+
+    A blend of pixels that all have the settled class ``c`` with non-negative weights has
+    argmax ``c``: the higher classes cannot exceed it (the products and sums of float32 are
+    monotonic), the lower ones stay below it by the margin. Class 0 has no lower class."""
+    settled = classes.clone()
+    where = (classes != 0).nonzero()
+    if not where.numel():
+        return settled
+    offsets = (where * torch.tensor(strides, device=where.device)).sum(1)
+    values = flat.at(offsets)
+    chosen = settled[where[:, 0], where[:, 1], where[:, 2]].long()
+    best = values.gather(0, chosen[None])[0]
+    close = torch.zeros_like(best, dtype=torch.bool)
+    for c in range(values.shape[0] - 1):
+        lower = values[c]
+        near = (best - lower) <= _MARGIN * torch.maximum(best.abs(), lower.abs()) + 1e-30
+        close |= near & (chosen > c)
+    k, y, x = where[close].unbind(1)
+    settled[k, y, x] = _UNSETTLED
+    return settled
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a`` where it equals ``b``, else :data:`_UNSETTLED`."""
+    return a.masked_fill_(a != b, _UNSETTLED)
+
+
+def _bilinear(flat: _Scores, k: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+              taps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """In-plane bilinear scores (C, n) at output pixels (``y``, ``x``) of the box of model
+    slice offsets ``k``, with the float32 operations of a separable upsampling: columns first
+    (``a * w0 + b * w1``), then rows.
+
+    ``flat`` holds the model's scores; ``taps`` (from :func:`_taps`) the offsets of the model
+    rows and columns of each output row and column and their weights, each (2, n)."""
+    rows, row_weights, columns, column_weights = taps
+    offsets = k + rows[:, None, y] + columns[None, :, x]  # (row lo/hi, column lo/hi, n)
+    corners = flat.at(offsets.reshape(-1)).view(-1, 2, 2, k.shape[0])
+    along = corners * column_weights[:, x]
+    along = along[:, :, 0] + along[:, :, 1]  # (C, row lo/hi, n)
+    along = along * row_weights[:, y]
+    return along[:, 0] + along[:, 1]
+
+
+def _taps(h: int, H: int, y0: int, y1: int, w: int, W: int, x0: int, x1: int, row: int, column: int,
+          device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The box's output rows ``y0 .. y1 - 1`` and columns ``x0 .. x1 - 1`` for :func:`_bilinear`:
+    offsets (``row`` and ``column`` strides) of their low and high model rows (2, rows) and their
+    weights (2, rows), then the same for the columns (:func:`_linear_taps`)."""
+    y_lo, y_hi, y_w0, y_w1 = _linear_taps(h, H, y0, y1, device)
+    x_lo, x_hi, x_w0, x_w1 = _linear_taps(w, W, x0, x1, device)
+    return (torch.stack([y_lo, y_hi]) * row, torch.stack([y_w0, y_w1]),
+            torch.stack([x_lo, x_hi]) * column, torch.stack([x_w0, x_w1]))
 
 
 def _linear_taps(n: int, N: int, start: int, stop: int, device: torch.device):

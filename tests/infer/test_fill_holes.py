@@ -1,6 +1,7 @@
-"""``fill_small_holes`` labels the in-slice holes of all slices at once; it must fill exactly
-what the per-slice definition fills (``binary_fill_holes`` of each axial slice, then each hole
-by its area and mean HU), on masks with many holes of every size made from a real CT."""
+"""``fill_small_holes`` labels the in-slice holes of all slices at once and finds the holes
+enclosed in 3D from how they overlap between slices; it must fill exactly what the per-slice
+definition fills (``binary_fill_holes`` of the box, then of each axial slice, each hole by its
+area and mean HU), on masks with many holes of every size made from a real CT."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def ct(shared_data: Path):
     return _lidc(shared_data / "ct_chest_LIDC-IDRI-0314" / "image")
 
 
-@pytest.mark.parametrize("max_mm2, below", [(400.0, -500.0), (400.0, None), (20.0, -900.0), (5000.0, None)])
+# (0.5, None): below one pixel, so only the holes enclosed in 3D are filled
+@pytest.mark.parametrize("max_mm2, below", [(400.0, -500.0), (400.0, None), (20.0, -900.0), (5000.0, None), (0.5, None)])
 def test_fill_small_holes_matches_the_per_slice_definition(ct, max_mm2, below):
     hu, spacing = ct
     body = ndi.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3), bool))
