@@ -168,7 +168,14 @@ class JobRunner:
     def preload(self) -> None:
         """Load the enabled models now (``[worker] preload_models``), as many as
         ``model_memory_mb`` holds, so the first job of each does not wait for its weights. A
-        model that cannot be loaded is logged; its jobs fail with the reason when they run."""
+        model that cannot be loaded is logged; its jobs fail with the reason when they run.
+
+        Then encode a tiny SEG and SR once (:func:`dicom_ai.report.sr.warm_up`), so that what
+        highdicom and pydicom do only at their first call in a process (0.5-1 s here: parsing
+        highdicom's tables of the standard and the full garbage collections that sets off over
+        the objects torch and the models keep alive, lazy imports) is not paid by the first
+        job's ``report`` time. A failed warm-up is logged; jobs run as without it. With
+        ``preload_models`` off the first job pays it."""
         t = time.perf_counter()
         loaded = []
         for routable in enabled_models(self.settings, self.sessions):
@@ -179,6 +186,12 @@ class JobRunner:
                 continue
             loaded.append(routable.label)
         log.info("models loaded in %.1f s: %s", time.perf_counter() - t, ", ".join(loaded) or "none")
+        try:
+            from dicom_ai.report.sr import warm_up  # deferred: start-up time (highdicom)
+
+            log.info("result encoding warmed up in %.1f s", warm_up())
+        except Exception as exc:  # noqa: BLE001 - without it only the first job is slower
+            log.warning("result encoding not warmed up: %s", exc)
 
     def run(self, job_id: int) -> None:
         """Run one claimed job to ``done`` or ``failed``; never raises."""

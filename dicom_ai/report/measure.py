@@ -75,18 +75,7 @@ def check_mask(volume: Volume, mask: np.ndarray, manifest: ModelManifest) -> np.
         If the shape differs from ``volume.array``, the values are not integers in 0..255, or a
         non-zero value is not a label of the manifest.
     """
-    mask = np.asarray(mask)
-    if mask.shape != volume.array.shape:
-        raise ValueError(
-            f"mask shape {mask.shape} differs from the volume shape {volume.array.shape} "
-            "(slices, rows, columns)"
-        )
-    if mask.dtype != np.uint8:
-        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
-            raise ValueError(f"mask must hold integer labels, got dtype {mask.dtype}")
-        if mask.size and (mask.min() < 0 or mask.max() > 255):
-            raise ValueError("mask values must lie in 0..255")
-        mask = mask.astype(np.uint8)
+    mask = _uint8_mask(volume, mask)
     box = nonzero_box(mask)
     if box is None:
         return mask
@@ -100,6 +89,30 @@ def check_mask(volume: Volume, mask: np.ndarray, manifest: ModelManifest) -> np.
     unknown = sorted(int(v) for v in present if v != 0 and int(v) not in known)
     if unknown:
         raise ValueError(f"mask holds values {unknown} that are not labels of {manifest.name}")
+    return mask
+
+
+def _uint8_mask(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    """The shape and value range part of :func:`check_mask`: ``mask`` as uint8 (no copy when
+    it already is).
+
+    Raises
+    ------
+    ValueError
+        If the shape differs from ``volume.array`` or the values are not integers in 0..255.
+    """
+    mask = np.asarray(mask)
+    if mask.shape != volume.array.shape:
+        raise ValueError(
+            f"mask shape {mask.shape} differs from the volume shape {volume.array.shape} "
+            "(slices, rows, columns)"
+        )
+    if mask.dtype != np.uint8:
+        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
+            raise ValueError(f"mask must hold integer labels, got dtype {mask.dtype}")
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise ValueError("mask values must lie in 0..255")
+        mask = mask.astype(np.uint8)
     return mask
 
 
@@ -128,21 +141,23 @@ def measure_labels(
     ValueError
         See :func:`check_mask`.
     """
-    mask = check_mask(volume, mask, manifest)
+    mask = _uint8_mask(volume, mask)
     voxel_ml = volume.voxel_volume_ml
     result: dict[int, LabelMeasurement] = {}
     # Work within the box of the labelled voxels: the voxels of a label come out in the same
     # (C) order as from the whole array, so the statistics are the same to the last bit.
-    box = nonzero_box(mask) or (slice(0, 0),) * 3
-    sub, image = mask[box], volume.array[box]
+    box = nonzero_box(mask)
+    within = box or (slice(0, 0),) * 3
+    sub, image = mask[within], volume.array[within]
+    counted = 0
     for label in manifest.labels:
-        inside = sub == label.value
-        n = int(np.count_nonzero(inside))
+        picked = image[sub == label.value]
+        n = int(picked.size)
+        counted += n
         if n:
-            values = image[inside].astype(np.float64)
-            mean = float(values.mean())
-            std = float(values.std())
-            vmin, vmax = float(values.min()), float(values.max())
+            # float32 -> float64 is exact: the extremes need no conversion
+            vmin, vmax = float(picked.min()), float(picked.max())
+            mean, std = _mean_std(picked.astype(np.float64))
         else:
             mean = std = vmin = vmax = math.nan
         result[label.value] = LabelMeasurement(
@@ -154,4 +169,22 @@ def measure_labels(
             minimum=vmin,
             maximum=vmax,
         )
+    # every labelled voxel holds a label of the manifest when the labels' counts add up; the
+    # full check otherwise, which names the values that are not labels
+    if box is not None and counted != int(np.count_nonzero(sub)):
+        check_mask(volume, mask, manifest)
     return result
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and population standard deviation (ddof=0) of a 1-D float64 array, overwriting it.
+
+    The same operations in the same order as ``values.mean()`` and ``values.std()`` (pairwise
+    sums, then the mean subtracted and squared element by element), so the same results to the
+    last bit, without the temporary array ``values.std()`` allocates.
+    """
+    n = values.size
+    mean = np.add.reduce(values) / n
+    np.subtract(values, mean, out=values)
+    np.square(values, out=values)
+    return float(mean), math.sqrt(np.add.reduce(values) / n)
