@@ -192,5 +192,7 @@ def write_preview_png(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
+    # zlib level 1 rather than Pillow's 6: ~0.03 s instead of ~0.11 s for a ~800 x 900 preview,
+    # a somewhat larger file
+    canvas.save(path, format="PNG", compress_level=1)
     return path
