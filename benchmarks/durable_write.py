@@ -29,15 +29,9 @@ import threading
 import time
 from pathlib import Path
 
+from dicom_ai.cache.store import fsync_dir
+
 SIZE = 530_000  # bytes, one 512 x 512 CT slice with its header
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_files(mode: str, folder: Path, thread: int, n: int, data: bytes) -> None:
@@ -56,7 +50,7 @@ def write_files(mode: str, folder: Path, thread: int, n: int, data: bytes) -> No
         os.fsync(fd)
         os.close(fd)
         os.replace(tmp, dest)
-        _fsync_path(folder)
+        fsync_dir(folder)
         if mode == "dicom-ai with a flushed index commit":
             with open(folder / f"wal-{thread}", "ab") as wal:
                 wal.write(b"\0" * 4096 * 12)
