@@ -173,7 +173,11 @@ class StorageSCP:
             return DimseStatus.OUT_OF_RESOURCES
         # the file is written and fsync'd under a temporary name while the data set is parsed
         # and checked; store_instance renames it into place, or it is removed
-        pending = self.store.write_ahead(raw)
+        try:
+            pending = self.store.write_ahead(raw)
+        except OSError as exc:
+            log.error("C-STORE %s failed (0xA700): %s", rq.AffectedSOPInstanceUID, exc)
+            return DimseStatus.OUT_OF_RESOURCES
         try:
             return self._check_and_store(raw, stream, file_meta, event, rq, calling, limit, pending)
         finally:

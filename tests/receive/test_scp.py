@@ -147,3 +147,23 @@ def test_disk_reserve_refuses_with_a700_and_writes_nothing(tmp_path, dcmtk, shar
         assert any("0xA700" in r.getMessage() and "min_free_mb" in r.getMessage() for r in caplog.records)
     finally:
         server.stop()
+
+
+@pytest.mark.integration
+def test_a_file_that_cannot_be_written_is_refused_with_a700(tmp_path, dcmtk, shared_data, caplog):
+    """The instance is written under a temporary name in ``incoming/`` while it is parsed;
+    when that folder cannot be made (here a file stands in its place), the C-STORE gets
+    0xA700 with one log line, and nothing is indexed."""
+    server = _scp(tmp_path)
+    try:
+        (server.store.root / "incoming").write_bytes(b"")  # mkdir and open(2) under it fail
+        src = sorted((shared_data / "ct_abdomen_CRLM-CT-1006" / "image").iterdir())[0]
+        out = peers.storescu("127.0.0.1", server.settings.node.port, src, aec="DICOM_AI", extra_args=["-v"])
+        assert out.returncode != 0
+        assert "Refused: OutOfResources" in out.stdout + out.stderr, out.stdout + out.stderr
+        assert _files(server.store.root) == []
+        with server.sessions() as s:
+            assert s.query(Instance).count() == 0
+        assert [r.getMessage()[:40] for r in caplog.records if "0xA700" in r.getMessage()]
+    finally:
+        server.stop()
