@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import highdicom as hd
+import pytest
 
 import dicom_ai.report.sr as sr_module
 from dicom_ai.cache.db import open_index
@@ -61,6 +62,7 @@ def _first_and_second(warm: bool) -> list[dict]:
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_after_warm_up_the_first_seg_parses_no_table_and_collects_nothing_in_full() -> None:
     cold_first, cold_second = _first_and_second(warm=False)
     assert cold_first["parsed"] == 1 and cold_second["parsed"] == 0  # what the warm-up moves
