@@ -2,8 +2,9 @@
 
 Layout: ``instances/<Study UID>/<Series UID>/<SOP Instance UID>.dcm`` and
 ``results/<job id>/<kind>.dcm``; ``incoming/`` holds received files written ahead under
-temporary names (:meth:`FileStore.write_ahead`) until they are renamed into place. UIDs are validated (PS3.5 §9.1: digits and dots, at most 64
-characters) before they become part of a path, so no sender can write outside ``data_dir``.
+temporary names (:meth:`FileStore.write_ahead`) until they are renamed into place. UIDs are
+validated (PS3.5 §9.1: digits and dots, at most 64 characters) before they become part of a
+path, so no sender can write outside ``data_dir``.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class Pending:
             os.close(self._close())
             self.tmp.unlink(missing_ok=True)
 
+
 def dataset_offset(data: bytes | memoryview) -> int:
     """Where the data set starts in a DICOM file (PS3.10 7.1: 128-byte preamble, ``DICM``, File
     Meta Information whose group length (0002,0000) is its first element); 0 for a stream in
@@ -253,8 +255,7 @@ class FileStore:
             If it cannot be written (no temporary file is left then).
         """
         dest = self.abspath(relpath)
-        tmp, size = self._write_temporary(dest, data)
-        return Staged(tmp, dest, size)
+        return self._write_temporary(dest, data).staged(dest)
 
     def write_ahead(self, data: bytes | memoryview) -> Pending:
         """Write ``data`` under a temporary name in ``incoming/``, before its destination is
@@ -267,7 +268,17 @@ class FileStore:
         OSError
             If it cannot be written (no temporary file is left then).
         """
-        fd, tmp = self._create_temporary(self.root / "incoming" / "instance.dcm")
+        return self._write_temporary(self.root / "incoming" / "instance.dcm", data)
+
+    def _write_temporary(self, beside: Path, data: bytes | memoryview) -> Pending:
+        """Write ``data`` under a new temporary name beside ``beside`` and start its writeback.
+
+        Raises
+        ------
+        OSError
+            If it cannot be written (no temporary file is left then).
+        """
+        fd, tmp = self._create_temporary(beside)
         try:
             size = _write_all(fd, data)
             start_writeback(fd)
@@ -277,21 +288,6 @@ class FileStore:
             raise
         self._staged_since += size
         return Pending(fd, tmp, size)
-
-    def _write_temporary(self, dest: Path, data: bytes | memoryview) -> tuple[Path, int]:
-        """Write and fsync ``data`` under a new temporary name beside ``dest``; returns the name
-        and size. On an error no temporary file is left and OSError is raised."""
-        fd, tmp = self._create_temporary(dest)
-        try:
-            size = _write_all(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        self._staged_since += size
-        return tmp, size
 
     def _create_temporary(self, dest: Path) -> tuple[int, Path]:
         """Create a new file, mode 0600, under a temporary name beside ``dest`` (its folder made
