@@ -490,7 +490,8 @@ def store_instance(
         in the same series with another data set. Either way the stored copy is never moved to
         another patient, study or series.
     pending:
-        ``data`` being written ahead; used for the first write, and discarded when not used.
+        ``data`` written ahead, used for the first write; whoever wrote it discards it
+        (:meth:`Pending.discard`), which removes it if it was not used.
 
     Raises
     ------
@@ -499,49 +500,45 @@ def store_instance(
     """
     conflict: Conflict | None = None
     existing: str | None = None  # the stored path of this SOP Instance UID in its series
-    try:
-        # each pass learns at most one new fact (a conflict, or the stored copy), and a race
-        # with another receiver can change the answer once more
-        for _attempt in range(4):
-            if conflict is not None:
+    # each pass learns at most one new fact (a conflict, or the stored copy), and a race with
+    # another receiver can change the answer once more
+    for _attempt in range(4):
+        if conflict is not None:
+            record_conflict(sessions, conflict, meta, calling_ae)
+            return Stored("refused", conflict)
+        replacing, outcome = False, "new"
+        if existing is not None:
+            if not store.abspath(existing).is_file():
+                replacing, outcome = True, "restored"
+            elif same_dataset(store.abspath(existing), data):
+                return Stored("identical")
+            elif resent == "keep_first":
+                conflict = Conflict("resent", "SOPInstanceUID sent again with another data set; first copy kept")
                 record_conflict(sessions, conflict, meta, calling_ae)
-                return Stored("refused", conflict)
-            replacing, outcome = False, "new"
-            if existing is not None:
-                if not store.abspath(existing).is_file():
-                    replacing, outcome = True, "restored"
-                elif same_dataset(store.abspath(existing), data):
-                    return Stored("identical")
-                elif resent == "keep_first":
-                    conflict = Conflict("resent", "SOPInstanceUID sent again with another data set; first copy kept")
-                    record_conflict(sessions, conflict, meta, calling_ae)
-                    return Stored("kept_first", conflict)
-                else:
-                    replacing, outcome = True, "replaced"
-            if pending is not None and not pending.used:
-                staged = pending.staged(store.abspath(relpath))
+                return Stored("kept_first", conflict)
             else:
-                staged = store.stage(relpath, data)
-            try:
-                index_instance(sessions, meta, relpath, staged.size, calling_ae, replace=replacing, staged=staged)
-            except IdentityRefused as exc:
-                conflict = exc.conflict
-                continue
-            except AlreadyStored as exc:  # this SOP Instance UID is indexed in the series already
-                existing = exc.path
-                continue
-            finally:
-                staged.discard()
-            if existing is not None and existing != relpath:
-                store.abspath(existing).unlink(missing_ok=True)  # its row now names relpath
-            if outcome == "replaced":
-                done = Conflict("resent", "SOPInstanceUID sent again with another data set; replaced")
-                record_conflict(sessions, done, meta, calling_ae)
-                return Stored("replaced", done)
-            return Stored(outcome)
-    finally:
-        if pending is not None:
-            pending.discard()
+                replacing, outcome = True, "replaced"
+        if pending is not None and not pending.used:
+            staged = pending.staged(store.abspath(relpath))
+        else:
+            staged = store.stage(relpath, data)
+        try:
+            index_instance(sessions, meta, relpath, staged.size, calling_ae, replace=replacing, staged=staged)
+        except IdentityRefused as exc:
+            conflict = exc.conflict
+            continue
+        except AlreadyStored as exc:  # this SOP Instance UID is indexed in the series already
+            existing = exc.path
+            continue
+        finally:
+            staged.discard()
+        if existing is not None and existing != relpath:
+            store.abspath(existing).unlink(missing_ok=True)  # its row now names relpath
+        if outcome == "replaced":
+            done = Conflict("resent", "SOPInstanceUID sent again with another data set; replaced")
+            record_conflict(sessions, done, meta, calling_ae)
+            return Stored("replaced", done)
+        return Stored(outcome)
     raise RuntimeError(f"{meta.sop_instance_uid}: the index kept changing while it was stored")
 
 

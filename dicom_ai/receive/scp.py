@@ -171,8 +171,9 @@ class StorageSCP:
                 self.store.root,
             )
             return DimseStatus.OUT_OF_RESOURCES
-        # the file is written and fsync'd under a temporary name while the data set is parsed
-        # and checked; store_instance renames it into place, or it is removed
+        # the file is written under a temporary name, its writeback started, while the data set
+        # is parsed and checked; store_instance fsyncs it and renames it into place, or it is
+        # removed here
         try:
             pending = self.store.write_ahead(raw)
         except OSError as exc:
