@@ -143,8 +143,9 @@ def _wait_and_report(node, out_dir: Path, console: Console, timeout: float, t_se
                 if job is not None and job.state == JobState.FAILED:
                     console.print(f"[red]job failed:[/red] {job.reason}")
                     return 1
-                if job is not None and job.state == JobState.DONE and states and all(
-                        x in (DeliveryState.DELIVERED, DeliveryState.FAILED) for x in states):
+                # the preview is written after the results are committed: its time in timings
+                if job is not None and job.state == JobState.DONE and "preview" in (job.timings or {}) \
+                        and states and all(x in (DeliveryState.DELIVERED, DeliveryState.FAILED) for x in states):
                     break
             time.sleep(0.5)
         else:

@@ -147,12 +147,18 @@ def _free_gpu_cache() -> None:
 
 
 class JobRunner:
-    """Runs jobs; keeps loaded models in memory between jobs (:class:`WarmModels`)."""
+    """Runs jobs; keeps loaded models in memory between jobs (:class:`WarmModels`).
 
-    def __init__(self, settings: Settings, sessions: sessionmaker, store: FileStore) -> None:
+    ``on_results`` (optional) is called as soon as a job's results and their deliveries are
+    committed, before the files only the web page uses (the viewer's mask, the preview) are
+    written: the outbox can send the results meanwhile."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker, store: FileStore,
+                 on_results: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
+        self.on_results = on_results
         self._models = WarmModels(settings.worker.model_memory_mb, self._load,
                                   gpu_budget_mb=settings.worker.gpu_model_memory_mb)
 
@@ -224,10 +230,11 @@ class JobRunner:
         model = self.model(model_path)  # kept loaded: only the first job of a model pays this
         timings["model_load"] = time.perf_counter() - t
         manifest = model.manifest
+        viewer_files: Callable[[], None] | None = None
         if manifest.task == "classification":
             outputs, findings = self._classify(job_id, model, volume, timings)
         else:
-            outputs, findings = self._segment(job_id, model, volume, timings)
+            outputs, findings, viewer_files = self._segment(job_id, model, volume, timings)
         timings["total"] = time.perf_counter() - t0
         timings["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with self.sessions.begin() as session:
@@ -248,6 +255,17 @@ class JobRunner:
             job.timings = {k: round(v, 3) for k, v in timings.items()}
             job.findings = findings
         log.info("job %d done in %.1f s: %s", job_id, timings["total"], findings_text(findings))
+        if self.on_results is not None:
+            self.on_results()
+        if viewer_files is not None:
+            t = time.perf_counter()
+            viewer_files()
+            try:  # the job is done and its results queued whatever happens here
+                with self.sessions.begin() as session:
+                    job = session.get(Job, job_id)
+                    job.timings = {**job.timings, "preview": round(time.perf_counter() - t, 3)}
+            except Exception as exc:  # noqa: BLE001 - a database error on a convenience figure
+                log.warning("job %d: preview time not recorded: %s", job_id, exc)
 
     def _write(self, job_id: int, kind: str, obj) -> tuple[str, Any, str]:
         buf = io.BytesIO()
@@ -270,8 +288,9 @@ class JobRunner:
         return outputs, {model.manifest.finding.meaning: result.as_findings()}
 
     def _segment(self, job_id: int, model, volume, timings: dict[str, float]):
-        """Segmentation: SEG and SR (volumes, mean HU, plausibility), the mask for the viewer, a
-        preview. An implausible result (:mod:`dicom_ai.report.plausibility`) is logged in one
+        """Segmentation: SEG and SR (volumes, mean HU, plausibility); returns them with the
+        findings and a function that writes the mask for the viewer and a preview (run after the
+        results are committed). An implausible result (:mod:`dicom_ai.report.plausibility`) is logged in one
         line and its reasons go into the findings (``"implausible"`` of each label concerned)."""
         from dicom_ai.report.seg import build_seg  # deferred: start-up time (highdicom)
         from dicom_ai.report.sr import build_sr  # deferred: start-up time (highdicom)
@@ -294,17 +313,20 @@ class JobRunner:
         outputs = [self._write(job_id, kind, obj) for kind, obj in ((ResultKind.SEG, seg), (ResultKind.SR, sr))]
         findings = segmentation_findings(measurements, issues)
         timings["report"] = time.perf_counter() - t
-        t = time.perf_counter()
-        # for the web viewer: the label mask (slices, rows, columns) and each slice's file
-        slices = [str(Path(p).relative_to(self.store.root)) for p in volume.paths]
-        labels = np.array([[lb.value, *lb.color] for lb in manifest.labels])
-        self.store.write(f"results/{job_id}/mask.npz", label_mask_npz(mask, slices, labels))
-        try:
-            write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
-        except Exception as exc:  # noqa: BLE001 - a preview is a convenience
-            log.warning("job %d: preview not written: %s", job_id, exc)
-        timings["preview"] = time.perf_counter() - t
-        return outputs, findings
+
+        def viewer_files() -> None:
+            """For the web page only, after the results are committed (a failure is logged:
+            the job is done): the label mask (slices, rows, columns) with each slice's file,
+            and the preview montage."""
+            try:
+                slices = [str(Path(p).relative_to(self.store.root)) for p in volume.paths]
+                labels = np.array([[lb.value, *lb.color] for lb in manifest.labels])
+                self.store.write(f"results/{job_id}/mask.npz", label_mask_npz(mask, slices, labels))
+                write_preview_png(volume, mask, manifest, self.store.abspath(f"results/{job_id}/preview.png"))
+            except Exception as exc:  # noqa: BLE001 - the viewer and the preview are conveniences
+                log.warning("job %d: viewer files not written: %s", job_id, exc)
+
+        return outputs, findings, viewer_files
 
 
 def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wake: Any = None,
@@ -322,7 +344,8 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
 
     threads = configure_threads()  # once per process: torch and onnxruntime use every core
     sessions = open_index(settings.database_url)
-    runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir))
+    runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir),
+                       on_results=finished.set if finished is not None else None)
     log.info("worker started (%d CPU threads for inference)", threads)
     if settings.worker.preload_models:
         runner.preload()
