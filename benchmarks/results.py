@@ -168,9 +168,10 @@ def main() -> int:
     import dicom_ai
     from dicom_ai.infer.runtime import SegmentationModel
     from dicom_ai.infer.volume import load_series
+    from dicom_ai.report.identity import MANUFACTURER
     from dicom_ai.report.measure import measure_labels
     from dicom_ai.report.plausibility import check_plausibility
-    from dicom_ai.report.seg import MANUFACTURER, MODEL_NAME, build_seg, segment_description
+    from dicom_ai.report.seg import build_seg, segment_description
     from dicom_ai.report.sr import build_sr
 
     volume = load_series(sorted(LIDC.glob("*.dcm")))
@@ -192,7 +193,7 @@ def main() -> int:
         measurements = measure_labels(volume, mask, manifest)
         issues = check_plausibility(measurements, manifest)
         seg = build_seg(volume, mask, manifest, device_serial_number="BENCH")
-        sr = build_sr(volume, mask, seg, manifest, device_uid="1.2.826.0.1.3680043.10.511.9",
+        sr = build_sr(volume, mask, seg, manifest, device_serial_number="BENCH",
                       measurements=measurements, plausibility=issues)
         return _write(seg), _write(sr)
 
@@ -214,7 +215,7 @@ def main() -> int:
             source_images=volume.datasets, pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
             series_instance_uid=hd.UID(), series_number=901, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
+            manufacturer=MANUFACTURER, manufacturer_model_name=manifest.name,
             software_versions=dicom_ai.__version__, device_serial_number="BENCH",
         )
         assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == series_uid

@@ -38,7 +38,6 @@ from dicom_ai.report.findings import Finding, Findings, findings_text
 from dicom_ai.report.measure import measure_labels
 from dicom_ai.report.plausibility import check_plausibility, reasons_by_label
 from dicom_ai.report.preview import label_mask_npz, write_preview_png
-from dicom_ai.report.uids import device_uid
 from dicom_ai.schedule.routing import enabled_models
 
 log = logging.getLogger(__name__)
@@ -282,7 +281,7 @@ class JobRunner:
         timings.update(model_timings)
         t = time.perf_counter()
         sr = build_classification_sr(volume, result, model.manifest,
-                                     device_uid=device_uid(self.settings.node.ae_title))
+                                     device_serial_number=self.settings.node.ae_title)
         outputs = [self._write(job_id, ResultKind.SR, sr)]
         timings["report"] = time.perf_counter() - t
         return outputs, {model.manifest.finding.meaning: result.as_findings()}
@@ -300,7 +299,6 @@ class JobRunner:
         timings.update(model_timings)
         t = time.perf_counter()
         omit = all(d.omit_empty_frames for d in self.settings.destinations) if self.settings.destinations else True
-        node_uid = device_uid(self.settings.node.ae_title)
         measurements = measure_labels(volume, mask, manifest)
         issues = check_plausibility(measurements, manifest)
         if issues:  # label names and numbers only: no patient data in the log
@@ -308,8 +306,8 @@ class JobRunner:
                         "; ".join(i.reason for i in issues))
         seg = build_seg(volume, mask, manifest, omit_empty_frames=omit,
                         device_serial_number=self.settings.node.ae_title)
-        sr = build_sr(volume, mask, seg, manifest, device_uid=node_uid, measurements=measurements,
-                      plausibility=issues)
+        sr = build_sr(volume, mask, seg, manifest, device_serial_number=self.settings.node.ae_title,
+                      measurements=measurements, plausibility=issues)
         outputs = [self._write(job_id, kind, obj) for kind, obj in ((ResultKind.SEG, seg), (ResultKind.SR, sr))]
         findings = segmentation_findings(measurements, issues)
         timings["report"] = time.perf_counter() - t

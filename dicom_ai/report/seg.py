@@ -6,6 +6,11 @@ Category and Type (SNOMED CT), algorithm type AUTOMATIC with the model as Segmen
 Identification (C.8.20.2 / C.8.20.2.1 Algorithm Family CID 7162), a recommended display colour
 (CIELab), and a Tracking UID shared with the SR measurement group of the segment.
 
+Identity (IHE AI Results): :func:`dicom_ai.report.identity.apply_identity` (the Processing
+Algorithm item of the Contributing Equipment Sequence, General Equipment naming the model, its
+Device UID, Body Part Examined of the source); Content Creator's Name (0070,0084, type 2 of
+C.10.9 Content Identification) is the model's name.
+
 Geometry: frame ``i`` of the mask is written with the Plane Position (Patient), Plane
 Orientation and Pixel Measures of ``volume.datasets[i]`` and references that instance in its
 Derivation Image Sequence (C.7.6.16.2.6), so each frame lands exactly on its source slice.
@@ -20,17 +25,15 @@ import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes
 
-import dicom_ai
 from dicom_ai.cache.states import ResultKind
 from dicom_ai.infer.postprocess import nonzero_box
 from dicom_ai.infer.volume import Volume
 from dicom_ai.package.manifest import Code, Label, ModelManifest
 from dicom_ai.report import uids
+from dicom_ai.report.identity import MANUFACTURER, apply_identity, software_versions
 from dicom_ai.report.measure import check_mask
 
-#: Manufacturer (0008,0070) of every object this node writes.
-MANUFACTURER = "dicom-ai"
-#: Manufacturer's Model Name (0008,1090).
+#: The node's own name, for objects that are not a model's result.
 MODEL_NAME = "dicom-ai"
 
 _LO_MAX = 64  # LO value length, PS3.5 Table 6.2-1
@@ -232,7 +235,8 @@ def build_seg(
     Returns
     -------
     highdicom.seg.Segmentation
-        The SEG, with Series and SOP Instance UIDs from :mod:`dicom_ai.report.uids` (kind
+        The SEG, identified as the module text says, with Series and SOP Instance UIDs from
+        :mod:`dicom_ai.report.uids` (kind
         ``"SEG"``; the SOP Instance UID also differs between ``omit_empty_frames`` True and
         False, the series is the same), study and patient copied from the source.
 
@@ -280,12 +284,13 @@ def build_seg(
         ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=dicom_ai.__version__,
+        manufacturer_model_name=manifest.name[:_LO_MAX],
+        software_versions=software_versions(manifest),
         device_serial_number=(device_serial_number or socket.gethostname() or "unknown")[:_LO_MAX],
+        content_creator_name=manifest.name[:_LO_MAX - 1] + "^",  # one component: the family name
         content_description=f"AI segmentation by {manifest.name} {manifest.version}"[:_LO_MAX],
         content_label=content_label(manifest),
         omit_empty_frames=omit_empty_frames,
         series_description=series_description(manifest, "segmentation"),
     )
-    return seg
+    return apply_identity(seg, manifest, source[0])

@@ -47,15 +47,15 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, generate_uid
 
-import dicom_ai
 from dicom_ai.cache.states import ResultKind
 from dicom_ai.infer.volume import Volume
 from dicom_ai.package.manifest import Label, ModelManifest
 from dicom_ai.report import uids
 from dicom_ai.report.codes import ANATOMIC_CATEGORIES
+from dicom_ai.report.identity import MANUFACTURER, apply_identity, model_device_uid, software_versions
 from dicom_ai.report.measure import LabelMeasurement, measure_labels
 from dicom_ai.report.plausibility import PlausibilityIssue, check_plausibility, reasons_by_label
-from dicom_ai.report.seg import MANUFACTURER, MODEL_NAME, build_seg, series_description, to_code
+from dicom_ai.report.seg import build_seg, series_description, to_code
 
 #: Concept name of the mean/std intensity measurement: (112031, DCM, "Attenuation Coefficient"),
 #: a member of CID 7469 "Generic Intensity and Size Measurements".
@@ -82,40 +82,61 @@ _ANATOMIC_CATEGORIES = {(c.scheme_designator, c.value) for c in ANATOMIC_CATEGOR
 _LO_MAX = 64
 
 
-def procedure_code(manifest: ModelManifest) -> hd.sr.CodedConcept:
-    """Procedure Reported (121058, DCM) for the manifest's modality and body region (CID 100).
+#: Procedure Reported by modality when neither the source nor the manifest names a region
+#: with a code here (CID 100 "Quantitative Diagnostic Imaging Procedures").
+_UNSPECIFIED_REGION = {
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+    "NM": codes.LN.NMUnspecifiedBodyRegion,
+}
+
+
+def procedure_reported(source: pydicom.Dataset, manifest: ModelManifest) -> list[hd.sr.CodedConcept]:
+    """Procedure Reported (121058, DCM) of the TID 1500 report (PS3.16 TID 1500 row 3, CID 100).
+
+    1. The source study's own procedure: the items of its Procedure Code Sequence (0008,1032)
+       (PS3.3 C.7.2.1 General Study Module), as the site coded it.
+    2. Otherwise from the modality and the manifest's body region: (24627-2, LN, "CT Chest")
+       for CT of the chest; else the modality's "unspecified body region" LOINC code, or
+       (363679005, SCT, "Imaging procedure").
 
     Parameters
     ----------
-    manifest: dicom_ai.package.manifest.ModelManifest
-        ``modality`` (e.g. ``"CT"``) and ``body_region`` (e.g. ``"CHEST"``).
-
-    Returns
-    -------
-    highdicom.sr.CodedConcept
-        (24627-2, LN, "CT Chest") for CT of the chest, otherwise the "unspecified body region"
-        LOINC code of the modality, or (363679005, SCT, "Imaging procedure").
+    source:
+        A header of the source series.
+    manifest:
+        The model (``modality``, ``body_region``).
     """
-    modality = manifest.modality.upper()
-    region = manifest.body_region.upper()
-    if modality == "CT" and region == "CHEST":
-        return hd.sr.CodedConcept("24627-2", "LN", "CT Chest")
-    if modality == "CT":
-        return hd.sr.CodedConcept.from_code(codes.LN.CTUnspecifiedBodyRegion)
-    if modality == "MR":
-        return hd.sr.CodedConcept.from_code(codes.LN.MRIUnspecifiedBodyRegion)
-    return hd.sr.CodedConcept.from_code(codes.SCT.ImagingProcedure)
+    coded = []
+    for item in source.get("ProcedureCodeSequence", []):
+        value = str(item.get("CodeValue", "") or item.get("LongCodeValue", "") or item.get("URNCodeValue", ""))
+        scheme, meaning = str(item.get("CodingSchemeDesignator", "")), str(item.get("CodeMeaning", ""))
+        if value and scheme and meaning:
+            coded.append(hd.sr.CodedConcept(value, scheme, meaning[:_LO_MAX]))
+    if coded:
+        return coded
+    modality = str(source.get("Modality", "") or manifest.modality).upper()
+    if modality == "CT" and manifest.body_region.upper() == "CHEST":
+        return [hd.sr.CodedConcept("24627-2", "LN", "CT Chest")]
+    code = _UNSPECIFIED_REGION.get(modality, codes.SCT.ImagingProcedure)
+    return [hd.sr.CodedConcept.from_code(code)]
 
 
-def observation_context(manifest: ModelManifest, device_uid: str) -> hd.sr.ObservationContext:
-    """Observation context with this node as the device observer (PS3.16 TID 1001, TID 1004).
+def observation_context(manifest: ModelManifest, device_uid: str | None = None,
+                        serial_number: str | None = None) -> hd.sr.ObservationContext:
+    """Observation context with the model as the device observer (PS3.16 TID 1001, TID 1004).
 
     Parameters
     ----------
     manifest: dicom_ai.package.manifest.ModelManifest
-        The model, recorded as the device's Model Name (``"<name> <version>"``).
-    device_uid: str
-        Device Observer UID (121012, DCM) of this node.
+        The model: Device Observer Name and Model Name are its name.
+    device_uid: str | None
+        Device Observer UID (121012, DCM); by default the model's Device UID
+        (:func:`dicom_ai.report.identity.model_device_uid`), the one in the Contributing
+        Equipment Sequence.
+    serial_number: str | None
+        Device Observer Serial Number (121015, DCM): the node running the model (its AE title).
 
     Returns
     -------
@@ -125,10 +146,11 @@ def observation_context(manifest: ModelManifest, device_uid: str) -> hd.sr.Obser
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.cid270.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=device_uid,
-                name=MODEL_NAME,
+                uid=device_uid or model_device_uid(manifest),
+                name=manifest.name[:_LO_MAX],
                 manufacturer_name=MANUFACTURER,
-                model_name=f"{manifest.name} {manifest.version}"[:_LO_MAX],
+                model_name=manifest.name[:_LO_MAX],
+                serial_number=serial_number[:_LO_MAX] if serial_number else None,
             ),
         )
     )
@@ -184,7 +206,7 @@ def build_sr(
     *,
     series_number: int = 902,
     instance_number: int = 1,
-    device_uid: str | None = None,
+    device_serial_number: str | None = None,
     measurements: dict[int, LabelMeasurement] | None = None,
     plausibility: list[PlausibilityIssue] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
@@ -208,9 +230,10 @@ def build_sr(
         Series Number (0020,0011) of the SR series.
     instance_number: int, optional
         Instance Number (0020,0013).
-    device_uid: str | None, optional
-        Device Observer UID of this node; derived from the host name by default
-        (:func:`dicom_ai.report.uids.device_uid`).
+    device_serial_number: str | None, optional
+        The node running the model (its AE title): Device Observer Serial Number and Device
+        Serial Number; the host name by default. The observer itself is the model
+        (:func:`observation_context`).
     measurements: dict[int, LabelMeasurement] | None, optional
         The result of :func:`dicom_ai.report.measure.measure_labels` for this volume and mask,
         when the caller has it already; computed here otherwise.
@@ -282,24 +305,24 @@ def build_sr(
         groups.append(group)
 
     return _measurement_report_sr(source, [seg], groups, manifest, "measurements", series_number=series_number,
-                                  instance_number=instance_number, device_uid=device_uid)
+                                  instance_number=instance_number, device_serial_number=device_serial_number)
 
 
 def _measurement_report_sr(
     source: list, extra_evidence: list, groups: list, manifest: ModelManifest, kind: str, *,
-    series_number: int, instance_number: int, device_uid: str | None,
+    series_number: int, instance_number: int, device_serial_number: str | None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The Comprehensive 3D SR holding a TID 1500 report of ``groups`` about ``source``: this
-    node as device observer, the procedure from the manifest, UIDs from :mod:`dicom_ai.report.uids`."""
+    """The Comprehensive 3D SR holding a TID 1500 report of ``groups`` about ``source``: the
+    model as device observer, the procedure from :func:`procedure_reported`, the identity of
+    :func:`dicom_ai.report.identity.apply_identity`, UIDs from :mod:`dicom_ai.report.uids`."""
     series_uid = str(source[0].SeriesInstanceUID)
+    serial = (device_serial_number or socket.gethostname() or "unknown")[:_LO_MAX]
     report = hd.sr.MeasurementReport(
-        observation_context=observation_context(
-            manifest, device_uid or uids.device_uid(socket.gethostname() or MODEL_NAME)
-        ),
-        procedure_reported=procedure_code(manifest),
+        observation_context=observation_context(manifest, serial_number=serial),
+        procedure_reported=procedure_reported(source[0], manifest),
         imaging_measurements=groups,
     )
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[*source, *extra_evidence],
         content=report,
         series_instance_uid=uids.result_series_uid(series_uid, manifest.name, manifest.version, ResultKind.SR),
@@ -311,9 +334,10 @@ def _measurement_report_sr(
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description=series_description(manifest, kind),
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=dicom_ai.__version__,
+        manufacturer_model_name=manifest.name[:_LO_MAX],
+        software_versions=software_versions(manifest),
     )
+    return apply_identity(sr, manifest, source[0], device_serial_number=serial, body_part=False)
 
 
 #: Concept name of the class probability: (122157, DCM, "Probability"), unit UCUM ``1``.
@@ -328,7 +352,7 @@ def build_classification_sr(
     *,
     series_number: int = 903,
     instance_number: int = 1,
-    device_uid: str | None = None,
+    device_serial_number: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build a TID 1500 Measurement Report with the class a classification model gave a series.
 
@@ -386,7 +410,8 @@ def build_classification_sr(
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source],
     )
     return _measurement_report_sr(list(source), [], [group], manifest, "classification",
-                                  series_number=series_number, instance_number=instance_number, device_uid=device_uid)
+                                  series_number=series_number, instance_number=instance_number,
+                                  device_serial_number=device_serial_number)
 
 
 def _warm_up_source(slices: int = 2, size: int = 8) -> Volume:
@@ -451,7 +476,7 @@ def warm_up() -> float:
                     "type": {"value": "39607008", "scheme": "SCT", "meaning": "Lung"}}],
     })
     seg = build_seg(volume, mask, manifest, device_serial_number="WARMUP")
-    sr = build_sr(volume, mask, seg, manifest, device_uid=uids.device_uid("WARMUP"))
+    sr = build_sr(volume, mask, seg, manifest, device_serial_number="WARMUP")
     for obj in (seg, sr):
         obj.save_as(io.BytesIO(), enforce_file_format=True)
     return time.perf_counter() - t

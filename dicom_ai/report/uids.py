@@ -179,3 +179,25 @@ def device_uid(node_name: str, *, prefix: str = PYDICOM_ROOT_UID) -> UID:
         The same UID for the same node name.
     """
     return _derive(["device", node_name], prefix)
+
+
+def model_device_uid(model_name: str, model_version: str, weights_sha256: str, *,
+                     prefix: str = PYDICOM_ROOT_UID) -> UID:
+    """Device UID (0018,1002) of a model: the algorithm as a device (IHE AI Results, the
+    Processing Algorithm item of the Contributing Equipment Sequence; PS3.16 TID 1004 Device
+    Observer UID).
+
+    Derived from the model's name, version and the SHA-256 of its weights, so retrained weights
+    get a new UID even under the same name and version, and the same package always the same.
+
+    Parameters
+    ----------
+    model_name, model_version:
+        As in the package manifest.
+    weights_sha256:
+        Hex SHA-256 of the package's weights (the manifest's ``sha256``; may be empty for a
+        package without a recorded checksum, which then depends on name and version only).
+    prefix: str, optional
+        UID root; defaults to pydicom's root.
+    """
+    return _derive(["model-device", model_name, model_version, weights_sha256.lower()], prefix)

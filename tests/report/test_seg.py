@@ -92,7 +92,7 @@ def _check_attributes(seg: hd.seg.Segmentation, volume: Volume, manifest: ModelM
     assert seg.SegmentationType == "BINARY"
     assert seg.Modality == "SEG"
     assert seg.Manufacturer == "dicom-ai"
-    assert dicom_ai.__version__ in list(np.atleast_1d(seg.SoftwareVersions))
+    assert seg.SoftwareVersions == f"{manifest.version} / dicom-ai {dicom_ai.__version__}"
     assert seg.SeriesDescription == "AI Lung segmentation (dicom-ai-lung 1.0.0)"
     assert seg.SeriesNumber == 901
     assert seg.ContentLabel == "DICOM_AI_LUNG"

@@ -65,9 +65,9 @@ def test_observer_is_the_device(objects, manifest) -> None:
             else:
                 items[name] = item.TextValue
     assert items["Observer Type"] == "121007"  # Device
-    assert items["Device Observer Name"] == "dicom-ai"
-    assert items["Device Observer Model Name"] == f"{manifest.name} {manifest.version}"
-    assert items["Device Observer UID"]
+    assert items["Device Observer Name"] == manifest.name
+    assert items["Device Observer Model Name"] == manifest.name
+    assert items["Device Observer UID"] == sr.ContributingEquipmentSequence[-1].DeviceUID  # the model
 
 
 def test_measurement_groups(objects, small_volume, small_mask, manifest) -> None:
