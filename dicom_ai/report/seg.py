@@ -33,9 +33,6 @@ from dicom_ai.report import uids
 from dicom_ai.report.identity import MANUFACTURER, apply_identity, software_versions
 from dicom_ai.report.measure import check_mask
 
-#: The node's own name, for objects that are not a model's result.
-MODEL_NAME = "dicom-ai"
-
 _LO_MAX = 64  # LO value length, PS3.5 Table 6.2-1
 _CS_MAX = 16
 

@@ -30,6 +30,16 @@ Structure (PS3.16 TID 1500 Measurement Report):
     range") of CID 42 is a Numeric Value Qualifier that changes how the NUM's value itself is
     read.
 
+* One TID 1410 *Planar ROI Measurements* group per non-empty segment, on the source slice where
+  the segment is largest, so that viewers can place the finding on an image: the outline of
+  the segment's largest 4-connected part there (:mod:`dicom_ai.report.outline`) as Image Region
+  (SCOORD POLYLINE) and as the coordinates its first NUM, the Area (mm2), is INFERRED FROM;
+  then Mean and Standard Deviation (373098007 and 386136009, SCT, as the concept names) of its
+  HU for CT. Its Tracking Identifier is :data:`PLANAR_TRACKING_IDENTIFIER`, the text OHIF's
+  Cornerstone reader takes for a closed outline; the Tracking UID is the segment's own
+  derivation for ``region="largest-slice"``, and finding and algorithm are the segment's.
+* Image Library (TID 1600): the slices those outlines lie on, with their descriptors.
+
 Evidence (Current Requested Procedure Evidence Sequence, PS3.3 C.17.2): the source images and
 the SEG; patient and study are copied from the source, so the SR joins the source study.
 """
@@ -54,6 +64,7 @@ from dicom_ai.report import uids
 from dicom_ai.report.codes import ANATOMIC_CATEGORIES
 from dicom_ai.report.identity import MANUFACTURER, apply_identity, model_device_uid, software_versions
 from dicom_ai.report.measure import LabelMeasurement, measure_labels
+from dicom_ai.report.outline import largest_cross_section
 from dicom_ai.report.plausibility import PlausibilityIssue, check_plausibility, reasons_by_label
 from dicom_ai.report.seg import build_seg, series_description, to_code
 
@@ -272,7 +283,7 @@ def build_sr(
         name=manifest.algorithm_name[:_LO_MAX], version=manifest.version[:_LO_MAX]
     )
 
-    groups = []
+    groups, planars = [], []
     for label in manifest.labels:
         m = measurements[label.value]
         tracking = hd.sr.TrackingIdentifier(
@@ -303,14 +314,80 @@ def build_sr(
                 )
             )
         groups.append(group)
+        planar = _planar_group(volume, mask, label, manifest, series_uid, algorithm, is_ct)
+        if planar is not None:
+            planars.append(planar)
 
-    return _measurement_report_sr(source, [seg], groups, manifest, "measurements", series_number=series_number,
-                                  instance_number=instance_number, device_serial_number=device_serial_number)
+    # the Image Library (TID 1600) describes the images the spatial coordinates lie on
+    on = {str(image.SOPInstanceUID) for _, image in planars}
+    library = [ds for ds in source if str(ds.SOPInstanceUID) in on]
+    return _measurement_report_sr(source, [seg], groups + [g for g, _ in planars], manifest, "measurements",
+                                  series_number=series_number, instance_number=instance_number,
+                                  device_serial_number=device_serial_number, image_library=library)
+
+
+#: Tracking Identifier text of the largest-slice groups. Viewers built on Cornerstone (OHIF 3,
+#: through @cornerstonejs/adapters) turn a TID 1500 measurement group into a measurement on an
+#: image only when its Tracking Identifier names one of their tools; a closed polyline is their
+#: PlanarFreehandROI tool, which shows the first NUM as the area and the NUMs named "Mean" and
+#: "Standard Deviation". The group's Tracking UID and finding say which segment it is.
+PLANAR_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+#: (42798000, SCT, "Area"), UCUM ``mm2``.
+AREA = codes.SCT.Area
+UNIT_MM2 = hd.sr.CodedConcept(value="mm2", scheme_designator="UCUM", meaning="square millimeter")
+
+
+def _planar_group(volume: Volume, mask: np.ndarray, label: Label, manifest: ModelManifest, series_uid: str,
+                  algorithm: hd.sr.AlgorithmIdentification, is_ct: bool):
+    """The TID 1410 Planar ROI group of a label on its largest cross-section
+    (:func:`dicom_ai.report.outline.largest_cross_section`) and the source header of that
+    slice, or None for an empty label.
+
+    The outline is the group's Image Region (SCOORD POLYLINE, 111030 DCM) on that source image
+    and also the INFERRED FROM coordinates of its first NUM, the Area (mm2) of the segment's
+    pixels inside the outline (holes in the segment, e.g. vessels, are not counted; PS3.16 TID
+    300 row 8, where viewers look for a measurement's place); then, for CT, the Mean and the
+    Standard Deviation (373098007 and 386136009, SCT) of those pixels' HU, named so that each
+    is distinct without its derivation."""
+    cut = largest_cross_section(mask, label.value)
+    if cut is None:
+        return None
+    ds = volume.datasets[cut.slice_index]
+    row_mm, col_mm = (float(x) for x in ds.PixelSpacing)
+    source_image = hd.sr.SourceImageForRegion(referenced_sop_class_uid=str(ds.SOPClassUID),
+                                              referenced_sop_instance_uid=str(ds.SOPInstanceUID))
+    measurements = [hd.sr.Measurement(name=AREA, value=round(float(cut.region.sum()) * row_mm * col_mm, 2),
+                                      unit=UNIT_MM2, algorithm_id=algorithm)]
+    if is_ct:
+        values = volume.array[cut.slice_index][cut.region].astype(np.float64)
+        measurements += [
+            hd.sr.Measurement(name=MEAN, value=round(float(values.mean()), 1), unit=UNIT_HU, algorithm_id=algorithm),
+            hd.sr.Measurement(name=STANDARD_DEVIATION, value=round(float(values.std()), 1), unit=UNIT_HU,
+                              algorithm_id=algorithm),
+        ]
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.tracking_uid(series_uid, manifest.name, manifest.version, label.value, region="largest-slice"),
+            identifier=PLANAR_TRACKING_IDENTIFIER,
+        ),
+        referenced_region=hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                            graphic_data=cut.points, source_image=source_image),
+        finding_category=to_code(label.category),
+        finding_type=to_code(label.type),
+        finding_sites=_finding_sites(label),
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+    area = next(item for item in group[0].ContentSequence if item.ValueType == "NUM")
+    coordinates = hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                                  graphic_data=cut.points, source_image=source_image)
+    area.ContentSequence = pydicom.Sequence([*area.get("ContentSequence", []), coordinates])
+    return group, ds
 
 
 def _measurement_report_sr(
     source: list, extra_evidence: list, groups: list, manifest: ModelManifest, kind: str, *,
-    series_number: int, instance_number: int, device_serial_number: str | None,
+    series_number: int, instance_number: int, device_serial_number: str | None, image_library: list | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR holding a TID 1500 report of ``groups`` about ``source``: the
     model as device observer, the procedure from :func:`procedure_reported`, the identity of
@@ -321,6 +398,7 @@ def _measurement_report_sr(
         observation_context=observation_context(manifest, serial_number=serial),
         procedure_reported=procedure_reported(source[0], manifest),
         imaging_measurements=groups,
+        referenced_images=image_library or None,
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source, *extra_evidence],

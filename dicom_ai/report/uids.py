@@ -136,6 +136,7 @@ def tracking_uid(
     model_version: str,
     label_value: int,
     *,
+    region: str = "",
     prefix: str = PYDICOM_ROOT_UID,
 ) -> UID:
     """Tracking UID of one segmented finding (PS3.3 C.8.20.4 Tracking UID; PS3.16 TID 4108).
@@ -149,6 +150,9 @@ def tracking_uid(
         The source series and the model, as for :func:`result_instance_uid`.
     label_value: int
         Value of the label in the label mask (``Label.value``).
+    region: str, optional
+        Empty for the segment itself; a name (e.g. ``"largest-slice"``) for another tracked
+        finding derived from it, such as its outline on one slice, which gets a UID of its own.
     prefix: str, optional
         UID root; defaults to pydicom's root.
 
@@ -157,10 +161,8 @@ def tracking_uid(
     pydicom.uid.UID
         A UID of at most 64 characters.
     """
-    return _derive(
-        ["tracking", str(source_series_uid), model_name, model_version, str(int(label_value))],
-        prefix,
-    )
+    parts = ["tracking", str(source_series_uid), model_name, model_version, str(int(label_value))]
+    return _derive(parts + [region] if region else parts, prefix)
 
 
 def device_uid(node_name: str, *, prefix: str = PYDICOM_ROOT_UID) -> UID:

@@ -8,6 +8,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from dicom_ai.report import build_seg, build_sr, measure_labels
+from dicom_ai.report.outline import largest_part
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +188,41 @@ def test_nothing_found_is_said_in_every_group(tmp_path, small_volume, manifest) 
     groups = hd.sr.srread(tmp_path / "sr.dcm").content.get_volumetric_roi_measurement_groups()
     assert [_comments(g) for g in groups] == [["Implausible result: no Right lung or Left lung found"]] * 2
     assert [m.value for g in groups for m in g.get_measurements()] == [0.0, 0.0]
+
+
+def test_planar_group_on_the_largest_slice(objects, small_volume, small_mask, manifest) -> None:
+    """Each segment's outline on the slice where it is largest, with area, mean and SD of that
+    cross-section, referenced to that source image and listed in the Image Library."""
+    _, sr = objects
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert len(planar) == len(manifest.labels)
+    library = {str(e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+               for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "111028"
+               for group in item.ContentSequence for e in group.ContentSequence}
+    ps = [float(x) for x in small_volume.datasets[0].PixelSpacing]
+    for group, label in zip(planar, manifest.labels, strict=True):
+        counts = (small_mask == label.value).sum(axis=(1, 2))
+        k = int(np.argmax(counts))
+        image = str(small_volume.datasets[k].SOPInstanceUID)
+        assert group.tracking_identifier == "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+        assert group.finding_type.value == label.type.value
+        region = group.roi
+        assert region.graphic_type.value == "POLYLINE"
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image
+        points = np.asarray(region.value).reshape(-1, 2)
+        assert (points[0] == points[-1]).all()  # closed
+        x, y = points[:, 0], points[:, 1]
+        enclosed = 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:])))  # pixels
+        by_name = {m.name.meaning: m for m in group.get_measurements()}
+        assert list(by_name) == ["Area", "Mean", "Standard Deviation"]
+        assert by_name["Area"].unit.value == "mm2"
+        part = largest_part(small_mask[k] == label.value)  # what is outlined; its holes are not
+        assert by_name["Area"].value == pytest.approx(part.sum() * ps[0] * ps[1], abs=0.01)
+        assert part.sum() <= enclosed
+        assert by_name["Mean"].value == pytest.approx(float(small_volume.array[k][part].mean()), abs=0.05)
+        assert {by_name["Mean"].unit.value, by_name["Standard Deviation"].unit.value} == {"[hnsf'U]"}
+        area_item = next(i for i in group[0].ContentSequence if i.ValueType == "NUM")
+        inferred = [i for i in area_item.ContentSequence if i.ValueType == "SCOORD"]
+        assert len(inferred) == 1 and inferred[0].RelationshipType == "INFERRED FROM"
+        assert np.array_equal(np.asarray(inferred[0].GraphicData, float).reshape(-1, 2), points)
+        assert image in library
