@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install dicom-ai and what it needs on a fresh Debian 12 machine.
 #   deploy/install-debian.sh          the node (DCMTK for the modality side, Orthanc as a demo PACS)
-#   deploy/install-debian.sh --test   the same plus the test tools (dicom3tools' dciodvfy, pytest)
+#   deploy/install-debian.sh --test   the same plus the test tools (dicom3tools' dciodvfy, pytest,
+#                                     Node.js with the viewer libraries of tests/viewers)
 # Python packages go into the virtualenv .venv of the repository (created if missing; Debian's
 # own Python refuses system-wide pip installs), pinned by constraints.txt (torch 2.13.0 CPU).
 # Afterwards: .venv/bin/dicom-ai ...
@@ -16,6 +17,10 @@ apt_pkgs=(dcmtk orthanc)
 extra="."
 if [ "${1:-}" = "--test" ]; then
   apt_pkgs+=(dicom3tools openssl orthanc-dicomweb chromium chromium-driver)
+  # Node.js and npm: Debian's packages, unless the commands are there already (a Node.js
+  # from elsewhere brings its own npm, which Debian's npm package would collide with)
+  command -v node >/dev/null 2>&1 || apt_pkgs+=(nodejs)
+  command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)
   extra=".[test]"
 fi
 if ! "$PY" -m venv --help >/dev/null 2>&1; then apt_pkgs+=(python3-venv); fi
@@ -35,5 +40,10 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "pip install -c constraints.txt -e '$extra' into .venv"
 .venv/bin/python -m pip install -q -c constraints.txt -e "$extra"
+if [ "${1:-}" = "--test" ]; then
+  # the npm packages OHIF's viewers use, pinned by tests/viewers/package-lock.json
+  echo "npm ci into tests/viewers/node_modules"
+  npm ci --prefix tests/viewers --no-audit --no-fund --loglevel=error >/dev/null
+fi
 .venv/bin/dicom-ai --help >/dev/null
 echo "dicom-ai installed: .venv/bin/dicom-ai"
