@@ -170,6 +170,9 @@ class Destination(_Section):
     password: str | None = None
     timeout_seconds: float = Field(30.0, gt=0)
     omit_empty_frames: bool = True  # SEG option; some viewers need every frame
+    # which results this destination gets: "seg", "sr" and "sc" (Secondary Capture images with
+    # the segments burned in, for archives and viewers that cannot show SEG)
+    results: list[Literal["seg", "sr", "sc"]] = Field(default=["seg", "sr"], min_length=1)
 
     @model_validator(mode="after")
     def _complete(self) -> Destination:

@@ -266,12 +266,18 @@ class JobRunner:
             except Exception as exc:  # noqa: BLE001 - a database error on a convenience figure
                 log.warning("job %d: preview time not recorded: %s", job_id, exc)
 
-    def _write(self, job_id: int, kind: str, obj) -> tuple[str, Any, str]:
+    def _write(self, job_id: int, kind: str, obj, number: int | None = None) -> tuple[str, Any, str]:
         buf = io.BytesIO()
         obj.save_as(buf, enforce_file_format=True)
-        rel = self.store.result_relpath(job_id, kind)
+        rel = self.store.result_relpath(job_id, kind, number)
         self.store.write(rel, buf.getbuffer())
         return kind, obj, rel
+
+    def _wants(self, job_id: int, kind: str) -> bool:
+        """Whether a destination of the job takes results of ``kind`` (``[[destinations]] results``)."""
+        with self.sessions() as session:
+            names = session.get(Job, job_id).destinations
+        return any(kind in d.results for d in self.settings.destinations if names is None or d.name in names)
 
     def _classify(self, job_id: int, model, volume, timings: dict[str, float]):
         """Classification: one SR with the class and its probability (TID 1500 / TID 1501)."""
@@ -311,6 +317,14 @@ class JobRunner:
         outputs = [self._write(job_id, kind, obj) for kind, obj in ((ResultKind.SEG, seg), (ResultKind.SR, sr))]
         findings = segmentation_findings(measurements, issues)
         timings["report"] = time.perf_counter() - t
+        if self._wants(job_id, "sc"):
+            from dicom_ai.report.sc import build_secondary_capture  # deferred: only some sites want it
+
+            t = time.perf_counter()
+            pages = build_secondary_capture(volume, mask, manifest, measurements,
+                                            device_serial_number=self.settings.node.ae_title)
+            outputs += [self._write(job_id, ResultKind.SC, page, n) for n, page in enumerate(pages, start=1)]
+            timings["secondary_capture"] = time.perf_counter() - t
 
         def viewer_files() -> None:
             """For the web page only, after the results are committed (a failure is logged:

@@ -43,3 +43,4 @@ class ResultKind(StrEnum):
 
     SEG = "SEG"
     SR = "SR"
+    SC = "SC"  # one Secondary Capture image of the burned-in series (one row per image)

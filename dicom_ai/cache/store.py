@@ -237,8 +237,12 @@ class FileStore:
         )
         return "/".join(("instances",) + parts)
 
-    def result_relpath(self, job_id: int, kind: str) -> str:
-        return f"results/{int(job_id)}/{kind.lower()}.dcm"
+    def result_relpath(self, job_id: int, kind: str, number: int | None = None) -> str:
+        """``results/<job>/<kind>.dcm``, or ``results/<job>/<kind>/<number>.dcm`` for a
+        result of several instances (one per image)."""
+        if number is None:
+            return f"results/{int(job_id)}/{kind.lower()}.dcm"
+        return f"results/{int(job_id)}/{kind.lower()}/{int(number):05d}.dcm"
 
     def abspath(self, relpath: str) -> Path:
         return self.root / relpath

@@ -168,7 +168,8 @@ def check_destination(dest: Destination, settings: Settings, calling_ae_title: s
 
 def create_deliveries(session: Session, result: Result, settings: Settings,
                       destinations: list[str] | None = None) -> None:
-    """Add one pending delivery per destination (``destinations`` names, None: all)."""
+    """Add one pending delivery per destination (``destinations`` names, None: all) whose
+    ``results`` list the result's kind (``seg``, ``sr``, ``sc``)."""
     for dest in settings.destinations:
-        if destinations is None or dest.name in destinations:
+        if (destinations is None or dest.name in destinations) and result.kind.lower() in dest.results:
             session.add(Delivery(result=result, destination=dest.name))
