@@ -41,6 +41,18 @@ PROCESSING_ALGORITHM = ("Newcode1", "99IHE", "Processing Algorithm")
 
 _LO_MAX = 64  # LO value length, PS3.5 Table 6.2-1
 
+#: Patient Module (PS3.3 C.7.1.1), General Study (C.7.2.1) and Patient Study (C.7.2.2)
+#: attributes a result copies from its source, so that it joins the source's patient and study.
+PATIENT_STUDY = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "PatientIdentityRemoved", "DeidentificationMethod",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "StudyDescription", "PatientAge", "PatientSize", "PatientWeight",
+)
+#: The Type 2 ones among them: written empty when the source lacks them.
+PATIENT_STUDY_TYPE2 = frozenset({"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"})
+
 _D = TypeVar("_D", bound=Dataset)
 
 

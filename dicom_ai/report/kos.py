@@ -49,7 +49,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
 
 import dicom_ai
 from dicom_ai.package.manifest import ModelManifest
-from dicom_ai.report.identity import MANUFACTURER, apply_identity
+from dicom_ai.report.identity import MANUFACTURER, PATIENT_STUDY, PATIENT_STUDY_TYPE2, apply_identity
 
 #: Document Title (CID 7010) of each ``reason`` of :func:`build_rejection_note` (IHE RAD IOCM).
 REJECTION_TITLES: dict[str, Code] = {
@@ -73,23 +73,6 @@ _SCHEME = "dicom-ai/rejection-note-uid/1"
 _LO_MAX = 64  # LO value length, PS3.5 Table 6.2-1
 #: Manufacturer's Model Name (0008,1090) of a note written without a model: the node itself.
 NODE_MODEL_NAME = "dicom-ai"
-
-#: Patient and study attributes copied from the rejected objects (Patient and General Study
-#: modules are the same for every instance of a study).
-_PATIENT_STUDY = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "SpecificCharacterSet",
-)
 
 #: Attributes of each rejected object that its reference needs.
 _REFERENCE = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
@@ -183,12 +166,11 @@ def _header(ds: Dataset, index: int) -> Dataset:
         if not ds.get(keyword):
             raise ValueError(f"rejected object {index} has no {keyword}")
     out = Dataset()
-    for keyword in (*_PATIENT_STUDY, *_REFERENCE, "Rows", "Columns"):
+    for keyword in ("SpecificCharacterSet", *PATIENT_STUDY, *_REFERENCE, "Rows", "Columns"):
         if keyword in ds:
             out[keyword] = ds[keyword]
     # highdicom reads these type 2 attributes unconditionally; absent means empty (unknown).
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID",
-                    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName"):
+    for keyword in PATIENT_STUDY_TYPE2:
         if keyword not in out:
             setattr(out, keyword, None)
     return out

@@ -56,7 +56,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from dicom_ai.infer.volume import Volume
 from dicom_ai.package.manifest import ModelManifest
 from dicom_ai.report import uids
-from dicom_ai.report.identity import apply_identity
+from dicom_ai.report.identity import PATIENT_STUDY, PATIENT_STUDY_TYPE2, apply_identity
 from dicom_ai.report.measure import LabelMeasurement, check_mask
 from dicom_ai.report.preview import ALPHA, LUNG_WINDOW
 from dicom_ai.report.seg import series_description
@@ -94,29 +94,6 @@ EXPECTED_DCIODVFY_WARNINGS = (
     "Extended SOP Class",
 )
 
-#: Patient Module (C.7.1.1), General Study (C.7.2.1) and Patient Study (C.7.2.2) attributes
-#: copied from the source header when present; the Type 2 ones are written empty otherwise.
-_PATIENT_STUDY = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "PatientIdentityRemoved",
-    "DeidentificationMethod",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-    "StudyDescription",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-)
-_TYPE2 = {"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"}
 _LO_MAX = 64  # LO value length, PS3.5 Table 6.2-1
 
 # (121322, DCM) "Source image for image processing operation", PS3.16 CID 7202
@@ -422,8 +399,8 @@ def build_secondary_capture(
     # Patient and General Study attributes are read once, from the first header
     patient_study = {
         keyword: first[keyword].value if keyword in first else None
-        for keyword in _PATIENT_STUDY
-        if keyword in first or keyword in _TYPE2
+        for keyword in PATIENT_STUDY
+        if keyword in first or keyword in PATIENT_STUDY_TYPE2
     }
     result = []
     for k, src in enumerate(source):
