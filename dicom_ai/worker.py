@@ -30,7 +30,7 @@ from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
 from dicom_ai.cache.states import JobState, ResultKind
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
-from dicom_ai.export.outbox import create_deliveries
+from dicom_ai.export.outbox import create_deliveries, withdraw_superseded
 from dicom_ai.infer.volume import check_one_patient, load_series
 from dicom_ai.lifetime import die_with_parent
 from dicom_ai.logconf import setup_logging
@@ -249,6 +249,7 @@ class JobRunner:
                 )
                 session.add(result)
                 create_deliveries(session, result, self.settings, job.destinations)
+            withdraw_superseded(session, job, self.store, self.settings, manifest)
             job.state = JobState.DONE
             job.finished_at = utcnow()
             job.timings = {k: round(v, 3) for k, v in timings.items()}

@@ -36,6 +36,7 @@ class DeliveryState(StrEnum):
     SENDING = "sending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    SUPERSEDED = "superseded"  # never sent: a newer run of the model replaced the result first
 
 
 class ResultKind(StrEnum):
@@ -44,3 +45,4 @@ class ResultKind(StrEnum):
     SEG = "SEG"
     SR = "SR"
     SC = "SC"  # one Secondary Capture image of the burned-in series (one row per image)
+    KOS = "KOS"  # an IOCM rejection note withdrawing results that a newer run replaced

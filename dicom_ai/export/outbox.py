@@ -20,13 +20,16 @@ Sending, looking up and checking are the business of each destination kind's han
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 
+import pydicom
+import pydicom.errors
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_ai.cache.db import Delivery, Result, utcnow
-from dicom_ai.cache.states import DeliveryState
+from dicom_ai.cache.db import Delivery, Job, Result, utcnow
+from dicom_ai.cache.states import DeliveryState, JobState, ResultKind
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Destination, Settings
 from dicom_ai.export.destinations import handler_for
@@ -173,3 +176,82 @@ def create_deliveries(session: Session, result: Result, settings: Settings,
     for dest in settings.destinations:
         if (destinations is None or dest.name in destinations) and result.kind.lower() in dest.results:
             session.add(Delivery(result=result, destination=dest.name))
+
+
+def withdraw_superseded(session: Session, job: Job, store: FileStore, settings: Settings,
+                        manifest=None) -> list[Result]:
+    """Withdraw what ``job``'s results replace, in the transaction that records them.
+
+    The results replaced are those of the newest earlier ``done`` job of the same model (by
+    name) on the same series whose SOP Instance UIDs the new results do not reuse (a reused
+    UID overwrites the object at the destination; see :mod:`dicom_ai.report.uids`).
+
+    * A delivery of them still ``pending`` is not sent: it becomes ``superseded``.
+    * Every destination that received them (``delivered``, or ``sending``: may have arrived)
+      gets an IHE IOCM rejection note (:func:`dicom_ai.report.kos.build_rejection_note`,
+      (113001, DCM, "Rejected for Quality Reasons")) listing exactly the instances it got,
+      as a ``KOS`` result of ``job`` with a delivery to that destination, through the outbox
+      like any result.
+
+    Parameters
+    ----------
+    session:
+        The open transaction in which ``job``'s own results were added (flushed here).
+    manifest:
+        The model's :class:`~dicom_ai.package.manifest.ModelManifest`, for the note's identity.
+
+    Returns
+    -------
+    list[Result]
+        The rejection notes added (one per distinct set of withdrawn instances).
+    """
+    from dicom_ai.report.kos import build_rejection_note  # deferred: start-up time (highdicom)
+
+    session.flush()
+    new_uids = {r.sop_instance_uid for r in job.results}
+    previous = session.scalars(
+        select(Job).where(Job.series_fk == job.series_fk, Job.model_name == job.model_name, Job.id < job.id,
+                          Job.state == JobState.DONE).order_by(Job.id.desc()).limit(1)).first()
+    if previous is None:
+        return []
+    received: dict[str, list[Result]] = {}
+    for result in previous.results:
+        if result.kind == ResultKind.KOS or result.sop_instance_uid in new_uids:
+            continue
+        for d in result.deliveries:
+            if d.state == DeliveryState.PENDING:
+                d.state, d.last_status = DeliveryState.SUPERSEDED, f"superseded by job {job.id} before it was sent"
+            elif d.state in (DeliveryState.DELIVERED, DeliveryState.SENDING):
+                received.setdefault(d.destination, []).append(result)
+    by_set: dict[tuple[int, ...], list[str]] = {}
+    rows = {r.id: r for results in received.values() for r in results}
+    for destination, results in received.items():
+        by_set.setdefault(tuple(sorted(r.id for r in results)), []).append(destination)
+    notes = []
+    for number, (ids, destinations) in enumerate(sorted(by_set.items()), start=1):
+        headers = []
+        for r in (rows[i] for i in ids):
+            try:
+                headers.append(pydicom.dcmread(store.abspath(r.path), stop_before_pixels=True))
+            except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                log.warning("job %d: %s %s cannot be withdrawn, its file is unreadable: %s", job.id, r.kind,
+                            r.sop_instance_uid, exc)
+        if not headers:
+            continue
+        note = build_rejection_note(
+            headers, device_serial_number=settings.node.ae_title, manifest=manifest,
+            description=f"Replaced by a newer run of {job.model_name} {job.model_version} on this series")
+        buf = io.BytesIO()
+        note.save_as(buf, enforce_file_format=True)
+        rel = store.result_relpath(job.id, ResultKind.KOS, number)
+        store.write(rel, buf.getbuffer())
+        row = Result(job=job, kind=ResultKind.KOS, sop_class_uid=str(note.SOPClassUID),
+                     sop_instance_uid=str(note.SOPInstanceUID), series_instance_uid=str(note.SeriesInstanceUID),
+                     path=rel)
+        session.add(row)
+        for destination in destinations:
+            session.add(Delivery(result=row, destination=destination))
+        log.info("job %d: rejection note %s withdraws %d instances of job %d from %s", job.id,
+                 note.SOPInstanceUID, len(headers), previous.id, ", ".join(destinations))
+        notes.append(row)
+    return notes
