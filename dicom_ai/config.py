@@ -255,6 +255,7 @@ class ModelEntry(_Section):
     modalities: list[str] | None = None  # default: the manifest's modality
     body_parts: list[str] | None = None  # Body Part Examined values; None = from the manifest body_region, [] = any
     destinations: list[str] | None = None  # for its default rule; None = all [[destinations]]
+    review: bool = False  # its results wait for a clinician's approval (reviewer or admin) before they are sent
 
 
 class Rule(_Section):
@@ -285,6 +286,7 @@ class Rule(_Section):
     sop_classes: list[str] | None = None  # SOP Class UIDs
     select: Literal["each", "thinnest"] = "each"
     destinations: list[str] | None = None  # names in [[destinations]]; None = all of them
+    review: bool | None = None  # results wait for a clinician's approval; None = as the model's [[models]] entry
 
     @field_validator("series_description")
     @classmethod
@@ -295,6 +297,13 @@ class Rule(_Section):
             except re.error as exc:
                 raise ValueError(f"not a regular expression: {exc}") from None
         return v
+
+
+class ReviewSettings(_Section):
+    """``[review]``: clinician review of results (``review = true`` on a rule or model)."""
+
+    # Verifying Organization (0040,A027) of an approved SR; the node's AE title when empty
+    organization: str = Field("", max_length=64)
 
 
 class Settings(BaseSettings):
@@ -311,6 +320,7 @@ class Settings(BaseSettings):
     destinations: list[Destination] = []
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
+    review: ReviewSettings = ReviewSettings()
     worker: WorkerSettings = WorkerSettings()
     web: WebSettings = WebSettings()
     models: list[ModelEntry] = []

@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
-from dicom_ai.cache.states import JobState, ResultKind
+from dicom_ai.cache.states import JobState, ResultKind, ReviewState
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import create_deliveries, withdraw_superseded
@@ -249,7 +249,8 @@ class JobRunner:
                 )
                 session.add(result)
                 create_deliveries(session, result, self.settings, job.destinations)
-            withdraw_superseded(session, job, self.store, self.settings, manifest)
+            if job.review != ReviewState.AWAITING:  # else when a clinician approves the new results
+                withdraw_superseded(session, job, self.store, self.settings, manifest)
             job.state = JobState.DONE
             job.finished_at = utcnow()
             job.timings = {k: round(v, 3) for k, v in timings.items()}

@@ -144,8 +144,12 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # clinician review (:class:`~dicom_ai.cache.states.ReviewState`): "" none asked, else
+    # awaiting -> approved | rejected; while awaiting, the results' deliveries are held
+    review: Mapped[str] = mapped_column(String(16), default="", server_default="", index=True)
     series: Mapped[Series] = relationship(back_populates="jobs")
     results: Mapped[list[Result]] = relationship(back_populates="job")
+    reviews: Mapped[list[Review]] = relationship(back_populates="job", order_by="Review.id")
 
 
 class Result(Base):
@@ -298,6 +302,21 @@ class ModelEvent(Base):
     name: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Review(Base):
+    """One clinician decision on a job's results, the audit trail of reviews: who (name and
+    role), when, what (``approve`` or ``reject``) and the comment (``dicom-ai reviews list``)."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    who: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    decision: Mapped[str] = mapped_column(String(16))  # approve | reject
+    comment: Mapped[str] = mapped_column(Text, default="")
+    job: Mapped[Job] = relationship(back_populates="reviews")
 
 
 class IndexSchemaError(RuntimeError):

@@ -37,6 +37,8 @@ class DeliveryState(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     SUPERSEDED = "superseded"  # never sent: a newer run of the model replaced the result first
+    HELD = "held"  # waits for a clinician's review of the job; sent once approved
+    REJECTED = "rejected"  # never sent: a clinician rejected the job's results
 
 
 class ResultKind(StrEnum):
@@ -46,3 +48,13 @@ class ResultKind(StrEnum):
     SR = "SR"
     SC = "SC"  # one Secondary Capture image of the burned-in series (one row per image)
     KOS = "KOS"  # an IOCM rejection note withdrawing results that a newer run replaced
+
+
+class ReviewState(StrEnum):
+    """:class:`dicom_ai.cache.db.Job` ``review``: none asked (``""``), or awaiting -> approved |
+    rejected (a job's results can also be rejected after approval, or without a review asked)."""
+
+    NONE = ""
+    AWAITING = "awaiting"
+    APPROVED = "approved"
+    REJECTED = "rejected"

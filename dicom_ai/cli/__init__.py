@@ -2,7 +2,7 @@
 
 One module per group of sub-commands: :mod:`~dicom_ai.cli.node` (serve, echo, send, demo),
 :mod:`~dicom_ai.cli.users`, :mod:`~dicom_ai.cli.jobs`, :mod:`~dicom_ai.cli.deliveries`,
-:mod:`~dicom_ai.cli.destinations`, :mod:`~dicom_ai.cli.rules`, :mod:`~dicom_ai.cli.studies`,
+:mod:`~dicom_ai.cli.reviews`, :mod:`~dicom_ai.cli.destinations`, :mod:`~dicom_ai.cli.rules`, :mod:`~dicom_ai.cli.studies`,
 :mod:`~dicom_ai.cli.models` and :mod:`~dicom_ai.cli.model_runs` (both ``models``). ``--help``
 lists them in the order they are added below. Start-up stays quick: the commands import the
 index, DICOM and inference modules when they run, not when the command line is parsed.
@@ -19,6 +19,7 @@ from dicom_ai.cli import (
     model_runs,  # noqa: F401  (adds test, export, train and evaluate to models.app)
     models,
     node,
+    reviews,
     rules,
     studies,
     users,
@@ -31,6 +32,7 @@ for command in node.COMMANDS:
 app.add_typer(users.app, name="users")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(deliveries.app, name="deliveries")
+app.add_typer(reviews.app, name="reviews")
 app.add_typer(destinations.app, name="destinations")
 app.add_typer(rules.app, name="rules")
 app.add_typer(studies.app, name="studies")

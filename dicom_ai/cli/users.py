@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from dicom_ai.cli.common import ConfigOpt, console, err, index_of
 
-RoleOpt = Annotated[str, typer.Option(help="reader (look) or admin (also act).")]
+RoleOpt = Annotated[str, typer.Option(help="reader (look), reviewer (also approve or reject results awaiting review) or admin (also act).")]
 app = typer.Typer(help="People who may log in to the web pages.", no_args_is_help=True)
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Delivery, Job, Result, utcnow
-from dicom_ai.cache.states import DeliveryState, JobState, ResultKind
+from dicom_ai.cache.states import DeliveryState, JobState, ResultKind, ReviewState
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Destination, Settings
 from dicom_ai.export.destinations import handler_for
@@ -171,42 +171,42 @@ def check_destination(dest: Destination, settings: Settings, calling_ae_title: s
 
 def create_deliveries(session: Session, result: Result, settings: Settings,
                       destinations: list[str] | None = None) -> None:
-    """Add one pending delivery per destination (``destinations`` names, None: all) whose
-    ``results`` list the result's kind (``seg``, ``sr``, ``sc``)."""
+    """Add one delivery per destination (``destinations`` names, None: all) whose ``results``
+    list the result's kind (``seg``, ``sr``, ``sc``): ``pending``, or ``held`` when the job
+    awaits a clinician's review (:mod:`dicom_ai.export.review` releases or rejects them)."""
+    held = result.job is not None and result.job.review == ReviewState.AWAITING
     for dest in settings.destinations:
         if (destinations is None or dest.name in destinations) and result.kind.lower() in dest.results:
-            session.add(Delivery(result=result, destination=dest.name))
+            session.add(Delivery(result=result, destination=dest.name,
+                                 state=DeliveryState.HELD if held else DeliveryState.PENDING,
+                                 last_status="awaiting review" if held else ""))
 
 
 def withdraw_superseded(session: Session, job: Job, store: FileStore, settings: Settings,
                         manifest=None) -> list[Result]:
-    """Withdraw what ``job``'s results replace, in the transaction that records them.
+    """Withdraw what ``job``'s results replace, in the transaction that records (or, after a
+    clinician's review, releases) them.
 
     The results replaced are those of the newest earlier ``done`` job of the same model (by
     name) on the same series whose SOP Instance UIDs the new results do not reuse (a reused
     UID overwrites the object at the destination; see :mod:`dicom_ai.report.uids`).
 
-    * A delivery of them still ``pending`` is not sent: it becomes ``superseded``.
-    * Every destination that received them (``delivered``, or ``sending``: may have arrived)
-      gets an IHE IOCM rejection note (:func:`dicom_ai.report.kos.build_rejection_note`,
-      (113001, DCM, "Rejected for Quality Reasons")) listing exactly the instances it got,
-      as a ``KOS`` result of ``job`` with a delivery to that destination, through the outbox
-      like any result.
+    * A delivery of them not yet made (``pending`` or ``held``) is never made: it becomes
+      ``superseded``.
+    * Every destination that received them gets a rejection note (:func:`withdraw`).
 
     Parameters
     ----------
     session:
         The open transaction in which ``job``'s own results were added (flushed here).
     manifest:
-        The model's :class:`~dicom_ai.package.manifest.ModelManifest`, for the note's identity.
+        The model's :class:`~dicom_ai.package.manifest.ModelManifest`, for the notes' identity.
 
     Returns
     -------
     list[Result]
-        The rejection notes added (one per distinct set of withdrawn instances).
+        The rejection notes added, as results of ``job``.
     """
-    from dicom_ai.report.kos import build_rejection_note  # deferred: start-up time (highdicom)
-
     session.flush()
     new_uids = {r.sop_instance_uid for r in job.results}
     previous = session.scalars(
@@ -214,44 +214,67 @@ def withdraw_superseded(session: Session, job: Job, store: FileStore, settings: 
                           Job.state == JobState.DONE).order_by(Job.id.desc()).limit(1)).first()
     if previous is None:
         return []
+    replaced = [r for r in previous.results if r.kind != ResultKind.KOS and r.sop_instance_uid not in new_uids]
+    return withdraw(session, job, replaced, store, settings, manifest, not_sent=DeliveryState.SUPERSEDED,
+                    description=f"Replaced by a newer run of {job.model_name} {job.model_version} on this series",
+                    why=f"superseded by job {job.id} before it was sent")
+
+
+def withdraw(session: Session, owner: Job, results: list[Result], store: FileStore, settings: Settings,
+             manifest=None, *, not_sent: str, description: str, why: str) -> list[Result]:
+    """Withdraw ``results`` from wherever they went, in the caller's transaction.
+
+    * Their deliveries not yet made (``pending``, ``held``) become ``not_sent`` (``superseded``
+      or ``rejected``), with ``why`` as their status, and are never made.
+    * Every destination that received them (``delivered``, or ``sending``: they may have
+      arrived) gets an IHE IOCM rejection note (:func:`dicom_ai.report.kos.build_rejection_note`,
+      (113001, DCM, "Rejected for Quality Reasons"), Key Object Description ``description``)
+      listing exactly the instances it got, as a ``KOS`` result of ``owner`` with a delivery
+      to that destination, sent through the outbox like any result.
+
+    Returns
+    -------
+    list[Result]
+        The notes added (one per distinct set of withdrawn instances).
+    """
+    from dicom_ai.report.kos import build_rejection_note  # deferred: start-up time (highdicom)
+
     received: dict[str, list[Result]] = {}
-    for result in previous.results:
-        if result.kind == ResultKind.KOS or result.sop_instance_uid in new_uids:
-            continue
+    for result in results:
         for d in result.deliveries:
-            if d.state == DeliveryState.PENDING:
-                d.state, d.last_status = DeliveryState.SUPERSEDED, f"superseded by job {job.id} before it was sent"
+            if d.state in (DeliveryState.PENDING, DeliveryState.HELD):
+                d.state, d.last_status = not_sent, why
             elif d.state in (DeliveryState.DELIVERED, DeliveryState.SENDING):
                 received.setdefault(d.destination, []).append(result)
     by_set: dict[tuple[int, ...], list[str]] = {}
-    rows = {r.id: r for results in received.values() for r in results}
-    for destination, results in received.items():
-        by_set.setdefault(tuple(sorted(r.id for r in results)), []).append(destination)
+    rows = {r.id: r for listed in received.values() for r in listed}
+    for destination, listed in received.items():
+        by_set.setdefault(tuple(sorted(r.id for r in listed)), []).append(destination)
+    done = len([r for r in owner.results if r.kind == ResultKind.KOS])
     notes = []
-    for number, (ids, destinations) in enumerate(sorted(by_set.items()), start=1):
+    for number, (ids, destinations) in enumerate(sorted(by_set.items()), start=done + 1):
         headers = []
         for r in (rows[i] for i in ids):
             try:
                 headers.append(pydicom.dcmread(store.abspath(r.path), stop_before_pixels=True))
             except (OSError, pydicom.errors.InvalidDicomError) as exc:
-                log.warning("job %d: %s %s cannot be withdrawn, its file is unreadable: %s", job.id, r.kind,
+                log.warning("job %d: %s %s cannot be withdrawn, its file is unreadable: %s", owner.id, r.kind,
                             r.sop_instance_uid, exc)
         if not headers:
             continue
-        note = build_rejection_note(
-            headers, device_serial_number=settings.node.ae_title, manifest=manifest,
-            description=f"Replaced by a newer run of {job.model_name} {job.model_version} on this series")
+        note = build_rejection_note(headers, device_serial_number=settings.node.ae_title, manifest=manifest,
+                                    description=description)
         buf = io.BytesIO()
         note.save_as(buf, enforce_file_format=True)
-        rel = store.result_relpath(job.id, ResultKind.KOS, number)
+        rel = store.result_relpath(owner.id, ResultKind.KOS, number)
         store.write(rel, buf.getbuffer())
-        row = Result(job=job, kind=ResultKind.KOS, sop_class_uid=str(note.SOPClassUID),
+        row = Result(job=owner, kind=ResultKind.KOS, sop_class_uid=str(note.SOPClassUID),
                      sop_instance_uid=str(note.SOPInstanceUID), series_instance_uid=str(note.SeriesInstanceUID),
                      path=rel)
         session.add(row)
         for destination in destinations:
             session.add(Delivery(result=row, destination=destination))
-        log.info("job %d: rejection note %s withdraws %d instances of job %d from %s", job.id,
-                 note.SOPInstanceUID, len(headers), previous.id, ", ".join(destinations))
+        log.info("job %d: rejection note %s withdraws %d instances from %s", owner.id, note.SOPInstanceUID,
+                 len(headers), ", ".join(destinations))
         notes.append(row)
     return notes

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Instance, Job, Series, Study, utcnow
-from dicom_ai.cache.states import JobState, SeriesState
+from dicom_ai.cache.states import JobState, ReviewState, SeriesState
 from dicom_ai.config import CompletionSettings
 from dicom_ai.schedule.facts import InstanceFacts, SeriesFacts, arrived_whole, summarize
 from dicom_ai.schedule.routing import Route, decide
@@ -170,6 +170,7 @@ def _route(session: Session, series: Series, routes: list[Route], image_sop_clas
             rule=rule.name,
             priority=rule.priority,
             destinations=rule.destinations,
+            review=ReviewState.AWAITING if route.review else ReviewState.NONE,
         )
         session.add(job)
         session.flush()

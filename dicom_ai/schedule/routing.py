@@ -59,6 +59,7 @@ class RoutableModel:
     modalities: tuple[str, ...]
     body_parts: tuple[str, ...]  # empty: any
     destinations: tuple[str, ...] | None = None  # of its default rule; None: all
+    review: bool = False  # its results wait for a clinician's approval (``[[models]] review``)
 
     @property
     def label(self) -> str:
@@ -101,7 +102,7 @@ def _routable(entry: ModelEntry) -> RoutableModel | None:
     else:
         body_parts = tuple(b.upper() for b in entry.body_parts)
     destinations = tuple(entry.destinations) if entry.destinations is not None else None
-    return RoutableModel(entry.path, manifest, modalities, body_parts, destinations)
+    return RoutableModel(entry.path, manifest, modalities, body_parts, destinations, entry.review)
 
 
 def _registry_used(sessions: sessionmaker) -> bool:
@@ -117,6 +118,7 @@ def default_rule(model: RoutableModel) -> Rule:
         body_parts=list(model.body_parts) or None,
         min_instances=model.manifest.min_slices,
         destinations=list(model.destinations) if model.destinations is not None else None,
+        review=model.review,
     )
 
 
@@ -126,6 +128,12 @@ class Route:
 
     rule: Rule
     model: RoutableModel
+
+    @property
+    def review(self) -> bool:
+        """Whether the results of its jobs wait for a clinician's approval: the rule's
+        ``review``, else the model's."""
+        return self.rule.review if self.rule.review is not None else self.model.review
 
 
 def routes(settings: Settings, models: list[RoutableModel]) -> list[Route]:

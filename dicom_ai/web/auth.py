@@ -1,4 +1,5 @@
-"""Users and passwords: scrypt hashes (RFC 7914) in the index, roles reader and admin.
+"""Users and passwords: scrypt hashes (RFC 7914) in the index, roles reader, reviewer (a
+reader who also approves or rejects results awaiting review) and admin.
 
 Every password check goes through :func:`check_password`, which
 
@@ -33,7 +34,7 @@ from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import User
 
-ROLES = ("reader", "admin")
+ROLES = ("reader", "reviewer", "admin")
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: ~50 ms, 16 MiB per check
 
 
@@ -137,7 +138,7 @@ def add_user(sessions: sessionmaker, name: str, role: str, password: str) -> Non
     Raises
     ------
     ValueError
-        If the role is not reader or admin, the name or password is empty, or the name is longer
+        If the role is not reader, reviewer or admin, the name or password is empty, or the name is longer
         than 64 characters.
     """
     if role not in ROLES:

@@ -10,11 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from dicom_ai.cache.db import Delivery, IdentityConflict, Job, Result, Series, Study
-from dicom_ai.cache.states import DeliveryState, JobState, SeriesState
+from dicom_ai.cache.states import DeliveryState, JobState, ReviewState, SeriesState
 from dicom_ai.report.findings import Findings, findings_reasons, findings_text
 
-STATUSES = ("waiting for series", JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED,
-            DeliveryState.DELIVERED, "delivery failed")
+AWAITING_REVIEW = "awaiting review"
+STATUSES = ("waiting for series", JobState.QUEUED, JobState.RUNNING, AWAITING_REVIEW, JobState.DONE,
+            JobState.FAILED, DeliveryState.DELIVERED, "delivery failed", "rejected")
 ATTENTION = (JobState.FAILED, "delivery failed")
 
 
@@ -23,9 +24,14 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 
 def job_status(job: Job) -> str:
-    """queued, running, failed, done, delivered or delivery failed."""
+    """queued, running, failed, awaiting review, rejected (by a reviewer), done, delivered or
+    delivery failed."""
     if job.state != JobState.DONE:
         return job.state
+    if job.review == ReviewState.AWAITING:
+        return AWAITING_REVIEW
+    if job.review == ReviewState.REJECTED:
+        return "rejected"
     states = [d.state for r in job.results for d in r.deliveries]
     if DeliveryState.FAILED in states:
         return "delivery failed"
@@ -134,6 +140,9 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
                 timeline.append((job.started_at, f"job {job.id} started"))
             if job.finished_at:
                 timeline.append((job.finished_at, f"job {job.id} {job.state}" + (f": {job.reason}" if job.reason else "")))
+            for review in job.reviews:
+                timeline.append((review.at, f"job {job.id} {review.decision}d by {review.who} ({review.role})"
+                                            + (f": {review.comment}" if review.comment else "")))
             for r in job.results:
                 for d in r.deliveries:
                     when = d.delivered_at or d.next_attempt_at
@@ -163,6 +172,9 @@ def job_dict(job: Job) -> dict[str, Any]:
         "findings": job.findings or {}, "findings_text": findings_text(job.findings),
         "attention": findings_attention(job.findings), "attention_reasons": findings_reasons(job.findings),
         "results": [result_dict(r) for r in job.results],
+        "review": job.review,
+        "reviews": [{"at": _iso(r.at), "who": r.who, "role": r.role, "decision": r.decision, "comment": r.comment}
+                    for r in job.reviews],
     }
 
 

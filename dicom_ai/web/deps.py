@@ -135,6 +135,13 @@ def admin(who: Identity = Depends(reader)) -> Identity:
     return who
 
 
+def reviewer(who: Identity = Depends(reader)) -> Identity:
+    """A logged-in user with the reviewer or admin role, else as :func:`reader`, or 403."""
+    if who.role not in ("reviewer", "admin"):
+        raise HTTPException(403, "reviewer or admin role needed")
+    return who
+
+
 def row_id(value: int, what: str) -> int:
     """``value`` when it can be a key of the index, else 404 ``no such <what>``."""
     if not 0 < value <= MAX_ID:

@@ -26,7 +26,7 @@ def _head(path) -> str:
 
 def test_a_new_index_is_at_the_newest_revision_and_matches_the_models(tmp_path):
     open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
-    assert _head(tmp_path / "i.sqlite") == _newest() == "0004"
+    assert _head(tmp_path / "i.sqlite") == _newest() == "0005"
     engine = create_engine(f"sqlite:///{tmp_path / 'i.sqlite'}")
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)

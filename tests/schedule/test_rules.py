@@ -1,11 +1,15 @@
 """Every routing rule condition, combine all/any, the localizer guard, per-study selection,
 priority and disabled rules (unit level; tests/schedule/test_completion_e2e.py sends real series)."""
 
+import dataclasses
+import datetime as dt
+
 import pytest
 
 from dicom_ai.cache.db import Job, open_index
 from dicom_ai.cache.index import index_instance
 from dicom_ai.config import Rule, load_settings
+from dicom_ai.schedule.completion import schedule_complete_series
 from dicom_ai.schedule.routing import decide, passes, routes
 from dicom_ai.worker import claim_next_job
 
@@ -94,3 +98,22 @@ def test_rules_are_ordered_by_priority_and_jobs_claimed_by_priority(tmp_path):
     with sessions() as s:
         order = [s.get(Job, claim_next_job(sessions)).priority for _ in range(3)]
     assert order == [5, 1, 0]
+
+
+def test_review_comes_from_the_rule_else_the_model(tmp_path):
+    """``review = true`` on a rule, or on the model's ``[[models]]`` entry for rules that do
+    not say: the jobs it queues await a clinician's review."""
+    reviewed_model = dataclasses.replace(_model(min_slices=1), review=True)
+    assert [r.review for r in routes(load_settings(None), [reviewed_model])] == [True]  # default rule
+    settings = load_settings(None, rules=[{"name": "says-no", "model": "m", "review": False},
+                                          {"name": "silent", "model": "m", "modalities": ["CT"]}])
+    assert {r.rule.name: r.review for r in routes(settings, [reviewed_model])} == {"says-no": False, "silent": True}
+    for rule_review, expected in ((True, "awaiting"), (None, "")):
+        sessions = open_index(f"sqlite:///{tmp_path / f'{rule_review}.sqlite'}")
+        index_instance(sessions, _meta(1), "x/1.dcm", 10, "S")
+        got = routes(load_settings(None, rules=[{"name": "r", "model": "m", "review": rule_review}]),
+                     [_model(min_slices=1)])
+        completion = load_settings(None, completion={"stable_seconds": 0.01}).completion
+        schedule_complete_series(sessions, got, completion, {CT}, now=dt.datetime(2100, 1, 1))
+        with sessions() as s:
+            assert [j.review for j in s.query(Job)] == [expected]

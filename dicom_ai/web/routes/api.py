@@ -1,6 +1,7 @@
 """The REST API under ``/api`` (JSON), and its OpenAPI schema at ``/openapi.json``.
 
-Reading needs a logged-in user; re-running a job, resending a delivery, checking a destination
+Reading needs a logged-in user; approving or rejecting a job's results needs the reviewer or
+admin role; re-running a job, resending a delivery, checking a destination
 and listing identity conflicts need the admin role. An unknown or out-of-range id answers 404;
 ``limit`` is a number of rows, 1 to 10000 (422 otherwise).
 """
@@ -8,18 +9,20 @@ and listing identity conflicts need the admin role. An unknown or out-of-range i
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
 
 from dicom_ai.cache import queries
 from dicom_ai.cache.db import Delivery, Job, Result, utcnow
-from dicom_ai.cache.states import DeliveryState
+from dicom_ai.cache.states import DeliveryState, ReviewState
 from dicom_ai.export.outbox import check_destination, resend
+from dicom_ai.export.review import ReviewError, approve, reject
 from dicom_ai.schedule.routing import enabled_models, routes
 from dicom_ai.web import data
 from dicom_ai.web.auth import Identity
-from dicom_ai.web.deps import Limit, WebContext, admin, context, reader, row_id
+from dicom_ai.web.deps import Limit, WebContext, admin, context, reader, reviewer, row_id
 
 router = APIRouter()
 Row = TypeVar("Row")
@@ -96,10 +99,38 @@ def api_rerun(job_id: int, who: Identity = Depends(admin), ctx: WebContext = Dep
         job = _row_or_404(s, Job, job_id, "job")
         again = Job(series_fk=job.series_fk, model_name=job.model_name, model_version=job.model_version,
                     model_path=job.model_path, rule=f"re-run by {who.name}", priority=job.priority,
-                    destinations=job.destinations)
+                    destinations=job.destinations,
+                    # a re-run of a reviewed job is reviewed again
+                    review=ReviewState.AWAITING if job.review else ReviewState.NONE)
         s.add(again)
         s.flush()
         return {"job_id": again.id, "state": again.state}
+
+
+class ReviewDecision(BaseModel):
+    """A reviewer's decision on a job's results."""
+
+    decision: Literal["approve", "reject"]
+    comment: str = Field("", max_length=2000)
+
+
+@router.post("/api/jobs/{job_id}/review", tags=["jobs"])
+def api_review(job_id: int, body: ReviewDecision, who: Identity = Depends(reviewer),
+               ctx: WebContext = Depends(context)) -> dict[str, Any]:
+    """Approve (the SR becomes VERIFIED by you, the results are sent) or reject (nothing is
+    sent; what was sent is withdrawn) a job's results (reviewer or admin). 409 when the job
+    is not in a state to take the decision."""
+    job_id = row_id(job_id, "job")
+    try:
+        if body.decision == "approve":
+            approve(ctx.sessions, ctx.store, ctx.settings, job_id, who=who.name, role=who.role, comment=body.comment)
+        else:
+            reject(ctx.sessions, ctx.store, ctx.settings, job_id, who=who.name, role=who.role, comment=body.comment)
+    except ReviewError as exc:
+        raise HTTPException(409, str(exc)) from None
+    with ctx.sessions() as s:
+        job = _row_or_404(s, Job, job_id, "job")
+        return {"job_id": job.id, "review": job.review, "status": data.job_status(job)}
 
 
 @router.get("/api/results", tags=["results"])

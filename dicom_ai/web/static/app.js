@@ -1,9 +1,12 @@
 // The pages' only script (the Content-Security-Policy, script-src 'self', refuses inline ones):
-// the slice viewer of the study page and the admin buttons. Every POST carries the session's
+// the slice viewer of the study page, the review buttons and the admin buttons. Every POST carries the session's
 // CSRF token (from <meta name="csrf-token">) in X-CSRF-Token.
 'use strict';
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content || '';
-const post = url => fetch(url, {method: 'POST', headers: {'X-CSRF-Token': csrf}, credentials: 'same-origin'})
+const post = (url, body) => fetch(url, {
+  method: 'POST', credentials: 'same-origin',
+  headers: body === undefined ? {'X-CSRF-Token': csrf} : {'X-CSRF-Token': csrf, 'Content-Type': 'application/json'},
+  body: body === undefined ? undefined : JSON.stringify(body)})
   .then(r => r.json().then(body => r.ok ? body : Promise.reject(new Error(body.detail || r.statusText))));
 
 for (const v of document.querySelectorAll('.viewer')) {
@@ -34,3 +37,14 @@ for (const b of document.querySelectorAll('.do-check')) b.onclick = () =>
     for (const cell of document.querySelectorAll('.check')) if (cell.dataset.name === b.dataset.name)
       cell.textContent = `${c.at}: ${c.ok === 'yes' ? 'ok' : 'failed'} — ${c.detail}`;
   }, failed(b));
+for (const panel of document.querySelectorAll('.review-panel')) {
+  const decide = decision => {
+    const out = panel.querySelector('.review-outcome');
+    post(`/api/jobs/${panel.dataset.job}/review`, {decision, comment: panel.querySelector('.review-comment').value})
+      .then(j => { out.textContent = `${decision}d: ${j.status}`; window.location.reload(); },
+            e => { out.textContent = `failed: ${e.message}`; });
+  };
+  const approve = panel.querySelector('.approve'), reject = panel.querySelector('.reject');
+  if (approve) approve.onclick = () => decide('approve');
+  if (reject) reject.onclick = () => decide('reject');
+}
