@@ -15,10 +15,11 @@ Structure (PS3.16 TID 1500 Measurement Report):
   - Finding Category / Finding (121071, DCM) = the label's Segmented Property Category / Type;
     Finding Site (363698007, SCT) = the label's type when it is an anatomical structure;
   - Algorithm identification (TID 4019): model name and version;
-  - Measurements (TID 1419): Volume (118565006, SCT) in mL (UCUM ``ml``); for CT, Attenuation
-    Coefficient (112031, DCM; CID 7469) in HU (UCUM ``[hnsf'U]``) with Derivation Mean
-    (373098007, SCT) and a second one with Derivation Standard Deviation (386136009, SCT;
-    CID 7464). An empty segment gets its volume (0 mL) only.
+  - Measurements (TID 1419): Volume (118565006, SCT) in mL (UCUM ``ml``); for CT, Mean
+    (373098007, SCT) and Standard Deviation (386136009, SCT) of the segment's HU (UCUM
+    ``[hnsf'U]``) as the concept names, not Attenuation Coefficient (112031, DCM) with one of
+    them as its derivation: viewers that list measurements by name and drop the derivation
+    (OHIF) would show two rows of the same name. An empty segment gets its volume (0 mL) only.
   - When the result is implausible (:mod:`dicom_ai.report.plausibility`: a volume or volume
     ratio outside the manifest's range, or every label empty), each group the reason concerns
     gets a CONTAINS TEXT item (121106, DCM, "Comment") = ``"Implausible result: <reason>"``,
@@ -68,16 +69,14 @@ from dicom_ai.report.outline import largest_cross_section
 from dicom_ai.report.plausibility import PlausibilityIssue, check_plausibility, reasons_by_label
 from dicom_ai.report.seg import build_seg, series_description, to_code
 
-#: Concept name of the mean/std intensity measurement: (112031, DCM, "Attenuation Coefficient"),
-#: a member of CID 7469 "Generic Intensity and Size Measurements".
-ATTENUATION = codes.DCM.AttenuationCoefficient
 #: (118565006, SCT, "Volume").
 VOLUME = codes.SCT.Volume
 #: UCUM ``ml``.
 UNIT_ML = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
 #: UCUM ``[hnsf'U]``.
 UNIT_HU = codes.UCUM.HounsfieldUnit
-#: (373098007, SCT, "Mean") and (386136009, SCT, "Standard Deviation"), CID 7464.
+#: (373098007, SCT, "Mean") and (386136009, SCT, "Standard Deviation") (CID 7464): the concept
+#: names of the HU statistics, each distinct without a derivation.
 MEAN = codes.SCT.Mean
 STANDARD_DEVIATION = codes.SCT.StandardDeviation
 
@@ -183,11 +182,8 @@ def _measurements(
     ]
     if is_ct and not m.is_empty and math.isfinite(m.mean):
         out += [
-            hd.sr.Measurement(
-                name=ATTENUATION, value=float(value), unit=UNIT_HU, derivation=derivation,
-                algorithm_id=algorithm,
-            )
-            for value, derivation in ((m.mean, MEAN), (m.std, STANDARD_DEVIATION))
+            hd.sr.Measurement(name=name, value=float(value), unit=UNIT_HU, algorithm_id=algorithm)
+            for value, name in ((m.mean, MEAN), (m.std, STANDARD_DEVIATION))
         ]
     return out
 

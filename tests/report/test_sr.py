@@ -96,12 +96,11 @@ def test_measurement_groups(objects, small_volume, small_mask, manifest) -> None
         volume = _by_name(measurements, codes.SCT.Volume)
         assert volume.unit.value == "ml" and volume.unit.scheme_designator == "UCUM"
         assert volume.value == pytest.approx(m.volume_ml, rel=1e-12, abs=1e-12)
-        mean = _by_name(measurements, codes.DCM.AttenuationCoefficient, codes.SCT.Mean)
+        mean = _by_name(measurements, codes.SCT.Mean)
         assert mean.unit.value == "[hnsf'U]"
         assert mean.value == pytest.approx(m.mean, rel=1e-12)
-        std = _by_name(
-            measurements, codes.DCM.AttenuationCoefficient, codes.SCT.StandardDeviation
-        )
+        std = _by_name(measurements, codes.SCT.StandardDeviation)
+        assert std.unit.value == "[hnsf'U]" and std.derivation is None  # distinct without one
         assert std.value == pytest.approx(m.std, rel=1e-12)
         for item in measurements:  # algorithm identification on each measurement
             names = {
@@ -168,8 +167,8 @@ def test_implausible_result_is_said_in_the_groups(tmp_path, small_volume, small_
                                 "Implausible result: " + ratio_issue.reason]
     assert _comments(left) == ["Implausible result: " + ratio_issue.reason]
     assert volume_issue.reason.startswith("Right lung volume 363 mL is below the plausible range 1000 to 6000 mL")
-    # the groups still read back as before: volume and attenuation, the same values
-    assert [m.name.value for m in right.get_measurements()] == ["118565006", "112031", "112031"]
+    # the groups still read back as before: volume, mean and SD, the same values
+    assert [m.name.value for m in right.get_measurements()] == ["118565006", "373098007", "386136009"]
     assert right.get_measurements()[0].value == pytest.approx(measurements[1].volume_ml, rel=1e-12)
     # computed by build_sr when not given; the same when given
     again = build_sr(small_volume, small_mask, seg, implausible,
