@@ -19,9 +19,8 @@ from dicom_ai.config import load_settings
 from dicom_ai.export.outbox import deliver_due
 from dicom_ai.web.app import create_app
 from dicom_ai.web.auth import add_user
-from dicom_ai.worker import JobRunner
 
-from ..worker.conftest import file_and_index
+from ..worker.conftest import file_and_index, run_test_job
 from ..worker.test_worker_plausibility import Air, _package
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -45,14 +44,7 @@ def site(tmp_path, lidc_series, orthanc):
     add_user(sessions, "rad", "reader", "read-pass")
 
     def run(review: str = "awaiting") -> int:
-        with sessions.begin() as s:
-            job = Job(series=s.query(Series).one(), model_name="dicom-ai-test-lung", model_version="2.0.0",
-                      model_path=str(package), state="running", review=review)
-            s.add(job)
-            s.flush()
-            job_id = job.id
-        JobRunner(settings, sessions, store).run(job_id)
-        return job_id
+        return run_test_job(settings, sessions, store, package, review=review)
 
     client = TestClient(create_app(settings, sessions))
     return settings, sessions, store, orthanc, run, client

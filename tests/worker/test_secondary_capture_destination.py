@@ -7,13 +7,12 @@ from __future__ import annotations
 import pydicom
 import pytest
 
-from dicom_ai.cache.db import Delivery, Job, Result, Series, open_index
+from dicom_ai.cache.db import Delivery, Result, open_index
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
 from dicom_ai.export.outbox import deliver_due
-from dicom_ai.worker import JobRunner
 
-from .conftest import file_and_index
+from .conftest import file_and_index, run_test_job
 from .test_worker_plausibility import Air, _package
 
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -40,17 +39,8 @@ def test_sc_goes_to_the_destination_that_asks(tmp_path, lidc_series, orthanc) ->
     for i, f in enumerate(by_z[150:158]):
         file_and_index(sessions, store, pydicom.dcmread(f), i + 1, patient_id="P8", patient_name="SC^TEST",
                        accession="ACC8")
-    with sessions.begin() as s:
-        series = s.query(Series).one()
-        series.state = "complete"
-        job = Job(series=series, model_name="dicom-ai-test-lung", model_version="2.0.0",
-                  model_path=str(_package(tmp_path / "air", Air())), state="running")
-        s.add(job)
-        s.flush()
-        job_id = job.id
-    JobRunner(settings, sessions, store).run(job_id)
+    run_test_job(settings, sessions, store, _package(tmp_path / "air", Air()))
     with sessions() as s:
-        assert s.get(Job, job_id).state == "done", s.get(Job, job_id).reason
         kinds = sorted(r.kind for r in s.query(Result))
         assert kinds == ["SC"] * 8 + ["SEG", "SR"]
         sent = {(d.destination, d.result.kind) for d in s.query(Delivery)}

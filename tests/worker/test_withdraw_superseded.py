@@ -12,13 +12,12 @@ import peers
 import pydicom
 import pytest
 
-from dicom_ai.cache.db import Delivery, Job, Result, Series, open_index
+from dicom_ai.cache.db import Delivery, Result, open_index
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import load_settings
 from dicom_ai.export.outbox import deliver_due
-from dicom_ai.worker import JobRunner
 
-from .conftest import file_and_index
+from .conftest import file_and_index, run_test_job
 from .test_worker_plausibility import Air, _package
 
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -39,18 +38,7 @@ def site(tmp_path, lidc_series, orthanc):
                            patient_name="KOS^TEST", accession="ACC7")
 
     def run() -> int:
-        with sessions.begin() as s:
-            series = s.query(Series).one()
-            series.state = "complete"
-            job = Job(series=series, model_name="dicom-ai-test-lung", model_version="2.0.0",
-                      model_path=str(package), state="running")
-            s.add(job)
-            s.flush()
-            job_id = job.id
-        JobRunner(settings, sessions, store).run(job_id)
-        with sessions() as s:
-            assert s.get(Job, job_id).state == "done", s.get(Job, job_id).reason
-        return job_id
+        return run_test_job(settings, sessions, store, package)
 
     return settings, sessions, store, orthanc, add, run
 
