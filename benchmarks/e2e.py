@@ -12,7 +12,8 @@ delivery that fails stops the script with its reason), and reports:
   behind it), a wait the site configures;
 * **completion -> delivered**: the node's own work, from that decision to the last result
   acknowledged;
-* the worker's split (load, model, post-processing, report, preview) and its peak RSS.
+* the worker's split (load, model, post-processing, report; the preview, written after the
+  results are committed, is not part of ``total``) and its peak RSS.
 
 Two copies of the series: the uncompressed one in ``../shared/data`` (Implicit VR Little
 Endian) and the repository's JPEG-LS lossless demo copy (sent with ``-xt``). Side by side, in the
@@ -73,6 +74,18 @@ def _wait_delivered(sessions, timeout: float) -> None:
     raise SystemExit(f"results not delivered within {timeout:.0f} s")
 
 
+def _wait_preview(sessions, timeout: float) -> None:
+    """Return once the job's ``preview`` time is recorded (the web page's files, written after
+    its results are committed), or at ``timeout`` (s); the split then shows it either way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            job = s.query(Job).first()
+            if job is not None and "preview" in (job.timings or {}):
+                return
+        time.sleep(0.1)
+
+
 def one_run(tmp: Path, folder: Path, propose: str | None, stable: float) -> dict[str, float]:
     with peers.Orthanc(workdir=tmp / "orthanc") as pacs:
         t = time.perf_counter()
@@ -92,6 +105,7 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float) -> dict
             assert sent.returncode == 0, sent.stderr
             sessions = open_index(f"sqlite:///{tmp / 'node' / 'var' / 'index.sqlite'}")
             _wait_delivered(sessions, 900)
+            _wait_preview(sessions, 30)  # written after the results are committed: not on the path
             with sessions() as s:
                 last_ack = max(i.received_at for i in s.query(Instance))
                 series = s.query(Series).one()
