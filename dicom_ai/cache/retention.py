@@ -7,7 +7,8 @@ Two rules, applied by a periodic scheduler job:
   received longest ago first.
 
 A series is never removed while it is still ``receiving`` (not yet scheduled), has a job
-``queued`` or ``running``, or a result with a ``pending`` delivery. Removing a series deletes its
+``queued`` or ``running``, a job awaiting a clinician's review, or a result with a ``pending``,
+``sending`` or ``held`` delivery. Removing a series deletes its
 instance files and rows and its result files; the series row stays with state ``purged`` (and
 its jobs and deliveries as history); an instance of it arriving later starts it afresh.
 """
@@ -24,7 +25,7 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Delivery, Instance, Job, Result, Series, utcnow
-from dicom_ai.cache.states import DeliveryState, JobState, SeriesState
+from dicom_ai.cache.states import DeliveryState, JobState, ReviewState, SeriesState
 from dicom_ai.cache.store import FileStore
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,14 @@ DiskUsage = Callable[[Path], "shutil._ntuple_diskusage"]
 def _busy(series_id):
     """SQL condition: the series has a job or delivery still to do."""
     pending_job = exists().where(Job.series_fk == series_id, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+    # the reviewer needs the images and results; a delivery still to make needs its file
+    in_review = exists().where(Job.series_fk == series_id, Job.review == ReviewState.AWAITING)
     pending_delivery = (
         exists()
         .where(Job.series_fk == series_id, Result.job_fk == Job.id, Delivery.result_fk == Result.id)
-        .where(Delivery.state == DeliveryState.PENDING)
+        .where(Delivery.state.in_((DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.HELD)))
     )
-    return pending_job | pending_delivery
+    return pending_job | in_review | pending_delivery
 
 
 def removable_series(sessions: sessionmaker, older_than: dt.datetime | None = None) -> list[int]:

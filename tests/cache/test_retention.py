@@ -90,3 +90,19 @@ def test_a_purged_series_received_again_starts_afresh(tmp_path):
     with sessions() as s:
         assert s.get(Series, sid).state == "receiving"
         assert s.query(Instance).filter_by(series_fk=sid).count() == 3
+
+
+def test_age_rule_spares_results_awaiting_review(tmp_path):
+    """A job awaiting a clinician's review keeps its series (the reviewer looks at the images)
+    and its held results; once decided, the series may go."""
+    store = FileStore(tmp_path)
+    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    held = _series(sessions, store, "1.2.6", 40)
+    _job(sessions, store, held, "done", "held")
+    with sessions.begin() as s:
+        s.query(Job).filter_by(series_fk=held).one().review = "awaiting"
+    assert apply_retention(sessions, store, max_age_days=30, max_disk_percent=0) == []
+    with sessions.begin() as s:
+        s.query(Job).filter_by(series_fk=held).one().review = "rejected"
+        s.query(Delivery).one().state = "rejected"
+    assert apply_retention(sessions, store, max_age_days=30, max_disk_percent=0) == [held]
