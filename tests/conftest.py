@@ -53,3 +53,23 @@ def orthanc(tmp_path: Path) -> Iterator[peers.Orthanc]:
 def totalseg_series(shared_data: Path, tmp_path: Path) -> list[Path]:
     """The TotalSegmentator JPEG 2000 series with SOP UIDs restored, in a temporary copy."""
     return peers.restore_totalseg_series(tmp_path / "totalseg")
+
+
+@pytest.fixture(scope="session")
+def lidc_volume():
+    """The full LIDC-IDRI-0314 chest CT (275 x 512 x 512), loaded once per test session (the
+    report and viewer tests share it)."""
+    from dicom_ai.infer.volume import load_series
+    from tests.report.conftest import LIDC
+
+    if not LIDC.is_dir():
+        pytest.skip(f"shared test data not found at {LIDC}")
+    return load_series(sorted(LIDC.glob("*.dcm")))
+
+
+@pytest.fixture(scope="session")
+def lidc_mask(lidc_volume):
+    """A two-label lung mask of :func:`lidc_volume` (:func:`tests.report.conftest.lung_mask`)."""
+    from tests.report.conftest import lung_mask
+
+    return lung_mask(lidc_volume)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dicom_ai.infer.volume import Volume, load_series
+from dicom_ai.infer.volume import Volume
 from dicom_ai.package.manifest import ModelManifest
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -88,19 +88,6 @@ def sub_volume(volume: Volume, start: int, stop: int) -> Volume:
 @pytest.fixture(scope="session")
 def manifest() -> ModelManifest:
     return make_manifest()
-
-
-@pytest.fixture(scope="session")
-def lidc_volume() -> Volume:
-    """The full LIDC-IDRI-0314 chest CT (275 x 512 x 512)."""
-    if not LIDC.is_dir():
-        pytest.skip(f"shared test data not found at {LIDC}")
-    return load_series(sorted(LIDC.glob("*.dcm")))
-
-
-@pytest.fixture(scope="session")
-def lidc_mask(lidc_volume: Volume) -> np.ndarray:
-    return lung_mask(lidc_volume)
 
 
 @pytest.fixture(scope="session")

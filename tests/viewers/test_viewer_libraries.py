@@ -27,12 +27,12 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from dicom_ai.infer.volume import Volume, load_series
+from dicom_ai.infer.volume import Volume
 from dicom_ai.package.manifest import ModelManifest
 from dicom_ai.report.seg import build_seg
 from dicom_ai.report.sr import build_sr
 
-from ..report.conftest import LIDC, lung_mask, make_manifest, sub_volume
+from ..report.conftest import make_manifest, sub_volume
 
 pytestmark = pytest.mark.integration
 
@@ -77,14 +77,11 @@ class Objects:
 
 
 @pytest.fixture(scope="module")
-def objects(tmp_path_factory) -> Objects:
+def objects(tmp_path_factory, lidc_volume, lidc_mask) -> Objects:
     """SEG and SR of slices 100-119 of LIDC-IDRI-0314 (the mask is computed on the whole series,
-    as :func:`lung_mask` needs the lungs' 3D extent)."""
-    if not LIDC.is_dir():
-        pytest.skip(f"shared test data not found at {LIDC}")
-    full = load_series(sorted(LIDC.glob("*.dcm")))
-    volume = sub_volume(full, 100, 120)
-    mask = lung_mask(full)[100:120]
+    as :func:`lung_mask` needs the lungs' 3D extent; both loaded once per session)."""
+    volume = sub_volume(lidc_volume, 100, 120)
+    mask = lidc_mask[100:120]
     manifest = make_manifest()
     seg = build_seg(volume, mask, manifest)
     sr = build_sr(volume, mask, seg, manifest)

@@ -1,6 +1,6 @@
 """Clinician review in a real headless browser (Debian chromium driven by Selenium), on a node
 started by the test with the shipped lung model marked ``review = true`` and a real Orthanc as
-its PACS: two real CT studies arrive, both wait for review; a reviewer opens the first, sees the
+its PACS: two real CT studies (LIDC-IDRI-0003, and Lung-PET-CT-Dx-A0001 in JPEG-LS) arrive, both wait for review; a reviewer opens the first, sees the
 overlay and the measurements, approves it with a comment, and its SEG and SR arrive in Orthanc
 with the SR VERIFIED by that reviewer; the reviewer rejects the second, and nothing of it
 arrives. A reader sees no review buttons, and a POST from the reader's session is refused (403).
@@ -21,7 +21,8 @@ from dicom_ai.cache.db import Delivery, Job
 from .test_browser import _log_in, _shot, _wait, browser  # noqa: F401  (browser: the fixture)
 
 pytestmark = pytest.mark.integration
-SECOND = peers.SHARED_DATA / "ct_chest_Lung-PET-CT-Dx-A0001" / "image_5mm_kernel_B"
+FIRST = peers.SHARED_DATA / "ct_chest_LIDC-IDRI-0003" / "image"  # 140 slices
+SECOND = peers.SHARED_DATA / "ct_chest_Lung-PET-CT-Dx-A0001" / "image_5mm_kernel_B"  # 64, JPEG-LS
 MODEL = peers.REPO_ROOT / "models" / "lung-unet-2d"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
@@ -42,6 +43,11 @@ def _study_row(driver, patient: str):
     return next((r for r in rows if patient in r.text), None)
 
 
+def _patient_id(folder) -> str:
+    return str(pydicom.dcmread(next(p for p in sorted(folder.iterdir()) if p.is_file()),
+                               stop_before_pixels=True).PatientID)
+
+
 def _orthanc_study_instances(orthanc, patient_id: str) -> list[dict]:
     out = []
     for i in orthanc.get("/instances"):
@@ -59,7 +65,7 @@ def test_reviewer_approves_one_study_and_rejects_another(tmp_path, dcmtk, orthan
     with NodeProcess(tmp_path / "node", stable_seconds=2, destinations=[pacs], extra=extra) as node:
         for name, role, password in (("ray", "reviewer", "reviews-lungs"), ("rad", "reader", "reads-lungs")):
             assert node.cli("users", "add", name, "--role", role, input=password + "\n").returncode == 0
-        for folder, propose in ((peers.LIDC_SERIES, None), (SECOND, "jpegls")):  # the second is JPEG-LS
+        for folder, propose in ((FIRST, "jpegls"), (SECOND, "jpegls")):  # both JPEG-LS lossless
             sent = peers.storescu("127.0.0.1", node.port, folder, aec=node.ae_title, propose=propose)
             assert sent.returncode == 0, sent.stderr
         _wait(lambda: sorted(j.state for j in node.rows(Job)) == ["done", "done"], 600, "both jobs done")
@@ -76,7 +82,8 @@ def test_reviewer_approves_one_study_and_rejects_another(tmp_path, dcmtk, orthan
         _shot(browser, tmp_path, "worklist-awaiting-review.png")
 
         # approve the first study
-        _study_row(browser, "LIDC-IDRI-0314").find_element(By.CSS_SELECTOR, "a").click()
+        first_patient = _patient_id(FIRST)
+        _study_row(browser, first_patient).find_element(By.CSS_SELECTOR, "a").click()
         panel = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".review-panel.awaiting"), 10, "review panel")[0]
         image = browser.find_element(By.CSS_SELECTOR, ".viewer img.image")
         _wait(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image),
@@ -88,7 +95,7 @@ def test_reviewer_approves_one_study_and_rejects_another(tmp_path, dcmtk, orthan
         _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".review-panel.approved"), 20, "approved")
         assert "approved by ray (reviewer): Both lungs complete." in browser.find_element(
             By.CSS_SELECTOR, ".review-panel .decision").text
-        first = _wait(lambda: (got := _orthanc_study_instances(orthanc, "LIDC-IDRI-0314")) and len(got) == 2 and got,
+        first = _wait(lambda: (got := _orthanc_study_instances(orthanc, first_patient)) and len(got) == 2 and got,
                       60, "SEG and SR in Orthanc")
         (sr_row,) = [r for r in first if r["SOPClassUID"] == SR_CLASS]
         sr = pydicom.dcmread(io.BytesIO(orthanc.request("GET", f"/instances/{sr_row['id']}/file")))
@@ -99,7 +106,7 @@ def test_reviewer_approves_one_study_and_rejects_another(tmp_path, dcmtk, orthan
 
         # reject the second
         browser.get(base + "/")
-        second_patient = str(pydicom.dcmread(next(SECOND.iterdir()), stop_before_pixels=True).PatientID)
+        second_patient = _patient_id(SECOND)
         _study_row(browser, second_patient).find_element(By.CSS_SELECTOR, "a").click()
         panel = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".review-panel.awaiting"), 10, "review panel")[0]
         panel.find_element(By.CSS_SELECTOR, ".review-comment").send_keys("Segmentation leaks into the liver.")

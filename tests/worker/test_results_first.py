@@ -5,8 +5,6 @@ the job done."""
 
 from __future__ import annotations
 
-import pytest
-
 from dicom_ai.cache.db import Delivery, Job, Result
 from dicom_ai.worker import JobRunner
 
@@ -35,11 +33,13 @@ def test_results_are_announced_before_the_viewer_files(tmp_path, node) -> None: 
             seen["state"] = job.state
             seen["results"] = sorted(r.kind for r in s.query(Result))
             seen["deliveries"] = s.query(Delivery).count()
+        seen["files"] = [store.abspath(store.result_relpath(job_id, k)).exists() for k in ("SEG", "SR")]
         seen["mask"] = store.abspath(f"results/{job_id}/mask.npz").exists()
         seen["preview"] = store.abspath(f"results/{job_id}/preview.png").exists()
 
     JobRunner(settings, sessions, store, on_results=on_results).run(job_id)
-    assert seen == {"state": "done", "results": ["SEG", "SR"], "deliveries": 2, "mask": False, "preview": False}
+    assert seen == {"state": "done", "results": ["SEG", "SR"], "deliveries": 2, "files": [True, True],
+                    "mask": False, "preview": False}
     assert store.abspath(f"results/{job_id}/mask.npz").exists()
     assert store.abspath(f"results/{job_id}/preview.png").exists()
     with sessions() as s:
@@ -61,13 +61,3 @@ def test_a_failed_viewer_file_leaves_the_job_done(tmp_path, node, monkeypatch, c
         assert (job.state, s.query(Delivery).count()) == ("done", 2), job.reason
     assert f"job {job_id}: viewer files not written: disk full" in caplog.text
     assert not store.abspath(f"results/{job_id}/preview.png").exists()
-
-
-@pytest.mark.parametrize("kind", ["SEG", "SR"])
-def test_result_files_exist_when_announced(tmp_path, node, kind) -> None:  # noqa: F811
-    settings, sessions, store = node
-    job_id = _job(sessions, _package(tmp_path / "air", Air()))
-    exists: list[bool] = []
-    JobRunner(settings, sessions, store,
-              on_results=lambda: exists.append(store.abspath(store.result_relpath(job_id, kind)).exists())).run(job_id)
-    assert exists == [True]
