@@ -37,7 +37,6 @@ reason yields the same note, which the archive then replaces instead of adding a
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Sequence
 
@@ -45,10 +44,11 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, UID
 
 import dicom_ai
 from dicom_ai.package.manifest import ModelManifest
+from dicom_ai.report import uids
 from dicom_ai.report.identity import MANUFACTURER, PATIENT_STUDY, PATIENT_STUDY_TYPE2, apply_identity
 
 #: Document Title (CID 7010) of each ``reason`` of :func:`build_rejection_note` (IHE RAD IOCM).
@@ -79,8 +79,7 @@ _REFERENCE = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstan
 
 
 def _derive(parts: list[str], prefix: str) -> UID:
-    # JSON keeps the parts apart: generate_uid concatenates its entropy sources unseparated.
-    return generate_uid(prefix=prefix, entropy_srcs=[json.dumps([_SCHEME, *parts])])
+    return uids.derive(_SCHEME, parts, prefix)
 
 
 def rejection_note_series_uid(

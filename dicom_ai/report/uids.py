@@ -29,8 +29,15 @@ from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
 _SCHEME = "dicom-ai/result-uid/1"
 
 
+def derive(scheme: str, parts: list[str], prefix: str = PYDICOM_ROOT_UID) -> UID:
+    """A UID under ``prefix`` that depends only on ``scheme`` (a name and version of the
+    derivation: another derivation never yields the same UID) and ``parts``, serialised
+    unambiguously (JSON) before hashing (PS3.5 Annex B)."""
+    return generate_uid(prefix=prefix, entropy_srcs=[json.dumps([scheme, *parts])])
+
+
 def _derive(parts: list[str], prefix: str) -> UID:
-    return generate_uid(prefix=prefix, entropy_srcs=[json.dumps([_SCHEME, *parts])])
+    return derive(_SCHEME, parts, prefix)
 
 
 def _check_kind(kind: str) -> str:

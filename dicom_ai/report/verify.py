@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import re
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, UID
 from pydicom.valuerep import PersonName
+
+from dicom_ai.report import uids
 
 #: Bump only if the derivation itself changes; every verified SR's UID changes with it.
 _SCHEME = "dicom-ai/verified-sr/1"
@@ -36,7 +37,7 @@ _PN_MAX = 64
 def verified_uid(sop_instance_uid: str, *, prefix: str = PYDICOM_ROOT_UID) -> UID:
     """SOP Instance UID of the verified copy of the SR document ``sop_instance_uid``: the same
     for the same input, different from it (PS3.5 B.2, a hash under ``prefix``)."""
-    return generate_uid(prefix=prefix, entropy_srcs=[json.dumps([_SCHEME, str(sop_instance_uid)])])
+    return uids.derive(_SCHEME, [str(sop_instance_uid)], prefix)
 
 
 def observer_pn(name: str) -> PersonName:
