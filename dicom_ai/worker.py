@@ -218,6 +218,7 @@ class JobRunner:
             series = session.get(Series, job.series_fk)
             paths = [self.store.abspath(i.path) for i in series.instances]
             model_path = job.model_path
+            destinations = job.destinations
             series_uid = series.series_instance_uid
         log.info("job %d: %s on series %s (%d files)", job_id, Path(model_path).name, series_uid, len(paths))
         timings: dict[str, float] = {}
@@ -233,7 +234,7 @@ class JobRunner:
         if manifest.task == "classification":
             outputs, findings = self._classify(job_id, model, volume, timings)
         else:
-            outputs, findings, viewer_files = self._segment(job_id, model, volume, timings)
+            outputs, findings, viewer_files = self._segment(job_id, model, volume, timings, destinations)
         timings["total"] = time.perf_counter() - t0
         timings["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with self.sessions.begin() as session:
@@ -275,10 +276,9 @@ class JobRunner:
         self.store.write(rel, buf.getbuffer())
         return kind, obj, rel
 
-    def _wants(self, job_id: int, kind: str) -> bool:
-        """Whether a destination of the job takes results of ``kind`` (``[[destinations]] results``)."""
-        with self.sessions() as session:
-            names = session.get(Job, job_id).destinations
+    def _wants(self, names: list[str] | None, kind: str) -> bool:
+        """Whether one of the destinations ``names`` (None: all) takes results of ``kind``
+        (``[[destinations]] results``)."""
         return any(kind in d.results for d in self.settings.destinations if names is None or d.name in names)
 
     def _classify(self, job_id: int, model, volume, timings: dict[str, float]):
@@ -294,7 +294,7 @@ class JobRunner:
         timings["report"] = time.perf_counter() - t
         return outputs, {model.manifest.finding.meaning: result.as_findings()}
 
-    def _segment(self, job_id: int, model, volume, timings: dict[str, float]):
+    def _segment(self, job_id: int, model, volume, timings: dict[str, float], destinations: list[str] | None):
         """Segmentation: SEG and SR (volumes, mean HU, plausibility); returns them with the
         findings and a function that writes the mask for the viewer and a preview (run after the
         results are committed). An implausible result (:mod:`dicom_ai.report.plausibility`) is logged in one
@@ -319,7 +319,7 @@ class JobRunner:
         outputs = [self._write(job_id, kind, obj) for kind, obj in ((ResultKind.SEG, seg), (ResultKind.SR, sr))]
         findings = segmentation_findings(measurements, issues)
         timings["report"] = time.perf_counter() - t
-        if self._wants(job_id, "sc"):
+        if self._wants(destinations, "sc"):
             from dicom_ai.report.sc import build_secondary_capture  # deferred: only some sites want it
 
             t = time.perf_counter()
