@@ -23,6 +23,7 @@ from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Settings
+from dicom_ai.export.review import REVIEWER_ROLES
 from dicom_ai.web.auth import Authenticator, Busy, Identity, Throttled
 from dicom_ai.web.security import SAFE_METHODS, same
 from dicom_ai.web.viewer import MaskCache
@@ -137,7 +138,7 @@ def admin(who: Identity = Depends(reader)) -> Identity:
 
 def reviewer(who: Identity = Depends(reader)) -> Identity:
     """A logged-in user with the reviewer or admin role, else as :func:`reader`, or 403."""
-    if who.role not in ("reviewer", "admin"):
+    if who.role not in REVIEWER_ROLES:
         raise HTTPException(403, "reviewer or admin role needed")
     return who
 
