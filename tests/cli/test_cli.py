@@ -48,7 +48,9 @@ def test_send_to_nobody_fails_clearly(tmp_path, shared_data):
 
 def test_jobs_survive_restart(tmp_path, dcmtk, shared_data):
     """Job rows are in the database: a job queued before a restart is still there after it."""
-    node = NodeProcess(tmp_path / "node", stable_seconds=1,
+    # one association brings the series whole, so its A-RELEASE completes it; the idle timer is
+    # only the fallback, long enough that a stall of the machine mid-send cannot close it early
+    node = NodeProcess(tmp_path / "node", stable_seconds=30,
                        extra={"models": [{"path": str(tmp_path / "no-such-model"), "enabled": True}]})
     with node:
         assert peers.storescu("127.0.0.1", node.port, shared_data / "ct_abdomen_CRLM-CT-1006" / "image",

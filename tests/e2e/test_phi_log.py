@@ -35,7 +35,9 @@ def _send_with_newline_uid(port: int, src: Path, tmp_path: Path) -> int | None:
 def test_log_holds_no_patient_data_and_no_forged_line(tmp_path: Path, shared_data: Path) -> None:
     series = peers.copy_series(shared_data / "ct_abdomen_CRLM-CT-1006" / "image", tmp_path / "probe",
                                PatientName=NAME, PatientID=PATIENT_ID, PatientBirthDate=BIRTH)
-    with NodeProcess(tmp_path / "node", stable_seconds=1.0,
+    # one association brings the series whole, so its A-RELEASE completes it; the idle timer is
+    # only the fallback, long enough that a stall of the machine mid-send cannot close it early
+    with NodeProcess(tmp_path / "node", stable_seconds=30,
                      extra={"node": {"receivers": 1}, "web": {"enabled": False}}) as node:
         sent = peers.storescu("127.0.0.1", node.port, tmp_path / "probe", aec=node.ae_title)
         assert sent.returncode == 0, sent.stderr

@@ -53,7 +53,9 @@ def test_tilt_missing_slice_and_localizer(tmp_path, dcmtk, shared_data, lidc_ser
     tilt = shared_data / "edge_cases" / "dcm_qa_ct_GE_tilt" / "GE"
     missing = _copy_series(lidc_series, tmp_path / "missing", drop=137)
     with_localizer = _copy_series(lidc_series, tmp_path / "localizer", localizer=True)
-    node = NodeProcess(tmp_path / "node", stable_seconds=1, extra={
+    # the series with a gap and the one with a localizer complete by the idle timer only, which must
+    # outlast any stall of the machine mid-send: a series closed early is missing slices
+    node = NodeProcess(tmp_path / "node", stable_seconds=6, extra={
         "models": [{"path": str(default_model_path()), "body_parts": []}]})  # the tilted CT is a head
     with node:
         for folder in (tilt, missing, with_localizer):

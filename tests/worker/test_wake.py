@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_queued_job_wakes_an_idle_worker(tmp_path, dcmtk, shared_data):
-    with NodeProcess(tmp_path / "node", stable_seconds=1, extra={"worker": {"poll_seconds": 3600}}) as node:
+    # one association brings the series whole, so its A-RELEASE completes it; the idle timer is
+    # only the fallback, long enough that a stall of the machine mid-send cannot close it early
+    with NodeProcess(tmp_path / "node", stable_seconds=30, extra={"worker": {"poll_seconds": 3600}}) as node:
         # the body-region classifier is quick on the CPU; the lung model stays out of the way
         assert node.cli("models", "disable", "dicom-ai-lung", "--user", "admin").returncode == 0
         assert node.cli("models", "enable", "dicom-ai-body-region", "--user", "admin").returncode == 0
@@ -37,7 +39,9 @@ def test_queued_job_wakes_an_idle_worker(tmp_path, dcmtk, shared_data):
 
 def test_an_ended_job_wakes_the_outbox(tmp_path, dcmtk, shared_data, orthanc):
     dest = [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
-    with NodeProcess(tmp_path / "node", stable_seconds=1, destinations=dest,
+    # one association brings the series whole, so its A-RELEASE completes it; the idle timer is
+    # only the fallback, long enough that a stall of the machine mid-send cannot close it early
+    with NodeProcess(tmp_path / "node", stable_seconds=30, destinations=dest,
                      extra={"completion": {"check_interval_seconds": 12}}) as node:
         assert node.cli("models", "disable", "dicom-ai-lung", "--user", "admin").returncode == 0
         assert node.cli("models", "enable", "dicom-ai-body-region", "--user", "admin").returncode == 0
