@@ -572,7 +572,7 @@ _INDEXED_PER_SERIES = (
     select(Study.study_instance_uid, Series.series_instance_uid, func.count(Instance.id))
     .join_from(Instance, Series, Instance.series_fk == Series.id)
     .join_from(Series, Study, Series.study_fk == Study.id)
-    .group_by(Series.id)
+    .group_by(Series.id, Study.study_instance_uid, Series.series_instance_uid)
 )
 _INDEXED_PATHS = select(Instance.path).where(Instance.sop_instance_uid.in_(bindparam("uids", expanding=True)))
 
