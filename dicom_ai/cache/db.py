@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -39,8 +41,14 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+#: Keys, references and counts that may grow past 2**31: 64-bit everywhere. PostgreSQL's INTEGER
+#: is 32-bit, so they are BIGINT there; SQLite's INTEGER already holds 64 bits, and only an
+#: ``INTEGER PRIMARY KEY`` is its row id, so they stay INTEGER there.
+ID = BigInteger().with_variant(Integer, "sqlite")
+
+
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {int: ID}  # every ``Mapped[int]`` without its own type
 
 
 class Patient(Base):
@@ -113,7 +121,7 @@ class Instance(Base):
     instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(400))
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(ID)
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     association: Mapped[str] = mapped_column(String(32), default="")  # which association brought it
     image_type: Mapped[str] = mapped_column(String(64), default="")  # Image Type (0008,0008), "\\"-joined
@@ -268,7 +276,7 @@ class Counter(Base):
 
     __tablename__ = "counters"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[int] = mapped_column(Integer, default=0)
+    value: Mapped[int] = mapped_column(ID, default=0)
 
 
 class ModelVersion(Base):
@@ -336,12 +344,18 @@ def _alembic(connection: Any) -> Any:
     return cfg
 
 
+#: PostgreSQL advisory lock key held while the schema is migrated (any constant unique to dicom-ai)
+MIGRATION_LOCK = 0x6469636F6D6169  # "dicomai"
+
+
 def migrate(engine: Engine) -> None:
     """Bring the index schema to this version of dicom-ai (Alembic ``upgrade head``).
 
     An index made before migrations existed (it has tables but no ``alembic_version``) is
-    taken to be at the baseline and upgraded from there. A failed attempt is retried for 15 s,
-    as another process may be migrating the same index at that moment.
+    taken to be at the baseline and upgraded from there. On PostgreSQL the migration holds an
+    advisory lock, so processes started together migrate one after the other. On SQLite a
+    failed attempt is retried for 15 s, as another process may be migrating the same index at
+    that moment (each CREATE TABLE commits on its own there).
 
     Raises
     ------
@@ -356,6 +370,10 @@ def migrate(engine: Engine) -> None:
     while True:
         try:
             with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # one migrating process at a time; the others then find the schema at head
+                    # (the lock ends with the transaction)
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
                 insp = inspect(conn)
                 if insp.has_table("series") and not insp.has_table("alembic_version"):
                     command.stamp(_alembic(conn), BASELINE)
