@@ -45,10 +45,15 @@ log = logging.getLogger(__name__)
 
 def claim_next_job(sessions: sessionmaker) -> int | None:
     """Atomically move the next queued job (highest priority, then oldest) to ``running``;
-    returns its id or None."""
+    returns its id or None.
+
+    On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED``: workers claiming at the same
+    moment each get a different job instead of waiting on one another. SQLite has one writer at
+    a time; there the conditional UPDATE alone decides (a claim that lost gives None)."""
     with sessions.begin() as session:
         job_id = session.scalar(
             select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.priority.desc(), Job.id).limit(1)
+            .with_for_update(skip_locked=True)
         )
         if job_id is None:
             return None

@@ -71,22 +71,31 @@ def recover_deliveries(sessions: sessionmaker, settings: Settings) -> tuple[int,
 
 def deliver_due(sessions: sessionmaker, store: FileStore, settings: Settings) -> int:
     """Send every due pending delivery, one association (or request) per destination and
-    sender; returns how many were delivered."""
+    sender; returns how many were delivered.
+
+    The due rows are claimed (``pending`` to ``sending``) by one UPDATE before anything is
+    sent, so outboxes running at the same time never send the same delivery: on PostgreSQL the
+    rows are picked ``FOR UPDATE SKIP LOCKED`` (each outbox takes rows no other holds), and
+    SQLite runs one writing statement at a time."""
     now = utcnow()
     done = 0
     with sessions() as session:
-        due = session.scalars(
-            select(Delivery)
+        due = (
+            select(Delivery.id)
             .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
             .order_by(Delivery.id)
+            .with_for_update(skip_locked=True)
+        )
+        claimed = session.scalars(
+            update(Delivery).where(Delivery.id.in_(due.scalar_subquery()), Delivery.state == DeliveryState.PENDING)
+            .values(state=DeliveryState.SENDING).returning(Delivery.id)
+            .execution_options(synchronize_session=False)
         ).all()
+        session.commit()  # from here a restart checks the destination before resending
         groups: dict[tuple[str, str], list[Delivery]] = {}
-        for row in due:
+        for row in session.scalars(select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)):
             groups.setdefault((row.destination, row.result.job.series.calling_ae_title), []).append(row)
         for (name, calling), rows in groups.items():
-            for row in rows:
-                row.state = DeliveryState.SENDING
-            session.commit()  # from here a restart checks the destination before resending
             dest = settings.destination(name)
             files = {store.abspath(r.result.path): r for r in rows}
             if dest is None:
