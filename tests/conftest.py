@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `import peers` work everywhere
 
 import peers  # noqa: E402
+import pgserver  # noqa: E402
 
 
 def require(tool: str | None, name: str) -> str:
@@ -32,6 +33,24 @@ def shared_data() -> Path:
 def lidc_series(shared_data: Path) -> list[Path]:
     """The 275 slices of the LIDC-IDRI-0314 chest CT, sorted by file name."""
     return sorted(peers.LIDC_SERIES.glob("*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pgserver.PostgresServer]:
+    """One PostgreSQL server (Debian's ``postgresql``) for the test session, on 127.0.0.1."""
+    require(pgserver.bin_dir(), "PostgreSQL")
+    with pgserver.PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty index, once on each engine the node supports: an SQLite file under
+    ``tmp_path``, and a fresh database, already at the newest schema, on :func:`postgres`."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    server: pgserver.PostgresServer = request.getfixturevalue("postgres")
+    return server.migrated_database()
 
 
 @pytest.fixture

@@ -41,9 +41,9 @@ def test_mixed_patients_compares_each_slice_with_what_came_before():
     assert mixed_patients(ds) == ["PatientBirthDate"]
 
 
-def _index(tmp_path: Path):
+def _index(index_url, tmp_path: Path):
     store = FileStore(tmp_path / "var")
-    sessions = open_index(f"sqlite:///{tmp_path / 'var' / 'index.sqlite'}")
+    sessions = open_index(index_url)
     return store, sessions
 
 
@@ -72,9 +72,9 @@ def _receive(sessions, store, ds: pydicom.Dataset):
     return store_instance(sessions, store, meta, rel, data, "CT1")
 
 
-def test_unindexed_instance_files_are_indexed_or_removed_at_start(tmp_path, lidc_series, caplog):
+def test_unindexed_instance_files_are_indexed_or_removed_at_start(index_url, tmp_path, lidc_series, caplog):
     caplog.set_level(logging.INFO, logger="dicom_ai")
-    store, sessions = _index(tmp_path)
+    store, sessions = _index(index_url, tmp_path)
     study, series, other_series = generate_uid(), generate_uid(), generate_uid()
     slices = lidc_series[40:48]
     received = [_dataset(f, study, series, **A) for f in slices[:3]]
@@ -106,10 +106,10 @@ def test_unindexed_instance_files_are_indexed_or_removed_at_start(tmp_path, lidc
     assert index_orphans(sessions, store) == (0, 0)  # nothing left; folders in step are skipped
 
 
-def test_a_mixed_series_indexed_before_the_check_is_not_processed(tmp_path, lidc_series):
+def test_a_mixed_series_indexed_before_the_check_is_not_processed(index_url, tmp_path, lidc_series):
     """Defence in depth: a series whose files name two patients (made directly in the index, as
     an index written before the receiver compared patients holds it) fails its job."""
-    settings = load_settings(None, node={"data_dir": str(tmp_path / "var")}, worker={"device": "cpu"},
+    settings = load_settings(None, node={"database_url": index_url, "data_dir": str(tmp_path / "var")}, worker={"device": "cpu"},
                              destinations=[{"name": "pacs", "kind": "folder", "path": str(tmp_path / "out")}])
     store = FileStore(settings.node.data_dir)
     sessions = open_index(settings.database_url)
@@ -138,8 +138,8 @@ def test_a_mixed_series_indexed_before_the_check_is_not_processed(tmp_path, lidc
 
 
 @pytest.mark.parametrize("policy", ["keep_first", "replace"])
-def test_a_file_of_an_indexed_instance_that_went_missing_is_written_again(tmp_path, lidc_series, policy):
-    store, sessions = _index(tmp_path)
+def test_a_file_of_an_indexed_instance_that_went_missing_is_written_again(index_url, tmp_path, lidc_series, policy):
+    store, sessions = _index(index_url, tmp_path)
     ds = _dataset(lidc_series[10], generate_uid(), generate_uid(), **A)
     assert _receive(sessions, store, ds).outcome == "new"
     with sessions() as s:

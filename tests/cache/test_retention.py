@@ -37,9 +37,9 @@ def _job(sessions, store, series_id: int, job_state: str, delivery_state: str | 
             s.add(Delivery(result=result, destination="pacs", state=delivery_state))
 
 
-def test_age_rule_spares_pending_work(tmp_path):
+def test_age_rule_spares_pending_work(index_url, tmp_path):
     store = FileStore(tmp_path)
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    sessions = open_index(index_url)
     old_done = _series(sessions, store, "1.2.1", 40)
     _job(sessions, store, old_done, "done", "delivered")
     old_pending_delivery = _series(sessions, store, "1.2.2", 40)
@@ -63,9 +63,9 @@ def test_age_rule_spares_pending_work(tmp_path):
     assert (tmp_path / f"results/{old_pending_delivery}/seg.dcm").exists()
 
 
-def test_disk_rule_removes_oldest_first_until_below(tmp_path):
+def test_disk_rule_removes_oldest_first_until_below(index_url, tmp_path):
     store = FileStore(tmp_path)
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    sessions = open_index(index_url)
     oldest = _series(sessions, store, "1.3.1", 5)
     middle = _series(sessions, store, "1.3.2", 4)
     newest = _series(sessions, store, "1.3.3", 3)
@@ -81,9 +81,9 @@ def test_disk_rule_removes_oldest_first_until_below(tmp_path):
         assert s.get(Series, newest).state == "complete"
 
 
-def test_a_purged_series_received_again_starts_afresh(tmp_path):
+def test_a_purged_series_received_again_starts_afresh(index_url, tmp_path):
     store = FileStore(tmp_path)
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    sessions = open_index(index_url)
     sid = _series(sessions, store, "1.4.1", 40)
     apply_retention(sessions, store, max_age_days=30, max_disk_percent=0)
     _series(sessions, store, "1.4.1", 0, state=None)  # the index sets the state
@@ -92,11 +92,11 @@ def test_a_purged_series_received_again_starts_afresh(tmp_path):
         assert s.query(Instance).filter_by(series_fk=sid).count() == 3
 
 
-def test_age_rule_spares_results_awaiting_review(tmp_path):
+def test_age_rule_spares_results_awaiting_review(index_url, tmp_path):
     """A job awaiting a clinician's review keeps its series (the reviewer looks at the images)
     and its held results; once decided, the series may go."""
     store = FileStore(tmp_path)
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    sessions = open_index(index_url)
     held = _series(sessions, store, "1.2.6", 40)
     _job(sessions, store, held, "done", "held")
     with sessions.begin() as s:

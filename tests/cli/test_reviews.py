@@ -17,10 +17,10 @@ SERIES_A = "1.2.826.0.1.3680043.8.498.1.1"
 SERIES_B = "1.2.826.0.1.3680043.8.498.1.2"
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, index_url: str) -> Path:
     data = tmp_path / "var"
     path = tmp_path / "dicom-ai.toml"
-    path.write_text(f'[node]\ndata_dir = "{data.as_posix()}"\n', encoding="utf-8")
+    path.write_text(f'[node]\ndata_dir = "{data.as_posix()}"\ndatabase_url = "{index_url}"\n', encoding="utf-8")
     return path
 
 
@@ -31,10 +31,10 @@ def _invoke(config: Path, *args: str):
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> tuple[Path, Path, dict[str, int]]:
+def index(index_url: str, tmp_path: Path) -> tuple[Path, Path, dict[str, int]]:
     """A config, its data dir, and an index with two jobs: job a rejected then (last) rejected
     again with a comment, job b approved; series a has two instance files."""
-    config = _config(tmp_path)
+    config = _config(tmp_path, index_url)
     settings = load_settings(config)
     sessions = open_index(settings.database_url)
     t0 = dt.datetime(2026, 11, 30, 9, 0, 0)
@@ -112,8 +112,8 @@ def test_candidate_without_files(index) -> None:
     assert f"mask: {data_dir / 'results' / str(ids['a']) / 'mask.npz'} (missing)" in out
 
 
-def test_empty_index(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+def test_empty_index(index_url: str, tmp_path: Path) -> None:
+    config = _config(tmp_path, index_url)
     assert _lines(_invoke(config, "reviews", "list")) == ["no reviews"]
     assert _lines(_invoke(config, "reviews", "list", "--decision", "reject")) == ["no reject reviews"]
     assert _lines(_invoke(config, "reviews", "candidates")) == ["no rejected jobs: no correction candidates"]

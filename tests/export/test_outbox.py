@@ -68,10 +68,10 @@ def _one_result(sessions, store: FileStore, destinations: list[str]) -> None:
             s.add(Delivery(result=result, destination=name))
 
 
-def test_folder_delivered_and_dead_peer_retried_until_the_horizon_then_dead_letter(tmp_path):
+def test_folder_delivered_and_dead_peer_retried_until_the_horizon_then_dead_letter(index_url, tmp_path):
     settings = load_settings(
         None,
-        node={"data_dir": str(tmp_path / "var")},
+        node={"database_url": index_url, "data_dir": str(tmp_path / "var")},
         destinations=[
             {"name": "folder", "kind": "folder", "path": str(tmp_path / "out")},
             {"name": "dead", "ae_title": "NOBODY", "host": "127.0.0.1", "port": peers.free_port()},
@@ -109,12 +109,12 @@ def test_folder_delivered_and_dead_peer_retried_until_the_horizon_then_dead_lett
         assert s.query(Delivery).filter_by(destination="dead").one().state == "pending"
 
 
-def test_results_go_to_the_destinations_their_rule_names(tmp_path):
+def test_results_go_to_the_destinations_their_rule_names(index_url, tmp_path):
     from dicom_ai.export.outbox import create_deliveries
 
     settings = load_settings(
         None,
-        node={"data_dir": str(tmp_path / "var")},
+        node={"database_url": index_url, "data_dir": str(tmp_path / "var")},
         destinations=[{"name": "a", "kind": "folder", "path": str(tmp_path / "a")},
                       {"name": "b", "kind": "folder", "path": str(tmp_path / "b")}],
         rules=[{"name": "r", "model": "m", "destinations": ["b"]}],

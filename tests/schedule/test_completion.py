@@ -69,8 +69,8 @@ def test_body_region_from_the_manifest(tmp_path):
     assert match(anything, "CT", "EXTREMITY", 100) is None
 
 
-def test_series_completes_after_stable_seconds_and_gets_one_job(tmp_path):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_series_completes_after_stable_seconds_and_gets_one_job(index_url, tmp_path):
+    sessions = open_index(index_url)
     for i in range(5):
         index_instance(sessions, _meta(i), f"x/{i}.dcm", 10, "STORESCU")
     model = _model()
@@ -97,8 +97,8 @@ def test_series_completes_after_stable_seconds_and_gets_one_job(tmp_path):
         assert s.query(Job).one().state == "queued"
 
 
-def test_non_matching_series_records_why(tmp_path):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_non_matching_series_records_why(index_url, tmp_path):
+    sessions = open_index(index_url)
     index_instance(sessions, _meta(1, modality="MR"), "x/1.dcm", 10, "STORESCU")
     later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(seconds=11)
     assert schedule_complete_series(sessions, _routes(_model()), _completion(), {CT}, now=later) == []

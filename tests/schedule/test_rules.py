@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from dicom_ai.cache.db import Job, open_index
+from dicom_ai.cache.db import Job, Series, open_index
 from dicom_ai.cache.index import index_instance
 from dicom_ai.config import Rule, load_settings
 from dicom_ai.schedule.completion import schedule_complete_series
@@ -83,13 +83,13 @@ def test_disabled_rules_and_rules_of_models_not_enabled_do_not_route(caplog):
     assert [r.rule.name for r in default] == ["m (default)"]
 
 
-def test_rules_are_ordered_by_priority_and_jobs_claimed_by_priority(tmp_path):
+def test_rules_are_ordered_by_priority_and_jobs_claimed_by_priority(index_url, tmp_path):
     settings = load_settings(None, rules=[
         {"name": "low", "model": "m", "priority": 1},
         {"name": "high", "model": "m", "priority": 9},
     ])
     assert [r.rule.name for r in routes(settings, [_model()])] == ["high", "low"]
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+    sessions = open_index(index_url)
     index_instance(sessions, _meta(1), "x/1.dcm", 10, "S")
     with sessions.begin() as s:
         series_id = s.execute(__import__("sqlalchemy").text("select id from series")).scalar()
@@ -100,7 +100,7 @@ def test_rules_are_ordered_by_priority_and_jobs_claimed_by_priority(tmp_path):
     assert order == [5, 1, 0]
 
 
-def test_review_comes_from_the_rule_else_the_model(tmp_path):
+def test_review_comes_from_the_rule_else_the_model(index_url):
     """``review = true`` on a rule, or on the model's ``[[models]]`` entry for rules that do
     not say: the jobs it queues await a clinician's review."""
     reviewed_model = dataclasses.replace(_model(min_slices=1), review=True)
@@ -108,9 +108,12 @@ def test_review_comes_from_the_rule_else_the_model(tmp_path):
     settings = load_settings(None, rules=[{"name": "says-no", "model": "m", "review": False},
                                           {"name": "silent", "model": "m", "modalities": ["CT"]}])
     assert {r.rule.name: r.review for r in routes(settings, [reviewed_model])} == {"says-no": False, "silent": True}
+    sessions = open_index(index_url)
+    index_instance(sessions, _meta(1), "x/1.dcm", 10, "S")
     for rule_review, expected in ((True, "awaiting"), (None, "")):
-        sessions = open_index(f"sqlite:///{tmp_path / f'{rule_review}.sqlite'}")
-        index_instance(sessions, _meta(1), "x/1.dcm", 10, "S")
+        with sessions.begin() as s:  # the series received again, without its jobs
+            s.query(Job).delete()
+            s.query(Series).update({"state": "receiving"})
         got = routes(load_settings(None, rules=[{"name": "r", "model": "m", "review": rule_review}]),
                      [_model(min_slices=1)])
         completion = load_settings(None, completion={"stable_seconds": 0.01}).completion

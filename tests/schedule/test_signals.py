@@ -27,8 +27,8 @@ def _series(sessions):
         return s.query(Series).one()
 
 
-def test_expected_count_fires_on_the_last_instance_without_waiting(tmp_path):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_expected_count_fires_on_the_last_instance_without_waiting(index_url, tmp_path):
+    sessions = open_index(index_url)
     _send(sessions, range(1, 5), expected=5)
     tick = lambda: schedule_complete_series(sessions, _routes(_model()), _completion(30), {CT}, now=_now())
     assert tick() == [] and _series(sessions).state == "receiving"
@@ -37,15 +37,15 @@ def test_expected_count_fires_on_the_last_instance_without_waiting(tmp_path):
     assert _series(sessions).completion_signal == "expected_count"
 
 
-def test_expected_count_can_be_switched_off(tmp_path):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_expected_count_can_be_switched_off(index_url, tmp_path):
+    sessions = open_index(index_url)
     _send(sessions, range(1, 6), expected=5)
     assert schedule_complete_series(sessions, _routes(_model()), _completion(30, use_expected_count=False),
                                     {CT}, now=_now()) == []
 
 
-def test_association_release_fires_after_the_grace(tmp_path):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_association_release_fires_after_the_grace(index_url, tmp_path):
+    sessions = open_index(index_url)
     _send(sessions, range(1, 11))
     mark_released(sessions, "A1", ["1.2.3.4"])
     completion = _completion(30, release_grace_seconds=1.0)
@@ -54,8 +54,8 @@ def test_association_release_fires_after_the_grace(tmp_path):
     assert _series(sessions).completion_signal == "association_release"
 
 
-def _release_refused(tmp_path, send):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def _release_refused(index_url, tmp_path, send):
+    sessions = open_index(index_url)
     send(sessions)
     mark_released(sessions, "A1", ["1.2.3.4"])
     completion = _completion(30, release_grace_seconds=1.0)
@@ -66,26 +66,26 @@ def _release_refused(tmp_path, send):
     assert _series(sessions).completion_signal == "stable_seconds"
 
 
-def test_release_with_a_gap_in_instance_numbers_waits_for_the_idle_timer(tmp_path):
-    _release_refused(tmp_path, lambda s: _send(s, [1, 2, 3, 5, 6]))
+def test_release_with_a_gap_in_instance_numbers_waits_for_the_idle_timer(index_url, tmp_path):
+    _release_refused(index_url, tmp_path, lambda s: _send(s, [1, 2, 3, 5, 6]))
 
 
-def test_release_with_uneven_spacing_waits_for_the_idle_timer(tmp_path):
+def test_release_with_uneven_spacing_waits_for_the_idle_timer(index_url, tmp_path):
     def send(sessions):
         _send(sessions, range(1, 6))
         _send(sessions, [6], spacing=4.0)
-    _release_refused(tmp_path, send)
+    _release_refused(index_url, tmp_path, send)
 
 
-def test_series_split_over_two_associations_is_not_complete_at_the_first_release(tmp_path):
+def test_series_split_over_two_associations_is_not_complete_at_the_first_release(index_url, tmp_path):
     def send(sessions):
         _send(sessions, range(1, 6), association="A1")
         _send(sessions, range(6, 11), association="A2")
-    _release_refused(tmp_path, send)
+    _release_refused(index_url, tmp_path, send)
 
 
-def test_an_instance_after_the_release_voids_it(tmp_path):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_an_instance_after_the_release_voids_it(index_url, tmp_path):
+    sessions = open_index(index_url)
     _send(sessions, range(1, 6))
     mark_released(sessions, "A1", ["1.2.3.4"])
     _send(sessions, [6])  # same association id, but after the release was recorded
@@ -93,8 +93,8 @@ def test_an_instance_after_the_release_voids_it(tmp_path):
     assert schedule_complete_series(sessions, _routes(_model()), completion, {CT}, now=_now(1)) == []
 
 
-def test_idle_timer_is_the_fallback(tmp_path):
-    sessions = open_index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_idle_timer_is_the_fallback(index_url, tmp_path):
+    sessions = open_index(index_url)
     _send(sessions, range(1, 6))
     assert schedule_complete_series(sessions, _routes(_model()), _completion(30), {CT}, now=_now(29)) == []
     assert len(schedule_complete_series(sessions, _routes(_model()), _completion(30), {CT}, now=_now(31))) == 1

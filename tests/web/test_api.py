@@ -62,8 +62,8 @@ def _study(sessions, store, k, name, date, state="done", delivery="delivered", n
 
 
 @pytest.fixture
-def web(tmp_path):
-    settings = load_settings(None, node={"data_dir": str(tmp_path / "var")},
+def web(index_url, tmp_path):
+    settings = load_settings(None, node={"database_url": index_url, "data_dir": str(tmp_path / "var")},
                              destinations=[{"name": "pacs", "kind": "folder", "path": str(tmp_path / "out")}])
     store = FileStore(settings.node.data_dir)
     sessions = open_index(settings.database_url)

@@ -27,8 +27,8 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 @pytest.fixture
-def site(tmp_path, lidc_series, orthanc):
-    settings = load_settings(None, node={"data_dir": str(tmp_path / "var"), "ae_title": "DICOMAI"},
+def site(index_url, tmp_path, lidc_series, orthanc):
+    settings = load_settings(None, node={"database_url": index_url, "data_dir": str(tmp_path / "var"), "ae_title": "DICOMAI"},
                              worker={"device": "cpu"}, review={"organization": "Test Hospital Radiology"},
                              destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
                                             "port": orthanc.dicom_port}])

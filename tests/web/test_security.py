@@ -34,13 +34,13 @@ TRUSTED = "https://ai.hospital.example"
 
 
 @pytest.fixture
-def make(tmp_path):
+def make(index_url, tmp_path):
     """``make(**web)``: (app, sessions, job id) of a node with users rad (reader) and boss
     (admin), one study with a done job, ``[web]`` settings ``web``."""
 
     def build(**web):
-        build.data_dir = str(tmp_path / "var")
-        settings = load_settings(None, node={"data_dir": str(tmp_path / "var")},
+        build.data_dir, build.database_url = str(tmp_path / "var"), index_url
+        settings = load_settings(None, node={"database_url": index_url, "data_dir": str(tmp_path / "var")},
                                  web={"trusted_origins": [TRUSTED], **web},
                                  destinations=[{"name": "pacs", "kind": "folder", "path": str(tmp_path / "out")}])
         sessions = open_index(settings.database_url)
@@ -167,7 +167,8 @@ def test_a_session_ends_at_logout_demotion_password_change_and_revoke(make):
     assert replay(cookie, token) == (303, 401)
     cookie, token = session_of("boss", "new-pass")
     assert replay(cookie, token) == (200, 201)
-    env = {**os.environ, "DICOM_AI_NODE__DATA_DIR": make.data_dir}  # the CLI on the same index
+    env = {**os.environ, "DICOM_AI_NODE__DATA_DIR": make.data_dir,  # the CLI on the same index
+           "DICOM_AI_NODE__DATABASE_URL": make.database_url}
     run = lambda name: subprocess.run([sys.executable, "-m", "dicom_ai.cli", "users", "revoke", name],
                                       env=env, capture_output=True, text=True, timeout=60)
     done = run("boss")
