@@ -211,6 +211,19 @@ class WorkerSettings(_Section):
     # load the enabled models when the worker starts, so the first job of each does not wait
     # for its weights (within model_memory_mb)
     preload_models: bool = True
+    # the worker's name in the registry (`dicom-ai workers list`); "" = <host>-<process id>
+    name: str = Field("", max_length=128)
+    # the worker renews its heartbeat (and its running job's) this often; a running job whose
+    # heartbeat is older than lost_after_seconds is requeued (its worker died, hung or lost the
+    # database), and failed after 3 attempts
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    lost_after_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lost_after_outlasts_heartbeats(self) -> WorkerSettings:
+        if self.lost_after_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError("[worker] lost_after_seconds must be at least 3 x heartbeat_seconds")
+        return self
 
 
 class WebSettings(_Section):

@@ -21,6 +21,7 @@ from dicom_ai.cache.db import open_index, receiver_index
 from dicom_ai.cache.index import index_orphans
 from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
+from dicom_ai.cache.workers import requeue_jobs_of, requeue_lost_jobs
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import deliver_due, recover_deliveries
 from dicom_ai.models.registry import generation, seed_shipped
@@ -29,7 +30,7 @@ from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes
 from dicom_ai.receive.transport import AssociationSlots, open_listener
 from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
 from dicom_ai.schedule.routing import enabled_models, routes
-from dicom_ai.worker import start_worker
+from dicom_ai.worker import start_worker, worker_name
 
 if TYPE_CHECKING:
     import socket
@@ -84,7 +85,11 @@ class Node:
             queued = schedule_complete_series(
                 self.sessions, self.routes, self.settings.completion, self._image_classes
             )
-            if queued and self._worker_wake is not None:
+            lost = requeue_lost_jobs(self.sessions, self.settings.worker.lost_after_seconds)
+            if lost:
+                log.warning("jobs %s requeued: their worker sent no heartbeat for %.0f s",
+                            ", ".join(map(str, lost)), self.settings.worker.lost_after_seconds)
+            if (queued or lost) and self._worker_wake is not None:
                 self._worker_wake.set()
         except Exception:
             log.exception("completion tick failed")
@@ -217,6 +222,11 @@ class Node:
             while not done.wait(1.0):
                 if self.worker is not None and not self.worker.is_alive():
                     log.error("worker process died (exit code %s); restarting it", self.worker.exitcode)
+                    assert self.worker.pid is not None  # it was started
+                    requeued = requeue_jobs_of(self.sessions, worker_name(self.settings, self.worker.pid),
+                                               f"died (exit code {self.worker.exitcode})")
+                    if requeued:
+                        log.warning("jobs %s requeued: their worker died", ", ".join(map(str, requeued)))
                     self.worker, self._worker_stop, self._worker_wake = start_worker(
                         self.settings, self._job_finished)
                 for number, (proc, _stop) in list(self.receivers.items()):

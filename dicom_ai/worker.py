@@ -15,6 +15,8 @@ import logging
 import multiprocessing as mp
 import os
 import resource
+import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,11 +26,12 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
 from dicom_ai.cache.states import JobState, ResultKind, ReviewState
 from dicom_ai.cache.store import FileStore
+from dicom_ai.cache.workers import heartbeat, register, still_ours, stopped
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import create_deliveries, withdraw_superseded
 from dicom_ai.infer.volume import check_one_patient, load_series
@@ -43,9 +46,20 @@ from dicom_ai.schedule.routing import enabled_models
 log = logging.getLogger(__name__)
 
 
-def claim_next_job(sessions: sessionmaker) -> int | None:
-    """Atomically move the next queued job (highest priority, then oldest) to ``running``;
-    returns its id or None.
+def worker_name(settings: Settings, pid: int) -> str:
+    """The registry name of the worker process ``pid`` on this host: ``[worker] name``, else
+    ``<host>-<pid>``."""
+    return settings.worker.name or f"{socket.gethostname()}-{pid}"
+
+
+class JobTakenAway(RuntimeError):
+    """The job was requeued or ended while this worker ran it (its heartbeat lapsed): its
+    results must not be committed."""
+
+
+def claim_next_job(sessions: sessionmaker, worker: str = "") -> int | None:
+    """Atomically move the next queued job (highest priority, then oldest) to ``running``,
+    claimed by ``worker`` (its registry name); returns its id or None.
 
     On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED``: workers claiming at the same
     moment each get a different job instead of waiting on one another. SQLite has one writer at
@@ -60,7 +74,8 @@ def claim_next_job(sessions: sessionmaker) -> int | None:
         claimed = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.QUEUED)
-            .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1, reason="")
+            .values(state=JobState.RUNNING, started_at=utcnow(), heartbeat_at=utcnow(),
+                    attempts=Job.attempts + 1, reason="", worker=worker)
         ).rowcount
         return job_id if claimed else None
 
@@ -155,10 +170,12 @@ class JobRunner:
 
     ``on_results`` (optional) is called as soon as a job's results and their deliveries are
     committed, before the files only the web page uses (the viewer's mask, the preview) are
-    written: the outbox can send the results meanwhile."""
+    written: the outbox can send the results meanwhile. ``name`` is the worker's registry name:
+    a job is committed only while it is still claimed by it (:func:`~dicom_ai.cache.workers.still_ours`)."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker, store: FileStore,
-                 on_results: Callable[[], None] | None = None) -> None:
+                 on_results: Callable[[], None] | None = None, name: str = "") -> None:
+        self.name = name
         self.settings = settings
         self.sessions = sessions
         self.store = store
@@ -204,18 +221,33 @@ class JobRunner:
             log.warning("result encoding not warmed up: %s", exc)
 
     def run(self, job_id: int) -> None:
-        """Run one claimed job to ``done`` or ``failed``; never raises."""
+        """Run one claimed job to ``done`` or ``failed``; never raises. A job taken away from
+        this worker meanwhile (requeued, see :mod:`dicom_ai.cache.workers`) is left as it is."""
         t0 = time.perf_counter()
         try:
             self._run(job_id, t0)
+        except JobTakenAway as exc:
+            log.warning("job %d: %s; its results are not kept", job_id, exc)
         except Exception as exc:  # noqa: BLE001 - a bad series must not stop the queue
             reason = f"{type(exc).__name__}: {exc}"
             log.error("job %d failed: %s", job_id, reason)
             with self.sessions.begin() as session:
-                job = session.get(Job, job_id)
+                job = self._hold(session, job_id)
+                if job is None:
+                    log.warning("job %d was taken away from this worker meanwhile; left as it is", job_id)
+                    return
                 job.state = JobState.FAILED
                 job.reason = reason[:2000]
                 job.finished_at = utcnow()
+
+    def _hold(self, session: Session, job_id: int) -> Job | None:
+        """The job, write-locked in ``session``'s transaction, if it is still running under this
+        worker (:func:`~dicom_ai.cache.workers.still_ours`); else None. Its first statement is
+        an UPDATE, so the lock is taken before the check: a concurrent requeue waits for the
+        commit, or went first and is seen."""
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+        job = session.get(Job, job_id, populate_existing=True)
+        return job if job is not None and still_ours(session, job, self.name) else None
 
     def _run(self, job_id: int, t0: float) -> None:
         with self.sessions() as session:
@@ -243,7 +275,10 @@ class JobRunner:
         timings["total"] = time.perf_counter() - t0
         timings["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with self.sessions.begin() as session:
-            job = session.get(Job, job_id)
+            held = self._hold(session, job_id)
+            if held is None:
+                raise JobTakenAway("it was requeued or ended meanwhile (its heartbeat lapsed)")
+            job = held
             for kind, obj, rel in outputs:
                 result = Result(
                     job=job,
@@ -363,26 +398,80 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
 
     threads = configure_threads()  # once per process: torch and onnxruntime use every core
     sessions = open_index(settings.database_url)
+    name = worker_name(settings, os.getpid())
     runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir),
-                       on_results=finished.set if finished is not None else None)
-    log.info("worker started (%d CPU threads for inference)", threads)
+                       on_results=finished.set if finished is not None else None, name=name)
+    register(sessions, name, socket.gethostname(), os.getpid(), _device(settings))
+    beat = Heartbeat(sessions, name, settings.worker.heartbeat_seconds)
+    beat.start()
+    log.info("worker started: %s (%d CPU threads for inference)", name, threads)
     if settings.worker.preload_models:
         runner.preload()
     while not stop.is_set():
         if os.getppid() != parent:  # the node was killed: its successor starts its own worker
             log.warning("node process gone; worker exits")
             break
-        job_id = claim_next_job(sessions)
+        job_id = claim_next_job(sessions, name)
         if job_id is None:
             # the node sets ``wake`` when it queues jobs (and when it stops): no poll delay then
             (wake or stop).wait(settings.worker.poll_seconds)
             if wake is not None:
                 wake.clear()
             continue
-        runner.run(job_id)
+        beat.job_id = job_id
+        try:
+            runner.run(job_id)
+        finally:
+            beat.job_id = None
         if finished is not None:
             finished.set()
+    beat.stop()
+    try:
+        stopped(sessions, name)
+    except Exception as exc:  # noqa: BLE001 - the registry then shows it lost, not stopped
+        log.warning("worker %s: stop not recorded: %s", name, exc)
     log.info("worker stopped")
+
+
+def _device(settings: Settings) -> str:
+    """``cpu`` or ``cuda``: where this worker runs models (``[worker] device``, ``auto`` resolved)."""
+    if settings.worker.device != "auto":
+        return settings.worker.device
+    import torch  # deferred: imports torch, only in the worker process
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Heartbeat:
+    """A thread that renews a worker's heartbeat, and that of ``job_id`` (the job it runs, set by
+    the worker loop), every ``seconds`` (:func:`dicom_ai.cache.workers.heartbeat`). A failed
+    renewal (the database away) is logged once and tried again at the next beat."""
+
+    def __init__(self, sessions: sessionmaker, name: str, seconds: float) -> None:
+        self.sessions, self.name, self.seconds = sessions, name, seconds
+        self.job_id: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.seconds + 5)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.wait(self.seconds):
+            try:
+                heartbeat(self.sessions, self.name, self.job_id)
+                if failing:
+                    log.info("worker %s: heartbeat renewed again", self.name)
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                if not failing:
+                    log.warning("worker %s: heartbeat not renewed: %s", self.name, exc)
+                failing = True
 
 
 def start_worker(settings: Settings, finished: Any = None) -> tuple[BaseProcess, Any, Any]:

@@ -119,14 +119,14 @@ class NodeProcess:
             self.proc = None
 
     def rows(self, model: Any) -> list[Any]:
-        """Every row of an index table (an ORM class), detached, in id order."""
+        """Every row of an index table (an ORM class), detached, in primary key order."""
         from sqlalchemy import select
 
         from dicom_ai.cache.db import open_index
 
         sessions = open_index(f"sqlite:///{self.workdir / 'var' / 'index.sqlite'}")
         with sessions() as s:
-            rows = s.scalars(select(model).order_by(model.id)).all()
+            rows = s.scalars(select(model).order_by(*model.__table__.primary_key.columns)).all()
             s.expunge_all()
             return list(rows)
 

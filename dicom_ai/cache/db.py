@@ -155,6 +155,10 @@ class Job(Base):
     # clinician review (:class:`~dicom_ai.cache.states.ReviewState`): "" none asked, else
     # awaiting -> approved | rejected; while awaiting, the results' deliveries are held
     review: Mapped[str] = mapped_column(String(16), default="", server_default="", index=True)
+    # the worker (:class:`Worker` name) that claimed it last, and its last sign of life while
+    # running: a running job whose worker fell silent is requeued (``[worker] lost_after_seconds``)
+    worker: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     series: Mapped[Series] = relationship(back_populates="jobs")
     results: Mapped[list[Result]] = relationship(back_populates="job")
     reviews: Mapped[list[Review]] = relationship(back_populates="job", order_by="Review.id")
@@ -310,6 +314,23 @@ class ModelEvent(Base):
     name: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Worker(Base):
+    """An inference worker process, as it last reported itself: registered when it starts, its
+    ``heartbeat_at`` renewed every ``[worker] heartbeat_seconds`` with the job it is running
+    (``job_fk``, None when idle), ``stopped_at`` set when it stops cleanly."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)  # unique per process run
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(default=0)
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    device: Mapped[str] = mapped_column(String(16), default="")  # cpu | cuda
+    job_fk: Mapped[int | None] = mapped_column(nullable=True)  # the job it is running
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Review(Base):

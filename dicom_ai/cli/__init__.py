@@ -3,7 +3,7 @@
 One module per group of sub-commands: :mod:`~dicom_ai.cli.node` (serve, echo, send, demo),
 :mod:`~dicom_ai.cli.users`, :mod:`~dicom_ai.cli.jobs`, :mod:`~dicom_ai.cli.deliveries`,
 :mod:`~dicom_ai.cli.reviews`, :mod:`~dicom_ai.cli.destinations`, :mod:`~dicom_ai.cli.rules`, :mod:`~dicom_ai.cli.studies`,
-:mod:`~dicom_ai.cli.models` and :mod:`~dicom_ai.cli.model_runs` (both ``models``), :mod:`~dicom_ai.cli.index`. ``--help``
+:mod:`~dicom_ai.cli.models` and :mod:`~dicom_ai.cli.model_runs` (both ``models``), :mod:`~dicom_ai.cli.index`, :mod:`~dicom_ai.cli.workers`. ``--help``
 lists them in the order they are added below. Start-up stays quick: the commands import the
 index, DICOM and inference modules when they run, not when the command line is parsed.
 """
@@ -24,6 +24,7 @@ from dicom_ai.cli import (
     rules,
     studies,
     users,
+    workers,
 )
 
 app = typer.Typer(help="dicom-ai: a DICOM node that runs AI models and returns DICOM SEG and SR.",
@@ -39,6 +40,7 @@ app.add_typer(rules.app, name="rules")
 app.add_typer(studies.app, name="studies")
 app.add_typer(models.app, name="models")
 app.add_typer(index.app, name="index")
+app.add_typer(workers.app, name="workers")
 
 
 def main() -> None:  # pragma: no cover

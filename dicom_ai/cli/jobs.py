@@ -64,6 +64,7 @@ def jobs_show(job_id: int, config: ConfigOpt = None) -> None:
         for note in series.routing_note.split("; "):
             console.print(f"  {escape(note)}", soft_wrap=True)
         console.print(f"created {job.created_at}, started {job.started_at}, finished {job.finished_at}, attempts {job.attempts}")
+        console.print(f"worker: {escape(job.worker or '-')}" + (f", last heartbeat {job.heartbeat_at}" if job.heartbeat_at else ""))
         if job.timings:
             console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in job.timings.items()))
         for name, f in Findings.from_json(job.findings):

@@ -103,7 +103,7 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
                           basic_cache_seconds=web.basic_cache_seconds)
     app.state.authenticator = authn
     registry = CollectorRegistry()
-    registry.register(IndexCollector(sessions, settings.node.data_dir))
+    registry.register(IndexCollector(sessions, settings.node.data_dir, settings.worker.lost_after_seconds))
     app.state.web = WebContext(settings=settings, sessions=sessions, store=store, authn=authn,
                                metrics=registry, masks=MaskCache(), lifetime=web.session_hours * 3600)
     app.add_exception_handler(LoginRequired, _to_login)  # type: ignore[arg-type]  # Starlette types handlers' exc as Exception

@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Counter, Delivery, Job, Series
 from dicom_ai.cache.states import DeliveryState, JobState
+from dicom_ai.cache.workers import workers
 
 #: inference time buckets, s
 BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -23,11 +24,12 @@ class IndexCollector(Collector):
     """``dicom_ai_*`` metrics: instances received, associations (accepted, refused, open),
     identity conflicts by kind,
     series completed by signal, jobs by state, inference time per model, deliveries by state,
-    free disk."""
+    inference workers by state and their heartbeat age, free disk."""
 
-    def __init__(self, sessions: sessionmaker, data_dir: Path) -> None:
+    def __init__(self, sessions: sessionmaker, data_dir: Path, lost_after_seconds: float = 60.0) -> None:
         self.sessions = sessions
         self.data_dir = Path(data_dir)
+        self.lost_after_seconds = lost_after_seconds
 
     def collect(self) -> Iterator[Metric]:
         with self.sessions() as s:
@@ -78,5 +80,17 @@ class IndexCollector(Collector):
         for delivery_state in DeliveryState:
             dg.add_metric([delivery_state], dict(deliveries).get(delivery_state, 0))
         yield dg
+        seen = workers(self.sessions, self.lost_after_seconds)
+        wg = GaugeMetricFamily("dicom_ai_workers", "inference workers by state (busy, idle, lost: no "
+                               "heartbeat for [worker] lost_after_seconds, stopped)", labels=["state"])
+        for worker_state in ("busy", "idle", "lost", "stopped"):
+            wg.add_metric([worker_state], sum(w.state == worker_state for w in seen))
+        yield wg
+        age = GaugeMetricFamily("dicom_ai_worker_heartbeat_age_seconds", "seconds since each worker that "
+                                "has not stopped last renewed its heartbeat", labels=["worker", "host"])
+        for w in seen:
+            if w.state != "stopped":
+                age.add_metric([w.name, w.host], round(w.heartbeat_age, 3))
+        yield age
         yield GaugeMetricFamily("dicom_ai_free_disk_bytes", "free space in data_dir",
                                 value=shutil.disk_usage(self.data_dir).free)

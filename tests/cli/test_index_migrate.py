@@ -23,6 +23,7 @@ from dicom_ai.cache.db import (
     open_index,
 )
 from dicom_ai.cache.index import count
+from dicom_ai.cache.workers import register
 from dicom_ai.cli import app
 from dicom_ai.config import load_settings
 from dicom_ai.models.registry import seed_shipped
@@ -58,6 +59,7 @@ def _source(tmp_path: Path) -> Path:
     add_user(sessions, "boss", "admin", "admin-pass")
     seed_shipped(sessions, settings)
     count(sessions, "instances_received")
+    register(sessions, "gpu-1-4242", "gpu-1", 4242, "cuda", ["gpu"])
     sessions.kw["bind"].dispose()
     return config
 

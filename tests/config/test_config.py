@@ -58,3 +58,9 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "node.port" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_lost_worker_is_not_declared_before_three_missed_heartbeats():
+    assert load_settings(None, worker={"heartbeat_seconds": 20, "lost_after_seconds": 60}).worker.lost_after_seconds == 60
+    with pytest.raises(ConfigError, match="lost_after_seconds must be at least 3 x heartbeat_seconds"):
+        load_settings(None, worker={"heartbeat_seconds": 30, "lost_after_seconds": 60})

@@ -1,5 +1,6 @@
 """The admin page (``/admin``, admin role): models and their rules, the registry's versions
-and recent changes, destinations with their last check, dead letters, identity conflicts."""
+and recent changes, inference workers, destinations with their last check, dead letters,
+identity conflicts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from dicom_ai.cache import queries
+from dicom_ai.cache.workers import workers
 from dicom_ai.schedule.routing import enabled_models, routes
 from dicom_ai.web import data
 from dicom_ai.web.auth import Identity
@@ -27,5 +29,6 @@ def admin_page(request: Request, who: Identity = Depends(admin), ctx: WebContext
         conflicts = queries.identity_conflicts(s, 20)
     return TEMPLATES.TemplateResponse(request, "admin.html", {
         "versions": versions, "events": events, "conflicts": conflicts,
+        "workers": workers(sessions, settings.worker.lost_after_seconds),
         "user": who, "models": models, "routes": routes(settings, models), "rules": settings.rules,
         "destinations": settings.destinations, "checks": ctx.checks, "failed": failed})
