@@ -43,6 +43,9 @@ class NodeSettings(_Section):
     bind_address: str = "0.0.0.0"
     data_dir: Path = Path("var")
     database_url: str | None = None  # default: sqlite:///<data_dir>/index.sqlite
+    # who runs the jobs: "local", the node's own worker process (no broker); "celery", workers
+    # started with `dicom-ai worker` on this or other hosts, reached through [celery] broker_url
+    executor: Literal["local", "celery"] = "local"
     max_pdu: int = Field(131072, ge=0)  # bytes; 0 = unlimited
     acse_timeout: float = 30.0  # s
     dimse_timeout: float = 60.0  # s
@@ -213,6 +216,8 @@ class WorkerSettings(_Section):
     preload_models: bool = True
     # the worker's name in the registry (`dicom-ai workers list`); "" = <host>-<process id>
     name: str = Field("", max_length=128)
+    # executor "celery": the queues `dicom-ai worker` takes jobs from (e.g. ["gpu"]; rules name them)
+    queues: list[str] = ["default"]
     # the worker renews its heartbeat (and its running job's) this often; a running job whose
     # heartbeat is older than lost_after_seconds is requeued (its worker died, hung or lost the
     # database), and failed after 3 attempts
@@ -224,6 +229,20 @@ class WorkerSettings(_Section):
         if self.lost_after_seconds < 3 * self.heartbeat_seconds:
             raise ValueError("[worker] lost_after_seconds must be at least 3 x heartbeat_seconds")
         return self
+
+
+class CelerySettings(_Section):
+    """``[celery]``: the task engine that hands jobs to workers on other hosts when ``[node]
+    executor = "celery"``. The index stays the source of truth: a job row is committed first,
+    then its id is sent; the worker claims the row before it runs it.
+
+    ``visibility_timeout_seconds`` must outlast the longest job: the broker (Redis) gives an
+    unacknowledged task to another worker after it. A worker that dies is noticed sooner, by its
+    heartbeat (``[worker] lost_after_seconds``), and its job is sent again."""
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    default_queue: str = Field("default", min_length=1, max_length=64)
+    visibility_timeout_seconds: float = Field(6 * 3600.0, gt=0)
 
 
 class WebSettings(_Section):
@@ -300,6 +319,7 @@ class Rule(_Section):
     select: Literal["each", "thinnest"] = "each"
     destinations: list[str] | None = None  # names in [[destinations]]; None = all of them
     review: bool | None = None  # results wait for a clinician's approval; None = as the model's [[models]] entry
+    queue: str = Field("", max_length=64)  # executor "celery": the queue its jobs go to; "" = [celery] default_queue
 
     @field_validator("series_description")
     @classmethod
@@ -335,6 +355,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     review: ReviewSettings = ReviewSettings()
     worker: WorkerSettings = WorkerSettings()
+    celery: CelerySettings = CelerySettings()
     web: WebSettings = WebSettings()
     models: list[ModelEntry] = []
     rules: list[Rule] = []

@@ -69,6 +69,13 @@ class Node:
         self.web: uvicorn.Server | None = None
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
         self.slots: AssociationSlots | None = None  # the node's association counts, all processes
+        # executor "celery": jobs go to workers through the broker (dicom_ai.dispatch)
+        self.celery: Any = None
+        self.broker_reachable = True
+        if settings.node.executor == "celery":
+            from dicom_ai.dispatch import celery_app  # deferred: Celery, only in this mode
+
+            self.celery = celery_app(settings)
 
     def _refresh_models(self) -> None:
         """Take up registry changes (``dicom-ai models add/enable/disable/remove``) without a restart."""
@@ -89,10 +96,31 @@ class Node:
             if lost:
                 log.warning("jobs %s requeued: their worker sent no heartbeat for %.0f s",
                             ", ".join(map(str, lost)), self.settings.worker.lost_after_seconds)
+            if self.celery is not None:
+                self._dispatch()
             if (queued or lost) and self._worker_wake is not None:
                 self._worker_wake.set()
         except Exception:
             log.exception("completion tick failed")
+
+    def _dispatch(self) -> None:
+        """Executor "celery": send the queued jobs not yet sent; a broker that cannot be reached
+        is logged once, when it goes, and once when it is back."""
+        from dicom_ai.dispatch import dispatch_queued  # deferred: Celery, only in this mode
+
+        try:
+            sent = dispatch_queued(self.sessions, self.celery, self.settings.celery.default_queue)
+        except Exception as exc:  # noqa: BLE001 - the jobs wait in the index for the broker
+            if self.broker_reachable:
+                log.error("broker %s not reachable; jobs wait in the index: %s",
+                          self.settings.celery.broker_url, exc)
+            self.broker_reachable = False
+            return
+        if not self.broker_reachable:
+            log.info("broker reachable again")
+        self.broker_reachable = True
+        if sent:
+            log.info("jobs %s sent to the workers", ", ".join(map(str, sent)))
 
     def _outbox_tick(self) -> None:
         with self._outbox_lock:
@@ -125,12 +153,15 @@ class Node:
         removed = self.store.remove_stale_temporaries()
         # instance files renamed into place but never indexed (killed before the commit)
         orphans_indexed, orphans_removed = index_orphans(self.sessions, self.store)
-        requeued = recover_after_restart(self.sessions)
+        # the node's own worker stopped with the node; workers elsewhere may still be running
+        # theirs (a lost one is found by its heartbeat)
+        requeued = recover_after_restart(self.sessions) if self.celery is None else 0
         if removed or orphans_indexed or orphans_removed or requeued:
             log.info("recovered: %d temporary files removed, %d unindexed instance files indexed "
                      "and %d removed, %d jobs requeued", removed, orphans_indexed, orphans_removed,
                      requeued)
-        self.worker, self._worker_stop, self._worker_wake = start_worker(self.settings, self._job_finished)
+        if self.celery is None:
+            self.worker, self._worker_stop, self._worker_wake = start_worker(self.settings, self._job_finished)
         interval = self.settings.completion.check_interval_seconds
         self.scheduler.add_job(self._completion_tick, "interval", seconds=interval, max_instances=1,
                                coalesce=True, id="completion")

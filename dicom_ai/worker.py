@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
 from dicom_ai.cache.states import JobState, ResultKind, ReviewState
 from dicom_ai.cache.store import FileStore
-from dicom_ai.cache.workers import heartbeat, register, still_ours, stopped
+from dicom_ai.cache.workers import claim_values, heartbeat, register, still_ours, stopped
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import create_deliveries, withdraw_superseded
 from dicom_ai.infer.volume import check_one_patient, load_series
@@ -74,8 +74,7 @@ def claim_next_job(sessions: sessionmaker, worker: str = "") -> int | None:
         claimed = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.QUEUED)
-            .values(state=JobState.RUNNING, started_at=utcnow(), heartbeat_at=utcnow(),
-                    attempts=Job.attempts + 1, reason="", worker=worker)
+            .values(**claim_values(worker))
         ).rowcount
         return job_id if claimed else None
 
@@ -431,6 +430,55 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
     except Exception as exc:  # noqa: BLE001 - the registry then shows it lost, not stopped
         log.warning("worker %s: stop not recorded: %s", name, exc)
     log.info("worker stopped")
+
+
+def serve_celery(settings: Settings) -> None:
+    """``dicom-ai worker``: run jobs that the node hands out through Celery (``[node] executor =
+    "celery"``), from the queues ``[worker] queues``, one at a time, until SIGTERM or SIGINT
+    (the job running then is finished first; a second signal stops at once and the node
+    requeues the job when its heartbeat lapses).
+
+    The worker needs the same index (``node.database_url``) and the same instance store
+    (``node.data_dir``, a shared path) as the node, and the model packages at the paths the
+    node's registry names (``data_dir/models`` is in the store). Settings: :mod:`dicom_ai.dispatch`."""
+    from dicom_ai.dispatch import TASK, celery_app, claim_job  # deferred: Celery, only in this mode
+    from dicom_ai.infer.runtimes import configure_threads  # deferred: imports torch
+
+    threads = configure_threads()
+    sessions = open_index(settings.database_url)
+    name = worker_name(settings, os.getpid())
+    runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir), name=name)
+    register(sessions, name, socket.gethostname(), os.getpid(), _device(settings), settings.worker.queues)
+    beat = Heartbeat(sessions, name, settings.worker.heartbeat_seconds)
+    beat.start()
+    log.info("worker started: %s, queues %s (%d CPU threads for inference)", name,
+             ", ".join(settings.worker.queues), threads)
+    if settings.worker.preload_models:
+        runner.preload()
+    app = celery_app(settings)
+
+    @app.task(name=TASK)
+    def run_job(job_id: int) -> None:
+        if not claim_job(sessions, job_id, name):
+            log.info("job %d is not queued any more (run already, or sent twice); nothing to do", job_id)
+            return
+        beat.job_id = job_id
+        try:
+            runner.run(job_id)
+        finally:
+            beat.job_id = None
+
+    try:
+        app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO",
+                         "--queues", ",".join(settings.worker.queues), "--hostname", f"{name}@%h",
+                         "--without-gossip", "--without-mingle"])
+    finally:
+        beat.stop()
+        try:
+            stopped(sessions, name)
+        except Exception as exc:  # noqa: BLE001 - the registry then shows it lost, not stopped
+            log.warning("worker %s: stop not recorded: %s", name, exc)
+        log.info("worker stopped")
 
 
 def _device(settings: Settings) -> str:

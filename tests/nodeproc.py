@@ -66,6 +66,8 @@ class NodeProcess:
                 config[section] = {**config[section], **value}
             else:
                 config[section] = value
+        self.config = config
+        self.database_url = config["node"].get("database_url") or f"sqlite:///{self.workdir / 'var' / 'index.sqlite'}"
         self.config_path = write_config(self.workdir / "dicom-ai.toml", config)
         self.log_path = self.workdir / "node.log"
         self.proc: subprocess.Popen | None = None
@@ -124,11 +126,14 @@ class NodeProcess:
 
         from dicom_ai.cache.db import open_index
 
-        sessions = open_index(f"sqlite:///{self.workdir / 'var' / 'index.sqlite'}")
-        with sessions() as s:
-            rows = s.scalars(select(model).order_by(*model.__table__.primary_key.columns)).all()
-            s.expunge_all()
-            return list(rows)
+        sessions = open_index(self.database_url)
+        try:
+            with sessions() as s:
+                rows = s.scalars(select(model).order_by(*model.__table__.primary_key.columns)).all()
+                s.expunge_all()
+                return list(rows)
+        finally:
+            sessions.kw["bind"].dispose()
 
     def log_tail(self, n: int = 60) -> str:
         try:
@@ -149,3 +154,41 @@ class NodeProcess:
                 return True
             time.sleep(0.5)
         return False
+
+
+class WorkerProcess:
+    """``dicom-ai worker --config`` (executor "celery") with the node's configuration and its own
+    ``[worker]`` table; SIGTERM to stop, SIGKILL to crash; log kept in ``workdir``."""
+
+    def __init__(self, node: NodeProcess, workdir: Path, worker: dict[str, Any]) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {**node.config, "worker": {**node.config.get("worker", {}), **worker}}
+        self.config_path = write_config(self.workdir / "dicom-ai.toml", config)
+        self.log_path = self.workdir / "worker.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_ai.cli", "worker", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, COLUMNS="200"), start_new_session=True,
+            preexec_fn=peers._die_with_parent)
+        return self
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()

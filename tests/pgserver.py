@@ -68,16 +68,7 @@ class PostgresServer:
                                   stdout=out, stderr=subprocess.STDOUT, timeout=120, **self._as_owner())
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{log.read_text()}")
-        # durability is not under test in the tests: the server is thrown away with its folder
-        fast = [] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                                        "-c", "full_page_writes=off"]
-        self._proc = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-             *fast, "-c", "max_connections=300"],
-            stdout=(self.root / "server.log").open("wb"), stderr=subprocess.STDOUT,
-            **self._as_owner())
-        self._wait_ready()
+        self._launch()
         return self
 
     def _wait_ready(self, timeout: float = 60) -> None:
@@ -135,14 +126,34 @@ class PostgresServer:
         path = self.root / "server.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
-    def stop(self) -> None:
+    def _launch(self) -> None:
+        # durability is not under test in the tests: the server is thrown away with its folder
+        fast = [] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                                        "-c", "full_page_writes=off"]
+        self._proc = subprocess.Popen(
+            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+             *fast, "-c", "max_connections=300"],
+            stdout=(self.root / "server.log").open("ab"), stderr=subprocess.STDOUT, **self._as_owner())
+        self._wait_ready()
+
+    def _shutdown(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
+            self._proc.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown: clients are cut off
             try:
                 self._proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+    def restart(self) -> None:
+        """Stop the server (its clients lose their connections) and start it again, same data
+        and port."""
+        self._shutdown()
+        self._launch()
+
+    def stop(self) -> None:
+        self._shutdown()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:

@@ -33,6 +33,7 @@ LAYERS: list[set[str]] = [
     {"schedule"},  # completion, routing
     {"export"},
     {"receive"},
+    {"dispatch"},  # jobs to workers on other hosts (Celery)
     {"worker"},
     {"web"},
     {"node"},

@@ -159,6 +159,10 @@ class Job(Base):
     # running: a running job whose worker fell silent is requeued (``[worker] lost_after_seconds``)
     worker: Mapped[str] = mapped_column(String(128), default="", server_default="")
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # executor "celery": the queue it goes to ("" = the default one) and when it was handed to
+    # the broker (None: not yet, or again after a requeue)
+    queue: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     series: Mapped[Series] = relationship(back_populates="jobs")
     results: Mapped[list[Result]] = relationship(back_populates="job")
     reviews: Mapped[list[Review]] = relationship(back_populates="job", order_by="Review.id")

@@ -38,6 +38,13 @@ def register(sessions: sessionmaker, name: str, host: str, pid: int, device: str
         row.job_fk, row.started_at, row.heartbeat_at, row.stopped_at = None, now, now, None
 
 
+def claim_values(worker: str) -> dict:
+    """The column values of a job a worker claims (``queued`` to ``running``; attempts + 1)."""
+    now = utcnow()
+    return {"state": JobState.RUNNING, "started_at": now, "heartbeat_at": now, "attempts": Job.attempts + 1,
+            "reason": "", "worker": worker}
+
+
 def heartbeat(sessions: sessionmaker, name: str, job_id: int | None) -> None:
     """Renew the heartbeat of worker ``name`` and of ``job_id``, the job it runs (None: idle);
     the job's only while it is still running and claimed by ``name``."""
@@ -72,6 +79,7 @@ def _requeue(session: Session, jobs: list[Job], why: str) -> list[int]:
             job.state = JobState.QUEUED
             job.reason = f"requeued: {why}"[:2000]
         job.heartbeat_at = None
+        job.dispatched_at = None  # executor "celery": to be sent to the broker again
     return [j.id for j in jobs]
 
 

@@ -31,6 +31,22 @@ def serve(config: ConfigOpt = None) -> None:
         raise typer.Exit(1) from None
 
 
+def worker(config: ConfigOpt = None) -> None:
+    """Run an inference worker in the foreground for a node with [node] executor = "celery":
+    it takes jobs from the queues [worker] queues through [celery] broker_url, and needs the
+    node's index (node.database_url) and its data_dir (a shared path). SIGINT/SIGTERM finish
+    the running job, then stop."""
+    from dicom_ai.worker import serve_celery  # deferred: start-up time (torch, Celery)
+
+    settings = settings_of(config)
+    setup_logging()
+    try:
+        serve_celery(settings)
+    except ImportError as exc:
+        err.print(f"[red]cannot start:[/red] {escape(str(exc))} (install the celery extra: pip install 'dicom-ai[celery]')")
+        raise typer.Exit(1) from None
+
+
 def echo(
     host: str,
     port: int,
@@ -99,5 +115,5 @@ def demo(
     raise typer.Exit(run_demo(out, console))
 
 
-COMMANDS = (serve, echo, send, demo)
+COMMANDS = (serve, worker, echo, send, demo)
 """The top-level commands, in the order ``dicom-ai --help`` lists them."""

@@ -171,6 +171,7 @@ def _route(session: Session, series: Series, routes: list[Route], image_sop_clas
             priority=rule.priority,
             destinations=rule.destinations,
             review=ReviewState.AWAITING if route.review else ReviewState.NONE,
+            queue=rule.queue,
         )
         session.add(job)
         session.flush()

@@ -102,10 +102,18 @@ def create_app(settings: Settings, sessions: sessionmaker) -> FastAPI:
                           max_seconds=web.login_lockout_max_seconds,
                           basic_cache_seconds=web.basic_cache_seconds)
     app.state.authenticator = authn
+    broker = None
+    if settings.node.executor == "celery":
+        from dicom_ai.dispatch import broker_up, celery_app  # deferred: Celery, only in this mode
+
+        celery = celery_app(settings)
+        broker = lambda: broker_up(celery)  # noqa: E731
     registry = CollectorRegistry()
-    registry.register(IndexCollector(sessions, settings.node.data_dir, settings.worker.lost_after_seconds))
+    registry.register(IndexCollector(sessions, settings.node.data_dir, settings.worker.lost_after_seconds,
+                                     broker_up=broker))
     app.state.web = WebContext(settings=settings, sessions=sessions, store=store, authn=authn,
-                               metrics=registry, masks=MaskCache(), lifetime=web.session_hours * 3600)
+                               metrics=registry, masks=MaskCache(), lifetime=web.session_hours * 3600,
+                               broker_up=broker)
     app.add_exception_handler(LoginRequired, _to_login)  # type: ignore[arg-type]  # Starlette types handlers' exc as Exception
     for router in ROUTERS:
         app.include_router(router)

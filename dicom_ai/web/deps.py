@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,6 +61,8 @@ class WebContext:
     lifetime: float  # seconds a session lasts from login
     checks: dict[str, dict[str, str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # executor "celery": whether the broker answers now (None: no broker in this mode)
+    broker_up: Callable[[], bool] | None = None
 
 
 def context(request: Request) -> WebContext:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -24,9 +24,12 @@ class IndexCollector(Collector):
     """``dicom_ai_*`` metrics: instances received, associations (accepted, refused, open),
     identity conflicts by kind,
     series completed by signal, jobs by state, inference time per model, deliveries by state,
-    inference workers by state and their heartbeat age, free disk."""
+    inference workers by state and their heartbeat age, whether the task broker answers
+    (executor "celery"), free disk."""
 
-    def __init__(self, sessions: sessionmaker, data_dir: Path, lost_after_seconds: float = 60.0) -> None:
+    def __init__(self, sessions: sessionmaker, data_dir: Path, lost_after_seconds: float = 60.0,
+                 broker_up: Callable[[], bool] | None = None) -> None:
+        self.broker_up = broker_up
         self.sessions = sessions
         self.data_dir = Path(data_dir)
         self.lost_after_seconds = lost_after_seconds
@@ -92,5 +95,8 @@ class IndexCollector(Collector):
             if w.state != "stopped":
                 age.add_metric([w.name, w.host], round(w.heartbeat_age, 3))
         yield age
+        if self.broker_up is not None:
+            yield GaugeMetricFamily("dicom_ai_broker_up", "1 when the task broker ([celery] broker_url) "
+                                    "answers, else 0", value=1 if self.broker_up() else 0)
         yield GaugeMetricFamily("dicom_ai_free_disk_bytes", "free space in data_dir",
                                 value=shutil.disk_usage(self.data_dir).free)

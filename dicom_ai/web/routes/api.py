@@ -99,7 +99,7 @@ def api_rerun(job_id: int, who: Identity = Depends(admin), ctx: WebContext = Dep
         job = _row_or_404(s, Job, job_id, "job")
         again = Job(series_fk=job.series_fk, model_name=job.model_name, model_version=job.model_version,
                     model_path=job.model_path, rule=f"re-run by {who.name}", priority=job.priority,
-                    destinations=job.destinations,
+                    destinations=job.destinations, queue=job.queue,
                     # a re-run of a reviewed job is reviewed again
                     review=ReviewState.AWAITING if job.review else ReviewState.NONE)
         s.add(again)

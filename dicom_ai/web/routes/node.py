@@ -14,10 +14,15 @@ router = APIRouter()
 
 @router.get("/health", tags=["node"])
 def health(ctx: WebContext = Depends(context)) -> dict[str, str]:
-    """Liveness: the web process answers and the index can be read."""
+    """Liveness: the web process answers and the index can be read. With executor "celery" also
+    ``broker``: ``up`` or ``down``; ``status`` is then ``degraded`` while it is down (the node
+    still receives; jobs wait in the index)."""
     with ctx.sessions() as s:
         queries.ping(s)
-    return {"status": "ok"}
+    if ctx.broker_up is None:
+        return {"status": "ok"}
+    up = ctx.broker_up()
+    return {"status": "ok" if up else "degraded", "broker": "up" if up else "down"}
 
 
 @router.get("/metrics", tags=["node"], response_class=Response)
