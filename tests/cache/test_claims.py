@@ -81,3 +81,34 @@ def test_concurrent_outboxes_send_each_delivery_once(index_url, tmp_path: Path):
     assert sum(sent) == 30
     with sessions() as s:
         assert {(d.state, d.attempts) for d in s.query(Delivery)} == {("delivered", 1)}
+
+
+def test_concurrent_completion_ticks_queue_each_series_once(index_url, monkeypatch):
+    """Nodes sharing one index run their completion ticks at the same moment: one job per series
+    (the second tick's write waits for the first one's commit, then finds its job queued). Each
+    tick is held 0.5 s after it has read the receiving series, so they overlap for sure."""
+    import datetime as dt
+    import time
+
+    from dicom_ai.config import load_settings
+    from dicom_ai.schedule import completion as completion_module
+    from dicom_ai.schedule.completion import schedule_complete_series
+    from dicom_ai.schedule.routing import routes
+
+    signal = completion_module.completion_signal
+
+    def slow_signal(*args, **kwargs):
+        time.sleep(0.5)
+        return signal(*args, **kwargs)
+
+    monkeypatch.setattr(completion_module, "completion_signal", slow_signal)
+
+    from ..schedule.test_rules import _model
+
+    sessions = open_index(index_url)
+    _series(sessions)
+    got = routes(load_settings(None), [_model(min_slices=1)])
+    completion = load_settings(None, completion={"stable_seconds": 0.01}).completion
+    created = _race(lambda: schedule_complete_series(sessions, got, completion, {CT}, now=dt.datetime(2100, 1, 1)))
+    with sessions() as s:
+        assert s.query(Job).count() == 1 and sum(len(c) for c in created) == 1
