@@ -96,7 +96,8 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float) -> dict
             pacs.delete(f"/studies/{study}")
         dest = [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
         with NodeProcess(tmp / "node", destinations=dest, stable_seconds=stable,
-                         extra={"completion": {"check_interval_seconds": CHECK_INTERVAL}}) as node:
+                         extra={"completion": {"check_interval_seconds": CHECK_INTERVAL},
+                                "worker": {"poll_seconds": 0.5, "preload_models": True}}) as node:
             assert node.proc is not None
             wait_idle(node.proc.pid)  # the worker has loaded its models: not timed, as in service
             t = time.perf_counter()

@@ -19,7 +19,8 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -400,36 +401,42 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
     name = worker_name(settings, os.getpid())
     runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir),
                        on_results=finished.set if finished is not None else None, name=name)
-    register(sessions, name, socket.gethostname(), os.getpid(), _device(settings))
+    with registered(settings, sessions, name) as beat:
+        log.info("worker started: %s (%d CPU threads for inference)", name, threads)
+        if settings.worker.preload_models:
+            runner.preload()
+        while not stop.is_set():
+            if os.getppid() != parent:  # the node was killed: its successor starts its own worker
+                log.warning("node process gone; worker exits")
+                break
+            job_id = claim_next_job(sessions, name)
+            if job_id is None:
+                # the node sets ``wake`` when it queues jobs (and when it stops): no poll delay then
+                (wake or stop).wait(settings.worker.poll_seconds)
+                if wake is not None:
+                    wake.clear()
+                continue
+            beat.run(runner, job_id)
+            if finished is not None:
+                finished.set()
+
+
+@contextmanager
+def registered(settings: Settings, sessions: sessionmaker, name: str) -> Iterator[Heartbeat]:
+    """Register worker ``name`` (:func:`dicom_ai.cache.workers.register`) and keep its heartbeat
+    going (:class:`Heartbeat`) for the ``with`` block; on leaving, record that it stopped."""
+    register(sessions, name, socket.gethostname(), os.getpid(), _device(settings), settings.worker.queues)
     beat = Heartbeat(sessions, name, settings.worker.heartbeat_seconds)
     beat.start()
-    log.info("worker started: %s (%d CPU threads for inference)", name, threads)
-    if settings.worker.preload_models:
-        runner.preload()
-    while not stop.is_set():
-        if os.getppid() != parent:  # the node was killed: its successor starts its own worker
-            log.warning("node process gone; worker exits")
-            break
-        job_id = claim_next_job(sessions, name)
-        if job_id is None:
-            # the node sets ``wake`` when it queues jobs (and when it stops): no poll delay then
-            (wake or stop).wait(settings.worker.poll_seconds)
-            if wake is not None:
-                wake.clear()
-            continue
-        beat.job_id = job_id
-        try:
-            runner.run(job_id)
-        finally:
-            beat.job_id = None
-        if finished is not None:
-            finished.set()
-    beat.stop()
     try:
-        stopped(sessions, name)
-    except Exception as exc:  # noqa: BLE001 - the registry then shows it lost, not stopped
-        log.warning("worker %s: stop not recorded: %s", name, exc)
-    log.info("worker stopped")
+        yield beat
+    finally:
+        beat.stop()
+        try:
+            stopped(sessions, name)
+        except Exception as exc:  # noqa: BLE001 - the registry then shows it lost, not stopped
+            log.warning("worker %s: stop not recorded: %s", name, exc)
+        log.info("worker stopped")
 
 
 def serve_celery(settings: Settings) -> None:
@@ -448,37 +455,23 @@ def serve_celery(settings: Settings) -> None:
     sessions = open_index(settings.database_url)
     name = worker_name(settings, os.getpid())
     runner = JobRunner(settings, sessions, FileStore(settings.node.data_dir), name=name)
-    register(sessions, name, socket.gethostname(), os.getpid(), _device(settings), settings.worker.queues)
-    beat = Heartbeat(sessions, name, settings.worker.heartbeat_seconds)
-    beat.start()
-    log.info("worker started: %s, queues %s (%d CPU threads for inference)", name,
-             ", ".join(settings.worker.queues), threads)
-    if settings.worker.preload_models:
-        runner.preload()
-    app = celery_app(settings)
+    with registered(settings, sessions, name) as beat:
+        log.info("worker started: %s, queues %s (%d CPU threads for inference)", name,
+                 ", ".join(settings.worker.queues), threads)
+        if settings.worker.preload_models:
+            runner.preload()
+        app = celery_app(settings)
 
-    @app.task(name=TASK)
-    def run_job(job_id: int) -> None:
-        if not claim_job(sessions, job_id, name):
-            log.info("job %d is not queued any more (run already, or sent twice); nothing to do", job_id)
-            return
-        beat.job_id = job_id
-        try:
-            runner.run(job_id)
-        finally:
-            beat.job_id = None
+        @app.task(name=TASK)
+        def run_job(job_id: int) -> None:
+            if not claim_job(sessions, job_id, name):
+                log.info("job %d is not queued any more (run already, or sent twice); nothing to do", job_id)
+                return
+            beat.run(runner, job_id)
 
-    try:
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO",
                          "--queues", ",".join(settings.worker.queues), "--hostname", f"{name}@%h",
                          "--without-gossip", "--without-mingle"])
-    finally:
-        beat.stop()
-        try:
-            stopped(sessions, name)
-        except Exception as exc:  # noqa: BLE001 - the registry then shows it lost, not stopped
-            log.warning("worker %s: stop not recorded: %s", name, exc)
-        log.info("worker stopped")
 
 
 def _device(settings: Settings) -> str:
@@ -503,6 +496,14 @@ class Heartbeat:
 
     def start(self) -> None:
         self._thread.start()
+
+    def run(self, runner: JobRunner, job_id: int) -> None:
+        """Run a claimed job with ``runner``, its heartbeat renewed while it runs."""
+        self.job_id = job_id
+        try:
+            runner.run(job_id)
+        finally:
+            self.job_id = None
 
     def stop(self) -> None:
         self._stop.set()

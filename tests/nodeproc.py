@@ -56,7 +56,9 @@ class NodeProcess:
             "peers": peers_ if peers_ is not None else [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
             "completion": {"stable_seconds": stable_seconds, "check_interval_seconds": 0.5},
             "delivery": {"retry_initial_seconds": 1, "retry_max_seconds": 2},
-            "worker": {"poll_seconds": 0.5},
+            # models load at their first job: most tests never run one, and the preload (weights,
+            # torch, the result encoder's tables) would compete with the receivers for the CPU
+            "worker": {"poll_seconds": 0.5, "preload_models": False},
             "web": {"port": self.web_port, "refresh_seconds": 0},
         }
         if destinations:

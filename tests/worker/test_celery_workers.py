@@ -38,7 +38,7 @@ def test_two_celery_workers_run_each_job_once_and_survive_a_killed_worker(tmp_pa
     with redisserver.RedisServer() as redis:
         extra = {"node": {"executor": "celery", "database_url": postgres.database()},
                  "celery": {"broker_url": redis.url},
-                 "worker": {"heartbeat_seconds": 1, "lost_after_seconds": 4, "preload_models": False}}
+                 "worker": {"heartbeat_seconds": 1, "lost_after_seconds": 8, "preload_models": False}}
         # one association brings each series whole, so its A-RELEASE completes it
         with NodeProcess(tmp_path / "node", stable_seconds=30, extra=extra) as node:
             _use_only(node, "dicom-ai-body-region", "dicom-ai-lung")

@@ -29,7 +29,7 @@ def test_queued_job_wakes_an_idle_worker(tmp_path, dcmtk, shared_data):
         assert node.wait_for_log("models now: dicom-ai-body-region", 30), node.log_tail()
         assert node.wait_for_log("worker started", 60), node.log_tail()  # idle, waiting an hour
 
-        sent = peers.storescu("127.0.0.1", node.port, shared_data / "ct_chest_LIDC-IDRI-0314" / "image",
+        sent = peers.storescu("127.0.0.1", node.port, shared_data / "ct_abdomen_CRLM-CT-1006" / "image",
                               aec=node.ae_title)
         assert sent.returncode == 0, sent.stderr
         done = peers.wait_for(lambda: [j for j in node.rows(Job) if j.state in ("done", "failed")], 120,
@@ -46,7 +46,7 @@ def test_an_ended_job_wakes_the_outbox(tmp_path, dcmtk, shared_data, orthanc):
         assert node.cli("models", "disable", "dicom-ai-lung", "--user", "admin").returncode == 0
         assert node.cli("models", "enable", "dicom-ai-body-region", "--user", "admin").returncode == 0
         assert node.wait_for_log("models now: dicom-ai-body-region", 60), node.log_tail()
-        sent = peers.storescu("127.0.0.1", node.port, shared_data / "ct_chest_LIDC-IDRI-0314" / "image",
+        sent = peers.storescu("127.0.0.1", node.port, shared_data / "ct_abdomen_CRLM-CT-1006" / "image",
                               aec=node.ae_title)
         assert sent.returncode == 0, sent.stderr
         delivered = peers.wait_for(
