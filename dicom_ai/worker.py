@@ -247,7 +247,7 @@ class JobRunner:
         commit, or went first and is seen."""
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
         job = session.get(Job, job_id, populate_existing=True)
-        return job if job is not None and still_ours(session, job, self.name) else None
+        return job if job is not None and still_ours(job, self.name) else None
 
     def _run(self, job_id: int, t0: float) -> None:
         with self.sessions() as session:

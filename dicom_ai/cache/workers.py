@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Job, Worker, utcnow
 from dicom_ai.cache.states import JobState
@@ -62,14 +62,14 @@ def stopped(sessions: sessionmaker, name: str) -> None:
         session.execute(update(Worker).where(Worker.name == name).values(stopped_at=utcnow(), job_fk=None))
 
 
-def still_ours(session: Session, job: Job, name: str) -> bool:
-    """Whether ``job`` is still running under worker ``name``: call it in the transaction that
-    commits the job's results, which must commit nothing when it is not. ``name`` "" (a runner
+def still_ours(job: Job, name: str) -> bool:
+    """Whether ``job`` (read in the transaction that commits its results, which must commit
+    nothing when it is not) is still running under worker ``name``. ``name`` "" (a runner
     outside any worker, in tests and ``models test``) checks the state only."""
     return job.state == JobState.RUNNING and (not name or job.worker == name)
 
 
-def _requeue(session: Session, jobs: list[Job], why: str) -> list[int]:
+def _requeue(jobs: list[Job], why: str) -> list[int]:
     for job in jobs:
         if job.attempts >= MAX_ATTEMPTS:
             job.state = JobState.FAILED
@@ -93,11 +93,8 @@ def requeue_lost_jobs(sessions: sessionmaker, lost_after_seconds: float, now: dt
             select(Job).where(Job.state == JobState.RUNNING,
                               func.coalesce(Job.heartbeat_at, Job.started_at) < horizon)
             .with_for_update(skip_locked=True)))
-        done: list[int] = []
-        for job in jobs:
-            done += _requeue(session, [job], f"worker {job.worker or '?'} sent no heartbeat for "
-                                             f"{lost_after_seconds:.0f} s")
-        return done
+        return [i for job in jobs
+                for i in _requeue([job], f"worker {job.worker or '?'} sent no heartbeat for {lost_after_seconds:.0f} s")]
 
 
 def requeue_jobs_of(sessions: sessionmaker, name: str, why: str) -> list[int]:
@@ -105,7 +102,7 @@ def requeue_jobs_of(sessions: sessionmaker, name: str, why: str) -> list[int]:
     known to be gone (``why``); returns their ids."""
     with sessions.begin() as session:
         jobs = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.worker == name)))
-        return _requeue(session, jobs, f"worker {name} {why}")
+        return _requeue(jobs, f"worker {name} {why}")
 
 
 @dataclass(frozen=True)
