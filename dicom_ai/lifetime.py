@@ -1,4 +1,5 @@
-"""Child processes that end with their parent, however the parent ends.
+"""Child processes that end with their parent, however the parent ends; and whether the
+process that left something behind (a temporary file, a claimed job or delivery) is gone.
 
 The node's receivers and worker, and the worker's decoding processes, call
 :func:`die_with_parent` first thing, so no orphan keeps a port, a job or shared memory.
@@ -10,6 +11,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 
 log = logging.getLogger(__name__)
@@ -36,3 +38,30 @@ def die_with_parent(parent_pid: int) -> None:
     if os.getppid() != parent_pid:
         sys.stderr.write(f"parent process {parent_pid} gone before process {os.getpid()} started; exiting\n")
         os._exit(0)
+
+
+def this_host() -> str:
+    """The host name this process records as its own (``socket.gethostname()``)."""
+    return socket.gethostname()
+
+
+def process_gone(host: str, pid: int | None) -> bool:
+    """Whether process ``pid`` of ``host`` has certainly ended: True only for this host, when
+    no process ``pid`` exists or it is a zombie (ended, not yet reaped), or when ``pid`` is this
+    process's own (whatever it left was left by an earlier process of that number). False for
+    another host, which only a heartbeat or an age can tell about."""
+    if host != this_host() or pid is None or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, under another user
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"  # state follows "(comm)"
+    except (OSError, IndexError):
+        return False

@@ -22,12 +22,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from dicom_ai.lifetime import process_gone, this_host
+
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 TMP_PREFIX = ".tmp-"
+#: s after which a temporary file whose writer cannot be seen to have ended (a process on
+#: another host sharing the store, or one still running) counts as left behind: far longer
+#: than any one instance takes to arrive
+STALE_TEMPORARY_SECONDS = 3600.0
 #: seconds a free-space reading is used (less what was staged since) before the file system is
 #: asked again
 FREE_SPACE_MAX_AGE = 1.0
 _tmp_ids = itertools.count(1)
+_prefix: list = [0, ""]  # [pid, temporary-name prefix] of this process
 
 
 class InvalidUID(ValueError):
@@ -51,12 +58,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temporary_prefix() -> str:
+    """``.tmp-<pid>@<host>@``: a temporary file names its writer, so a process sharing the store
+    (on another host, or a second node) can tell a file being written from one left by a crash."""
+    pid = os.getpid()
+    if _prefix[0] != pid:  # once per process (a forked child has its own pid)
+        _prefix[:] = [pid, f"{TMP_PREFIX}{pid}@{this_host()}@"]
+    return str(_prefix[1])
+
+
+def temporary_writer(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process that made the temporary file ``name``; None for a name that
+    does not say (written before names carried it)."""
+    pid, sep, rest = name[len(TMP_PREFIX):].partition("@")
+    host, sep2, _ = rest.partition("@")
+    return (host, int(pid)) if sep and sep2 and pid.isdigit() else None
+
+
 @contextmanager
 def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
     """Yield a temporary file beside ``dest``; on success fsync it, rename it to ``dest`` and
     fsync the folder; on any error remove it and leave ``dest`` untouched."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(), dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -299,7 +323,7 @@ class FileStore:
         counter), so one ``open(2)`` normally does it."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         for _attempt in range(100):
-            tmp = dest.parent / f"{TMP_PREFIX}{os.getpid()}-{next(_tmp_ids)}-{dest.name}"
+            tmp = dest.parent / f"{_temporary_prefix()}{next(_tmp_ids)}-{dest.name}"
             try:
                 return os.open(tmp, flags, 0o600), tmp
             except FileNotFoundError:
@@ -316,10 +340,23 @@ class FileStore:
             self._free, self._free_at, self._staged_since = shutil.disk_usage(self.root).free, now, 0
         return self._free - self._staged_since
 
-    def remove_stale_temporaries(self) -> int:
-        """Delete temporary files left by a crash (never indexed); returns how many."""
+    def remove_stale_temporaries(self, stale_after: float = STALE_TEMPORARY_SECONDS) -> int:
+        """Delete temporary files left by a crash (never indexed); returns how many.
+
+        A file is left behind when its writer (named in the file name) was a process of this
+        host that has ended (:func:`~dicom_ai.lifetime.process_gone`), when the name does not
+        say, or when it was last written more than ``stale_after`` s ago. A file another host
+        sharing the store is writing now is kept. Call it before this process writes any."""
         n = 0
+        now = time.time()
         for tmp in self.root.rglob(TMP_PREFIX + "*"):
+            writer = temporary_writer(tmp.name)
+            if writer is not None and not process_gone(*writer):
+                try:
+                    if now - tmp.stat().st_mtime < stale_after:
+                        continue
+                except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                    continue
             tmp.unlink(missing_ok=True)
             n += 1
         return n

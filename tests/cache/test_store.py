@@ -1,8 +1,13 @@
 import os
+import subprocess
+import time
+from pathlib import Path
 
+import peers
 import pytest
 
 from dicom_ai.cache.store import FileStore, InvalidUID, atomic_write, check_uid
+from dicom_ai.lifetime import this_host
 
 
 @pytest.mark.parametrize("uid", ["1.2.3", "1.2.840.10008.5.1.4.1.1.2", "0.1"])
@@ -34,11 +39,36 @@ def test_atomic_write_leaves_no_temporary_and_keeps_old_file_on_error(tmp_path, 
     assert [p.name for p in dest.parent.iterdir()] == ["b.dcm"]
 
 
-def test_stale_temporaries_removed(tmp_path):
+@pytest.mark.integration  # starts two short processes
+def test_stale_temporaries_removed_and_those_being_written_kept(tmp_path):
+    """A shared store: a temporary whose writer has ended on this host (exited, or a zombie not
+    yet reaped) is removed at once; one another host, or a live process here, may be writing
+    is kept until it is an hour old; a name that does not say who wrote it is removed."""
     store = FileStore(tmp_path)
-    (tmp_path / "instances" / "1").mkdir(parents=True)
-    (tmp_path / "instances" / "1" / ".tmp-abc").write_bytes(b"x")
-    assert store.remove_stale_temporaries() == 1
+    folder = tmp_path / "instances" / "1"
+    folder.mkdir(parents=True)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    zombie = subprocess.Popen(["true"])  # not waited for: a zombie until the end of the test
+    peers.wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z",
+                   10, "a zombie")
+    host, live = this_host(), os.getppid()
+    names = {
+        ".tmp-abc": "removed",  # an older name: no writer named
+        f".tmp-{ended.pid}@{host}@1-a.dcm": "removed",
+        f".tmp-{zombie.pid}@{host}@1-b.dcm": "removed",
+        f".tmp-{live}@{host}@1-c.dcm": "kept",
+        f".tmp-{live}@{host}@2-d.dcm": "old",
+        f".tmp-{live}@another-host@1-e.dcm": "kept",
+        f".tmp-{ended.pid}@another-host@1-f.dcm": "old",  # its pid means nothing here
+    }
+    for name, fate in names.items():
+        (folder / name).write_bytes(b"x")
+        if fate == "old":
+            os.utime(folder / name, (time.time() - 3601, time.time() - 3601))
+    assert store.remove_stale_temporaries() == 5
+    assert sorted(p.name for p in folder.iterdir()) == sorted(n for n, f in names.items() if f == "kept")
+    zombie.wait()
 
 
 def _files(root):
