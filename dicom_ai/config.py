@@ -192,6 +192,10 @@ class DeliverySettings(_Section):
     retry_initial_seconds: float = Field(30.0, gt=0)  # first retry after this long, doubling
     retry_max_seconds: float = Field(3600.0, gt=0)  # never longer than this between tries
     horizon_hours: float = Field(24.0, gt=0)  # then the delivery is a dead letter (state failed)
+    # a delivery a node on another host (sharing the index) has been sending for longer than
+    # this is taken as left by a node that died: looked up at the destination, sent again if
+    # missing (one on this host is settled as soon as its process has ended)
+    sending_lost_after_seconds: float = Field(3600.0, gt=0)
 
 
 class RetentionSettings(_Section):

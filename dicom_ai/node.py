@@ -21,14 +21,14 @@ from dicom_ai.cache.db import open_index, receiver_index
 from dicom_ai.cache.index import index_orphans
 from dicom_ai.cache.retention import apply_retention
 from dicom_ai.cache.store import FileStore
-from dicom_ai.cache.workers import requeue_jobs_of, requeue_lost_jobs
+from dicom_ai.cache.workers import requeue_jobs_of, requeue_jobs_of_ended_workers, requeue_lost_jobs
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import deliver_due, recover_deliveries
 from dicom_ai.models.registry import generation, seed_shipped
 from dicom_ai.receive.process import start_receiver
 from dicom_ai.receive.scp import StorageSCP, image_storage_sop_classes
 from dicom_ai.receive.transport import AssociationSlots, open_listener
-from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
+from dicom_ai.schedule.completion import schedule_complete_series
 from dicom_ai.schedule.routing import enabled_models, routes
 from dicom_ai.worker import start_worker, worker_name
 
@@ -65,7 +65,6 @@ class Node:
         self._job_finished = mp.get_context("spawn").Event()
         self._outbox_lock = threading.Lock()  # the tick and the wake-up never run it together
         self.listener: socket.socket | None = None
-        self._deliveries_recovered = False
         self.web: uvicorn.Server | None = None
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
         self.slots: AssociationSlots | None = None  # the node's association counts, all processes
@@ -125,9 +124,8 @@ class Node:
     def _outbox_tick(self) -> None:
         with self._outbox_lock:
             try:
-                if not self._deliveries_recovered:  # first tick: settle transfers a stop interrupted
-                    recover_deliveries(self.sessions, self.settings)
-                    self._deliveries_recovered = True
+                # transfers an ended node process left (this node's before a restart, or another's)
+                recover_deliveries(self.sessions, self.settings)
                 deliver_due(self.sessions, self.store, self.settings)
             except Exception:
                 log.exception("outbox tick failed")
@@ -153,9 +151,9 @@ class Node:
         removed = self.store.remove_stale_temporaries()
         # instance files renamed into place but never indexed (killed before the commit)
         orphans_indexed, orphans_removed = index_orphans(self.sessions, self.store)
-        # the node's own worker stopped with the node; workers elsewhere may still be running
-        # theirs (a lost one is found by its heartbeat)
-        requeued = recover_after_restart(self.sessions) if self.celery is None else 0
+        # the node's own worker stopped with the node; workers elsewhere (or of another node
+        # sharing the index) may still be running theirs: a lost one is found by its heartbeat
+        requeued = len(requeue_jobs_of_ended_workers(self.sessions))
         if removed or orphans_indexed or orphans_removed or requeued:
             log.info("recovered: %d temporary files removed, %d unindexed instance files indexed "
                      "and %d removed, %d jobs requeued", removed, orphans_indexed, orphans_removed,

@@ -200,6 +200,10 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     retry_since: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)  # horizon start
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # the node process sending it (host name, pid) and since when: set with ``sending``
+    claimed_host: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    claimed_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     result: Mapped[Result] = relationship(back_populates="deliveries")
 
 
@@ -360,7 +364,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"  # the schema as it was when migrations started
 #: The newest revision of the migrations (tests/cache/test_migrations.py checks it is Alembic's
 #: head). An index already there is opened without loading Alembic and its scripts.
-HEAD = "0008"
+HEAD = "0009"
 
 
 def _alembic(connection: Any) -> Any:

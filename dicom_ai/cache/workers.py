@@ -20,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Job, Worker, utcnow
 from dicom_ai.cache.states import JobState
+from dicom_ai.lifetime import process_gone
 
 #: Claims of one job after which a lost worker fails it instead of requeueing it.
 MAX_ATTEMPTS = 3
@@ -95,6 +96,19 @@ def requeue_lost_jobs(sessions: sessionmaker, lost_after_seconds: float, now: dt
             .with_for_update(skip_locked=True)))
         return [i for job in jobs
                 for i in _requeue([job], f"worker {job.worker or '?'} sent no heartbeat for {lost_after_seconds:.0f} s")]
+
+
+def requeue_jobs_of_ended_workers(sessions: sessionmaker) -> list[int]:
+    """At a node's start: requeue (or fail, see :func:`requeue_lost_jobs`) the running jobs
+    whose worker was a process of this host that has ended (:func:`~dicom_ai.lifetime.process_gone`:
+    the node's own worker ends with the node), or that name no worker; returns their ids. The
+    job of a worker on another host, or of one alive here, is left to its heartbeat."""
+    with sessions.begin() as session:
+        rows = session.execute(
+            select(Job, Worker.host, Worker.pid).outerjoin(Worker, Worker.name == Job.worker)
+            .where(Job.state == JobState.RUNNING).with_for_update(skip_locked=True, of=Job)).all()
+        jobs = [job for job, host, pid in rows if not job.worker or (host is not None and process_gone(host, pid))]
+        return _requeue(jobs, "its worker ended (the node restarted)")
 
 
 def requeue_jobs_of(sessions: sessionmaker, name: str, why: str) -> list[int]:

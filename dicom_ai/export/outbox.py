@@ -8,10 +8,13 @@ schedules the next attempt after ``retry_initial_seconds * 2**(attempts-1)`` (at
 last resend) the row becomes ``failed``: a dead letter, listed by ``dicom-ai deliveries list``
 and sent again by ``dicom-ai deliveries resend``.
 
-Exactly once: a row found ``sending`` at start-up may or may not have arrived. It is checked at
-the destination first (C-FIND IMAGE level, QIDO-RS, or the file) and counted delivered if
-there; otherwise it is sent again, and since result SOP Instance UIDs are deterministic a
-destination that did get it sees the same instance again, not a second one.
+Exactly once: a row left ``sending`` by a node process that ended (it names the host and
+process that claimed it) may or may not have arrived. It is checked at the destination first
+(C-FIND IMAGE level, QIDO-RS, or the file) and counted delivered if there; otherwise it is sent
+again, and since result SOP Instance UIDs are deterministic a destination that did get it sees
+the same instance again, not a second one. Nodes sharing one index leave each other's
+transfers alone: a row claimed on another host is settled only once it has been ``sending``
+for ``[delivery] sending_lost_after_seconds``.
 
 Sending, looking up and checking are the business of each destination kind's handler
 (:mod:`dicom_ai.export.destinations`); the outbox only groups, records and retries.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import os
 
 import pydicom
 import pydicom.errors
@@ -33,6 +37,7 @@ from dicom_ai.cache.states import DeliveryState, JobState, ResultKind, ReviewSta
 from dicom_ai.cache.store import FileStore
 from dicom_ai.config import Destination, Settings
 from dicom_ai.export.destinations import handler_for
+from dicom_ai.lifetime import process_gone, this_host
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +48,26 @@ def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
 
 
 def recover_deliveries(sessions: sessionmaker, settings: Settings) -> tuple[int, int]:
-    """At start-up: settle rows left ``sending`` by a node that stopped mid-transfer.
+    """Settle rows left ``sending`` by a node process that stopped mid-transfer: one of this
+    host that has ended (:func:`~dicom_ai.lifetime.process_gone`; this process's own number
+    too, so call it where no transfer of this process is under way), one that named no sender,
+    or one claimed more than ``[delivery] sending_lost_after_seconds`` ago.
 
     Each is looked up at its destination: found -> ``delivered``; not found or cannot tell ->
     ``pending``, due now. Returns (found, requeued).
     """
     found = requeued = 0
+    lost_before = utcnow() - dt.timedelta(seconds=settings.delivery.sending_lost_after_seconds)
     with sessions() as session:
-        rows = session.scalars(select(Delivery).where(Delivery.state == DeliveryState.SENDING)).all()
+        sending = session.execute(select(Delivery.id, Delivery.claimed_host, Delivery.claimed_pid, Delivery.claimed_at)
+                                  .where(Delivery.state == DeliveryState.SENDING)).all()
+        left = [i for i, host, pid, at in sending
+                if not host or at is None or at < lost_before or process_gone(host, pid)]
+        if not left:
+            return 0, 0
+        # locked, so two nodes settling at once look each row up once (PostgreSQL)
+        rows = session.scalars(select(Delivery).where(Delivery.id.in_(left), Delivery.state == DeliveryState.SENDING)
+                               .order_by(Delivery.id).with_for_update(skip_locked=True)).all()
         for row in rows:
             dest = settings.destination(row.destination)
             there = handler_for(dest, settings).arrived(row.result) if dest is not None else None
@@ -88,7 +105,8 @@ def deliver_due(sessions: sessionmaker, store: FileStore, settings: Settings) ->
         )
         claimed = session.scalars(
             update(Delivery).where(Delivery.id.in_(due.scalar_subquery()), Delivery.state == DeliveryState.PENDING)
-            .values(state=DeliveryState.SENDING).returning(Delivery.id)
+            .values(state=DeliveryState.SENDING, claimed_host=this_host(), claimed_pid=os.getpid(), claimed_at=now)
+            .returning(Delivery.id)
             .execution_options(synchronize_session=False)
         ).all()
         session.commit()  # from here a restart checks the destination before resending

@@ -187,13 +187,3 @@ def _route(session: Session, series: Series, routes: list[Route], image_sop_clas
         series.routing_note,
     )
     return created
-
-
-def recover_after_restart(sessions: sessionmaker) -> int:
-    """Requeue jobs left ``running`` by a node that stopped; returns how many."""
-    with sessions.begin() as session:
-        jobs = session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
-        for job in jobs:
-            job.state = JobState.QUEUED
-            job.reason = "requeued after restart"
-        return len(jobs)

@@ -5,6 +5,9 @@ back commits nothing of it."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+
+import pytest
 
 from dicom_ai.cache.db import Job, Series, open_index, utcnow
 from dicom_ai.cache.index import InstanceMeta, index_instance
@@ -14,11 +17,13 @@ from dicom_ai.cache.workers import (
     heartbeat,
     register,
     requeue_jobs_of,
+    requeue_jobs_of_ended_workers,
     requeue_lost_jobs,
     stopped,
     workers,
 )
 from dicom_ai.config import load_settings
+from dicom_ai.lifetime import this_host
 from dicom_ai.worker import JobRunner, claim_next_job
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -95,6 +100,30 @@ def test_the_jobs_of_a_worker_known_dead_are_requeued_at_once(index_url):
     with sessions() as s:
         assert s.get(Job, mine).reason == "requeued: worker dead died (exit code -9)"
         assert s.get(Job, other).state == "running"
+
+
+@pytest.mark.integration  # starts a short process, for a pid that has ended
+def test_at_a_start_only_jobs_of_workers_that_ended_on_this_host_are_requeued(index_url):
+    """Nodes sharing the index: a starting node requeues the job of a worker of its host whose
+    process has ended, and one claimed by no registered worker; it leaves the jobs of a live
+    worker here and of a worker on another host to their heartbeats."""
+    import subprocess
+
+    sessions = open_index(index_url)
+    ended_job, live_job, remote_job, nameless_job = _jobs(sessions, 4)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    register(sessions, "ended", this_host(), ended.pid, "cpu")
+    register(sessions, "live", this_host(), os.getppid(), "cpu")
+    register(sessions, "remote", "another-host", ended.pid, "cuda")
+    for name in ("ended", "live", "remote", ""):
+        claim_next_job(sessions, name)
+    assert requeue_jobs_of_ended_workers(sessions) == [ended_job, nameless_job]
+    with sessions() as s:
+        assert {j.id: j.state for j in s.query(Job)} == {
+            ended_job: "queued", live_job: "running", remote_job: "running", nameless_job: "queued"}
+        assert s.get(Job, ended_job).reason == "requeued: its worker ended (the node restarted)"
+    assert requeue_jobs_of_ended_workers(sessions) == []
 
 
 def test_a_worker_whose_job_was_taken_back_commits_nothing_of_it(index_url, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,49 @@ def test_results_go_to_the_destinations_their_rule_names(index_url, tmp_path):
         create_deliveries(s, result, settings, None)
     with sessions() as s:
         assert sorted(d.destination for d in s.query(Delivery)) == ["a", "b", "b"]
+
+
+@pytest.mark.integration  # starts a short process, for a pid that has ended
+def test_nodes_sharing_the_index_settle_only_transfers_an_ended_process_left(index_url, tmp_path):
+    """Five deliveries left ``sending``: claimed by nobody (an older node), by an ended process
+    of this host, by a live one, by another host just now and by another host 2 h ago. The
+    first, second and last are settled (looked up in their folder, absent, so due again); the
+    two that may be under way elsewhere are left alone, and the outbox sends only the three."""
+    import subprocess
+
+    from dicom_ai.export.outbox import recover_deliveries
+    from dicom_ai.lifetime import this_host
+
+    names = ["nobody", "ended", "live", "elsewhere", "elsewhere-2h"]
+    settings = load_settings(
+        None,
+        node={"database_url": index_url, "data_dir": str(tmp_path / "var")},
+        destinations=[{"name": n, "kind": "folder", "path": str(tmp_path / n)} for n in names],
+    )
+    store = FileStore(settings.node.data_dir)
+    sessions = open_index(settings.database_url)
+    _one_result(sessions, store, names)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    claims = {"nobody": ("", None, None), "ended": (this_host(), ended.pid, now),
+              "live": (this_host(), os.getppid(), now), "elsewhere": ("another-host", 4242, now),
+              "elsewhere-2h": ("another-host", 4242, now - dt.timedelta(hours=2))}
+    with sessions.begin() as s:
+        for row in s.query(Delivery):
+            row.state = "sending"
+            row.claimed_host, row.claimed_pid, row.claimed_at = claims[row.destination]
+    assert recover_deliveries(sessions, settings) == (0, 3)
+    with sessions() as s:
+        states = {d.destination: d.state for d in s.query(Delivery)}
+    assert states == {"nobody": "pending", "ended": "pending", "live": "sending", "elsewhere": "sending",
+                      "elsewhere-2h": "pending"}, states
+    assert recover_deliveries(sessions, settings) == (0, 0)
+    assert deliver_due(sessions, store, settings) == 3
+    assert sorted(p.parent.name for p in tmp_path.glob("*/1.2.3.4.5.6.dcm")) == ["elsewhere-2h", "ended", "nobody"]
+    with sessions() as s:
+        sent = s.query(Delivery).filter_by(destination="ended").one()
+        assert (sent.state, sent.claimed_host, sent.claimed_pid) == ("delivered", this_host(), os.getpid())
 
 
 def test_unknown_destination_names_are_a_config_error():

@@ -5,7 +5,8 @@ from dicom_ai.cache.db import Job, Series, open_index
 from dicom_ai.cache.index import InstanceMeta, index_instance
 from dicom_ai.config import CompletionSettings
 from dicom_ai.package.manifest import Code, Label, ModelManifest, NetworkSpec
-from dicom_ai.schedule.completion import recover_after_restart, schedule_complete_series
+from dicom_ai.cache.workers import requeue_jobs_of_ended_workers
+from dicom_ai.schedule.completion import schedule_complete_series
 from dicom_ai.schedule.facts import SeriesFacts
 from dicom_ai.schedule.routing import RoutableModel, Route, default_rule, passes
 
@@ -92,7 +93,7 @@ def test_series_completes_after_stable_seconds_and_gets_one_job(index_url, tmp_p
     assert len(schedule_complete_series(sessions, _routes(model), _completion(), {CT}, now=later)) == 0  # job 1 still queued
     with sessions.begin() as s:
         s.query(Job).update({"state": "running"})
-    assert recover_after_restart(sessions) == 1
+    assert len(requeue_jobs_of_ended_workers(sessions)) == 1  # running under no worker
     with sessions() as s:
         assert s.query(Job).one().state == "queued"
 
