@@ -47,13 +47,10 @@ def this_host() -> str:
 
 def process_gone(host: str, pid: int | None) -> bool:
     """Whether process ``pid`` of ``host`` has certainly ended: True only for this host, when
-    no process ``pid`` exists or it is a zombie (ended, not yet reaped), or when ``pid`` is this
-    process's own (whatever it left was left by an earlier process of that number). False for
-    another host, which only a heartbeat or an age can tell about."""
-    if host != this_host() or pid is None or pid <= 0:
+    no process ``pid`` exists or it is a zombie (ended, not yet reaped). False for another host,
+    which only a heartbeat or an age can tell about, and for this process itself."""
+    if host != this_host() or pid is None or pid <= 0 or pid == os.getpid():
         return False
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -346,7 +346,7 @@ class FileStore:
         A file is left behind when its writer (named in the file name) was a process of this
         host that has ended (:func:`~dicom_ai.lifetime.process_gone`), when the name does not
         say, or when it was last written more than ``stale_after`` s ago. A file another host
-        sharing the store is writing now is kept. Call it before this process writes any."""
+        sharing the store is writing now is kept, and so is one this process is writing."""
         n = 0
         now = time.time()
         for tmp in self.root.rglob(TMP_PREFIX + "*"):

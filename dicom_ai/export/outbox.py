@@ -49,8 +49,7 @@ def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
 
 def recover_deliveries(sessions: sessionmaker, settings: Settings) -> tuple[int, int]:
     """Settle rows left ``sending`` by a node process that stopped mid-transfer: one of this
-    host that has ended (:func:`~dicom_ai.lifetime.process_gone`; this process's own number
-    too, so call it where no transfer of this process is under way), one that named no sender,
+    host that has ended (:func:`~dicom_ai.lifetime.process_gone`), one that named no sender,
     or one claimed more than ``[delivery] sending_lost_after_seconds`` ago.
 
     Each is looked up at its destination: found -> ``delivered``; not found or cannot tell ->
