@@ -38,7 +38,7 @@ from dicom_ai.cache.db import Job, ModelEvent, ModelVersion, utcnow
 from dicom_ai.cache.states import JobState
 from dicom_ai.config import Settings, default_model_path, repo_root
 from dicom_ai.models.bundle import import_bundle
-from dicom_ai.package.manifest import ModelManifest, load_manifest
+from dicom_ai.package.manifest import ModelManifest, ModelPackageError, load_manifest, verify_weights
 
 if TYPE_CHECKING:
     from dicom_ai.infer.runtime import ClassResult
@@ -202,7 +202,7 @@ def run_on_sample(package: Path, device: str | None = None) -> tuple[float, floa
     """
     import numpy as np
 
-    from dicom_ai.infer.runtime import ModelPackageError, load_model  # deferred: start-up time (torch)
+    from dicom_ai.infer.runtime import load_model  # deferred: start-up time (torch)
     from dicom_ai.infer.volume import load_series  # deferred: start-up time (numpy, pydicom)
 
     volume = load_series(sample_paths())
@@ -276,8 +276,6 @@ def add_package(
     RegistryError
         Whatever step refused the package, with the reason.
     """
-    from dicom_ai.infer.runtime import ModelPackageError, verify_weights  # deferred: start-up time (torch)
-
     root = models_dir(settings)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))

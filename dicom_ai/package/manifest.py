@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 #: Orientation code letter -> axis of the canonical grid (0 slices S/I, 1 rows P/A, 2 columns L/R).
 CANONICAL_AXIS_OF = {"S": 0, "I": 0, "P": 1, "A": 1, "L": 2, "R": 2}
+
+logger = logging.getLogger(__name__)
 
 
 class Code(BaseModel):
@@ -291,3 +294,31 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class ModelPackageError(RuntimeError):
+    """The model package is unusable (missing or corrupted weights, wrong network)."""
+
+
+def verify_weights(package_dir: Path, manifest: ModelManifest) -> None:
+    """Check the weights file exists and has the manifest's SHA-256 (no runtime is loaded).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the weights file is missing.
+    ModelPackageError
+        If its SHA-256 differs from the manifest's.
+    """
+    weights = Path(package_dir) / manifest.weights
+    if not weights.is_file():
+        raise FileNotFoundError(f"model package {package_dir}: weights file {manifest.weights} is missing")
+    if manifest.sha256:
+        digest = sha256_of(weights)
+        if digest.lower() != manifest.sha256.lower():
+            raise ModelPackageError(
+                f"model package {package_dir}: SHA-256 of {manifest.weights} is {digest}, "
+                f"the manifest says {manifest.sha256}; the file is corrupted or was replaced"
+            )
+    else:
+        logger.warning("model package %s: no sha256 in the manifest, weights not verified", package_dir)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from dicom_ai.infer.runtimes.base import ModelPackageError, Runtime, configure_threads, cpu_threads
+from dicom_ai.infer.runtimes.base import Runtime, configure_threads, cpu_threads
 from dicom_ai.infer.runtimes.monai import MonaiRuntime
 from dicom_ai.infer.runtimes.onnx import OnnxRuntime
 from dicom_ai.infer.runtimes.torchscript import TorchScriptRuntime
-from dicom_ai.package.manifest import ModelManifest, sha256_of
+from dicom_ai.package.manifest import ModelManifest, ModelPackageError, verify_weights
 
 __all__ = ["RUNTIMES", "ModelPackageError", "Runtime", "configure_threads", "cpu_threads",
            "load_predictor", "runtime_for", "verify_weights"]
@@ -60,26 +60,3 @@ def load_predictor(package_dir: Path, manifest: ModelManifest, device: torch.dev
     """
     return runtime_for(manifest).load(Path(package_dir), manifest, device)
 
-
-def verify_weights(package_dir: Path, manifest: ModelManifest) -> None:
-    """Check the weights file exists and has the manifest's SHA-256.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the weights file is missing.
-    ModelPackageError
-        If its SHA-256 differs from the manifest's.
-    """
-    weights = Path(package_dir) / manifest.weights
-    if not weights.is_file():
-        raise FileNotFoundError(f"model package {package_dir}: weights file {manifest.weights} is missing")
-    if manifest.sha256:
-        digest = sha256_of(weights)
-        if digest.lower() != manifest.sha256.lower():
-            raise ModelPackageError(
-                f"model package {package_dir}: SHA-256 of {manifest.weights} is {digest}, "
-                f"the manifest says {manifest.sha256}; the file is corrupted or was replaced"
-            )
-    else:
-        logger.warning("model package %s: no sha256 in the manifest, weights not verified", package_dir)

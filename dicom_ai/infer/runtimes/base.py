@@ -23,10 +23,6 @@ from dicom_ai.package.manifest import ModelManifest
 _threads: int | None = None
 
 
-class ModelPackageError(RuntimeError):
-    """The model package is unusable (missing or corrupted weights, wrong network)."""
-
-
 def configure_threads(threads: int | None = None) -> int:
     """Set, once at process start-up, how many CPU threads one model call uses.
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from dicom_ai.infer.runtimes.base import ModelPackageError, TorchRuntime, module_bytes
-from dicom_ai.package.manifest import ModelManifest
+from dicom_ai.infer.runtimes.base import TorchRuntime, module_bytes
+from dicom_ai.package.manifest import ModelManifest, ModelPackageError
 from dicom_ai.package.network import SliceWise, build_network, is_slicewise
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from dicom_ai.infer.runtimes.base import ModelPackageError, Runtime, cpu_threads
-from dicom_ai.package.manifest import ModelManifest
+from dicom_ai.infer.runtimes.base import Runtime, cpu_threads
+from dicom_ai.package.manifest import ModelManifest, ModelPackageError
 
 logger = logging.getLogger(__name__)
 
