@@ -143,10 +143,15 @@ class CompletionSettings(_Section):
     2. association release: the association that brought the whole series was released
        ``release_grace_seconds`` ago, nothing arrived since, its Instance Numbers are contiguous
        and its slices evenly spaced;
-    3. the idle timer: nothing arrived for ``stable_seconds``.
+    3. the idle timer: nothing arrived for ``stable_seconds``, and the association that brought
+       the newest instance is no longer open (or that instance is ``open_association_max_seconds``
+       old).
     """
 
     stable_seconds: float = Field(10.0, gt=0)  # no new instance for this long -> complete
+    # the idle timer waits while the association still sending the series is open, this long
+    # at most after its newest instance (a sender hung with the association open), s
+    open_association_max_seconds: float = Field(300.0, gt=0)
     release_grace_seconds: float = Field(1.0, ge=0)  # wait after A-RELEASE for a next association
     use_expected_count: bool = True
     use_association_release: bool = True

@@ -104,6 +104,9 @@ class Series(Base):
     # the association that last delivered instances of this series was released (A-RELEASE)
     released_association: Mapped[str | None] = mapped_column(String(32), nullable=True)
     released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # the association (``<pid>-<n>@<host>``) that brought the newest instance, until it is
+    # released or aborted: the idle timer waits while it is open
+    receiving_association: Mapped[str | None] = mapped_column(String(300), nullable=True)
     routing_note: Mapped[str] = mapped_column(Text, default="")
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -364,7 +367,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"  # the schema as it was when migrations started
 #: The newest revision of the migrations (tests/cache/test_migrations.py checks it is Alembic's
 #: head). An index already there is opened without loading Alembic and its scripts.
-HEAD = "0009"
+HEAD = "0010"
 
 
 def _alembic(connection: Any) -> Any:

@@ -37,6 +37,7 @@ from dicom_ai.cache.identity import PatientIdentity
 from dicom_ai.cache.states import SeriesState
 from dicom_ai.cache.store import TMP_PREFIX, FileStore, Pending, Staged, check_uid, same_dataset
 from dicom_ai.dicom.header import instance_facts, int_value
+from dicom_ai.lifetime import this_host
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +327,7 @@ _TOUCH_SERIES = (
     .where(Series.id == bindparam("series_id"))
     .values(
         last_received_at=bindparam("now"),
+        receiving_association=bindparam("receiving"),
         expected_instances=func.coalesce(bindparam("expected"), Series.expected_instances),
     )
 )
@@ -382,6 +384,7 @@ def index_instance(
         "slice_position": meta.slice_position,
         "slice_thickness": meta.slice_thickness,
         "expected": meta.expected_instances,
+        "receiving": sending_association(meta.association),
     }
     engine = sessions.kw["bind"]
     new = _twice(lambda: _index_once(engine, meta, calling_ae, params, replace, staged))
@@ -665,8 +668,22 @@ def count(sessions: sessionmaker, name: str) -> None:
     _twice(write)
 
 
+def sending_association(association: str) -> str | None:
+    """How a series names the association of this process (``<pid>-<n>``) that is sending it:
+    ``<pid>-<n>@<host>`` (None for no association: an instance indexed by the start-up sweep)."""
+    return f"{association}@{this_host()}" if association else None
+
+
+def association_process(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the receiving process named in a :func:`sending_association` value."""
+    association, _, host = name.rpartition("@")
+    pid = association.partition("-")[0]
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
 def mark_released(sessions: sessionmaker, association: str, series_uids: list[str]) -> None:
-    """Record that ``association``, which brought instances of ``series_uids``, was released."""
+    """Record that ``association``, which brought instances of ``series_uids``, was released;
+    the series it was still sending are no longer being sent."""
     now = utcnow()
     with _write_lock, sessions.begin() as session:
         session.execute(
@@ -675,3 +692,21 @@ def mark_released(sessions: sessionmaker, association: str, series_uids: list[st
             .values(released_association=association, released_at=now)
             .execution_options(synchronize_session=False)
         )
+        _no_longer_sending(session, association, series_uids)
+
+
+def mark_aborted(sessions: sessionmaker, association: str, series_uids: list[str]) -> None:
+    """Record that ``association``, which brought instances of ``series_uids``, was aborted (an
+    abort says nothing about completeness: only that it sends no more)."""
+    with _write_lock, sessions.begin() as session:
+        _no_longer_sending(session, association, series_uids)
+
+
+def _no_longer_sending(session: Any, association: str, series_uids: list[str]) -> None:
+    session.execute(
+        update(Series)
+        .where(Series.series_instance_uid.in_(series_uids),
+               Series.receiving_association == sending_association(association))
+        .values(receiving_association=None)
+        .execution_options(synchronize_session=False)
+    )

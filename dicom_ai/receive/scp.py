@@ -29,7 +29,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 from sqlalchemy.orm import sessionmaker
 
-from dicom_ai.cache.index import InstanceMeta, count, instance_meta, mark_released, store_instance
+from dicom_ai.cache.index import InstanceMeta, count, instance_meta, mark_aborted, mark_released, store_instance
 from dicom_ai.cache.store import FileStore, InvalidUID, Pending
 from dicom_ai.config import Settings
 from dicom_ai.dicom.status import DimseStatus
@@ -245,8 +245,17 @@ class StorageSCP:
                 log.exception("could not record the release of association %s", association_id)
 
     def _on_aborted(self, event: evt.Event) -> None:
-        if self._associations.pop(event.assoc, None) is not None:  # an accepted one
-            self._count("associations_ended")  # (an abort says nothing about completeness)
+        """A-ABORT: this association's series are no longer being sent (the idle timer may
+        complete them); an abort says nothing about completeness."""
+        ended = self._associations.pop(event.assoc, None)
+        if ended is not None:  # an accepted one
+            self._count("associations_ended")
+            association_id, series_seen = ended
+            if series_seen:
+                try:
+                    mark_aborted(self.sessions, association_id, sorted(series_seen))
+                except Exception:  # noqa: BLE001 - the hold on the idle timer is bounded anyway
+                    log.exception("could not record the abort of association %s", association_id)
 
     def _meta(
         self, ds: pydicom.Dataset, rq: Any, transfer_syntax: str, association: str = ""

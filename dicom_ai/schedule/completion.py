@@ -11,7 +11,11 @@ kept in ``completion_signal``):
   (:func:`dicom_ai.schedule.facts.arrived_whole`). A series split over several associations
   never completes this way: the grace lets a next association start, and its instances make
   the series fail the one-association test;
-* ``stable_seconds``: no instance arrived for that long (the fallback every other node uses).
+* ``stable_seconds``: no instance arrived for that long (the fallback every other node uses),
+  and the association that brought the newest one is no longer open: while it is (its process
+  alive, neither released nor aborted), the idle timer waits, at most
+  ``open_association_max_seconds`` after that instance, so a sender that stalls mid-series
+  does not have part of its series processed.
 
 On completion the series is matched against the routing rules
 (:mod:`dicom_ai.schedule.routing`) and one ``queued`` job row is created per model that fires.
@@ -26,8 +30,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Instance, Job, Series, Study, utcnow
+from dicom_ai.cache.index import association_process
 from dicom_ai.cache.states import JobState, ReviewState, SeriesState
 from dicom_ai.config import CompletionSettings
+from dicom_ai.lifetime import process_gone
 from dicom_ai.schedule.facts import InstanceFacts, SeriesFacts, arrived_whole, summarize
 from dicom_ai.schedule.routing import Route, decide
 
@@ -88,8 +94,22 @@ def completion_signal(
         series.released_association = None  # not tested again until another release
         series.released_at = None
     if series.last_received_at <= now - dt.timedelta(seconds=completion.stable_seconds):
+        if still_sending(series, completion, now):
+            return None
         return "stable_seconds"
     return None
+
+
+def still_sending(series: Series, completion: CompletionSettings, now: dt.datetime) -> bool:
+    """Whether the association that brought ``series``' newest instance may still send more: it
+    was neither released nor aborted, its receiving process has not ended
+    (:func:`~dicom_ai.lifetime.process_gone`; another host's is taken as alive), and that
+    instance arrived less than ``open_association_max_seconds`` ago."""
+    name = series.receiving_association
+    if not name or now - series.last_received_at >= dt.timedelta(seconds=completion.open_association_max_seconds):
+        return False
+    receiver = association_process(name)
+    return receiver is not None and not process_gone(*receiver)
 
 
 def schedule_complete_series(

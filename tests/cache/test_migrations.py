@@ -33,7 +33,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
 def test_a_new_index_is_at_the_newest_revision_and_matches_the_models(empty_url):
     open_index(empty_url)
-    assert _head(empty_url) == _newest() == HEAD == "0009"
+    assert _head(empty_url) == _newest() == HEAD == "0010"
     with create_engine(empty_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"the models changed without a migration: {diff}"

@@ -1,11 +1,13 @@
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 from dicom_ai.cache.db import Job, Series, open_index
 from dicom_ai.cache.index import InstanceMeta, index_instance
+from dicom_ai.cache.workers import requeue_jobs_of_ended_workers
 from dicom_ai.config import CompletionSettings
 from dicom_ai.package.manifest import Code, Label, ModelManifest, NetworkSpec
-from dicom_ai.cache.workers import requeue_jobs_of_ended_workers
 from dicom_ai.schedule.completion import schedule_complete_series
 from dicom_ai.schedule.facts import SeriesFacts
 from dicom_ai.schedule.routing import RoutableModel, Route, default_rule, passes
@@ -96,6 +98,39 @@ def test_series_completes_after_stable_seconds_and_gets_one_job(index_url, tmp_p
     assert len(requeue_jobs_of_ended_workers(sessions)) == 1  # running under no worker
     with sessions() as s:
         assert s.query(Job).one().state == "queued"
+
+
+@pytest.mark.integration  # starts a short process, for a pid that has ended
+def test_the_idle_timer_waits_while_the_sending_association_is_open(index_url):
+    """Idle for stable_seconds but its association still open (this process, alive, neither
+    released nor aborted): not complete, until the abort; nor when the newest instance came
+    from an ended process; an open association holds it at most open_association_max_seconds."""
+    import dataclasses
+    import os
+    import subprocess
+
+    from dicom_ai.cache.index import mark_aborted
+
+    sessions = open_index(index_url)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    for series, association in (("1.2.3.4", f"{os.getpid()}-1"), ("1.2.3.5", f"{ended.pid}-1"),
+                                ("1.2.3.6", f"{os.getpid()}-2")):
+        for i in range(3):
+            meta = dataclasses.replace(_meta(i, series), sop_instance_uid=f"{series}.{i}", association=association)
+            index_instance(sessions, meta, f"{series}/{i}.dcm", 10, "STORESCU")
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    complete = _completion(stable=10, use_association_release=False, open_association_max_seconds=60)
+
+    def completed(at: dt.datetime) -> list[str]:
+        schedule_complete_series(sessions, [], complete, {CT}, now=at)
+        with sessions() as s:
+            return sorted(x.series_instance_uid for x in s.query(Series).filter_by(state="complete"))
+
+    assert completed(now + dt.timedelta(seconds=11)) == ["1.2.3.5"]  # its sender has ended
+    mark_aborted(sessions, f"{os.getpid()}-1", ["1.2.3.4"])
+    assert completed(now + dt.timedelta(seconds=12)) == ["1.2.3.4", "1.2.3.5"]
+    assert completed(now + dt.timedelta(seconds=61)) == ["1.2.3.4", "1.2.3.5", "1.2.3.6"]  # held 60 s at most
 
 
 def test_non_matching_series_records_why(index_url, tmp_path):

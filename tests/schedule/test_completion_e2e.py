@@ -178,3 +178,45 @@ def test_rules_on_real_series(tmp_path, dcmtk, shared_data, crlm):
     assert "rule 'thinnest': already queued" in lidc_note and "rule 'no-derived': already queued" in lidc_note
     assert "1 images (+0 localizers)" in one_file.stdout and "1 images >= 100" in one_file.stdout, one_file.stdout
     assert "275 images" in cached.stdout and "yes" in cached.stdout, cached.stdout + cached.stderr
+
+
+def test_a_sender_that_stalls_mid_series_is_waited_for_until_it_releases_or_aborts(tmp_path, crlm):
+    """The idle timer (2 s here) does not complete a series while the association sending it
+    is open: a sender that pauses 5 s in the middle of a series gets it processed whole once it
+    releases. After an A-ABORT the idle timer completes what arrived."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    whole = _copy(crlm, tmp_path / "whole")
+    cut = _copy(crlm, tmp_path / "cut")
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CTImageStorage, pydicom.dcmread(whole[0]).file_meta.TransferSyntaxUID)
+    with NodeProcess(tmp_path / "node", stable_seconds=2, extra=NO_WORKER) as node:
+        sessions = open_index(node.database_url)
+
+        def state(files) -> str | None:
+            with sessions() as s:
+                uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+                return s.scalar(select(Series.state).where(Series.series_instance_uid == uid))
+
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        assert assoc.is_established
+        for f in whole[:20]:
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0x0000
+        time.sleep(5)  # the sender stalls, its association open
+        assert state(whole) == "receiving", node.log_tail()
+        for f in whole[20:]:
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0x0000
+        assoc.release()
+        series = _wait_complete(node, pydicom.dcmread(whole[0]).SeriesInstanceUID, timeout=30)
+
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        for f in cut[:10]:
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0x0000
+        assoc.abort()
+        aborted = _wait_complete(node, pydicom.dcmread(cut[0]).SeriesInstanceUID, timeout=30)
+        log = node.log_path.read_text()
+    assert series.completion_signal == "association_release"
+    assert "series %s complete (51 images" % series.series_instance_uid in log
+    assert aborted.completion_signal == "stable_seconds"
+    assert "series %s complete (10 images" % aborted.series_instance_uid in log
