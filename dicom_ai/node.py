@@ -64,6 +64,7 @@ class Node:
         # set by the worker after each job: the outbox then runs at once, not at its next tick
         self._job_finished = mp.get_context("spawn").Event()
         self._outbox_lock = threading.Lock()  # the tick and the wake-up never run it together
+        self._released_seen: set[int] = set()  # series in their release grace at the last tick
         self.listener: socket.socket | None = None
         self.web: uvicorn.Server | None = None
         self.receivers: dict[int, tuple] = {}  # number -> (process, stop event)
@@ -88,8 +89,9 @@ class Node:
     def _completion_tick(self) -> None:
         try:
             self._refresh_models()
+            released: list[int] = []
             queued = schedule_complete_series(
-                self.sessions, self.routes, self.settings.completion, self._image_classes
+                self.sessions, self.routes, self.settings.completion, self._image_classes, released=released
             )
             lost = requeue_lost_jobs(self.sessions, self.settings.worker.lost_after_seconds)
             if lost:
@@ -97,7 +99,10 @@ class Node:
                             ", ".join(map(str, lost)), self.settings.worker.lost_after_seconds)
             if self.celery is not None:
                 self._dispatch()
-            if (queued or lost) and self._worker_wake is not None:
+            # newly released series: the idle worker reads them ahead of their jobs
+            ahead = set(released) - self._released_seen
+            self._released_seen = set(released)
+            if (queued or lost or ahead) and self._worker_wake is not None:
                 self._worker_wake.set()
         except Exception:
             log.exception("completion tick failed")

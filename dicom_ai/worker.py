@@ -10,6 +10,7 @@ transaction. A job that cannot run fails with a reason an admin can read; the qu
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import multiprocessing as mp
@@ -30,7 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ai.cache.db import Job, Result, Series, open_index, utcnow
-from dicom_ai.cache.states import JobState, ResultKind, ReviewState
+from dicom_ai.cache.states import JobState, ResultKind, ReviewState, SeriesState
 from dicom_ai.cache.store import FileStore
 from dicom_ai.cache.workers import claim_values, heartbeat, register, still_ours, stopped
 from dicom_ai.config import Settings
@@ -180,6 +181,7 @@ class JobRunner:
         self.sessions = sessions
         self.store = store
         self.on_results = on_results
+        self._prefetched: tuple[tuple, Any] | None = None  # (series_key, volume), see prefetch
         self._models = WarmModels(settings.worker.model_memory_mb, self._load,
                                   gpu_budget_mb=settings.worker.gpu_model_memory_mb)
 
@@ -220,6 +222,48 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - without it only the first job is slower
             log.warning("result encoding not warmed up: %s", exc)
 
+    def prefetch(self, within_seconds: float = 60.0) -> bool:
+        """Load, while idle, the series most likely to be queued next: the newest one whose
+        sending association was released in the last ``within_seconds`` and that is still
+        waiting for its completion signal (the release grace, PS3.8 A-RELEASE). Its job, if a
+        rule queues one, then uses the volume instead of reading the files again, provided the
+        series still holds exactly the same instances (path, size and time of receipt). One
+        volume is kept; anything that goes wrong only means the job reads the files itself.
+        Returns True when a volume was loaded."""
+        since = utcnow() - dt.timedelta(seconds=within_seconds)
+        with self.sessions() as session:
+            series = session.scalars(
+                select(Series).where(Series.state == SeriesState.RECEIVING, Series.released_at.is_not(None),
+                                     Series.released_at >= since, Series.receiving_association.is_(None),
+                                     Series.last_received_at <= Series.released_at)
+                .order_by(Series.released_at.desc()).limit(1)).first()
+            if series is None:
+                return False
+            key = _series_key(series)
+            paths = [self.store.abspath(i.path) for i in series.instances]
+        if self._prefetched is not None and self._prefetched[0] == key:
+            return False
+        self._prefetched = None  # one volume at a time
+        t = time.perf_counter()
+        try:
+            volume = load_series(paths)
+        except Exception as exc:  # noqa: BLE001 - the job, if any, loads it again and says why
+            log.debug("series %s not prefetched: %s", key[0], exc)
+            return False
+        self._prefetched = (key, volume)
+        log.info("series %s (%d files) read ahead of its job in %.2f s", key[0], len(paths), time.perf_counter() - t)
+        return True
+
+    def _volume(self, key: tuple, paths: list[Path]) -> tuple[Any, bool]:
+        """The volume of the series whose :func:`_series_key` is ``key`` (read ahead by
+        :meth:`prefetch` if its instances are those it read, else read from ``paths`` now), and
+        whether it was read ahead."""
+        ahead, self._prefetched = self._prefetched, None
+        if ahead is not None and ahead[0] == key:
+            return ahead[1], True
+        del ahead  # its memory goes before this series is read
+        return load_series(paths), False
+
     def run(self, job_id: int) -> None:
         """Run one claimed job to ``done`` or ``failed``; never raises. A job taken away from
         this worker meanwhile (requeued, see :mod:`dicom_ai.cache.workers`) is left as it is."""
@@ -250,19 +294,21 @@ class JobRunner:
         return job if job is not None and still_ours(job, self.name) else None
 
     def _run(self, job_id: int, t0: float) -> None:
+        timings: dict[str, float] = {}
         with self.sessions() as session:
             job = session.get(Job, job_id)
             series = session.get(Series, job.series_fk)
-            paths = [self.store.abspath(i.path) for i in series.instances]
             model_path = job.model_path
             destinations = job.destinations
-            series_uid = series.series_instance_uid
-        log.info("job %d: %s on series %s (%d files)", job_id, Path(model_path).name, series_uid, len(paths))
-        timings: dict[str, float] = {}
+            key = _series_key(series)
+            paths = [self.store.abspath(i.path) for i in series.instances]
+        log.info("job %d: %s on series %s (%d files)", job_id, Path(model_path).name, key[0], len(paths))
         t = time.perf_counter()
-        volume = load_series(paths)
+        volume, ahead = self._volume(key, paths)
         check_one_patient(volume.datasets)  # one patient, whatever the index says (PS3.3 C.7.1.1)
         timings["load"] = time.perf_counter() - t
+        if ahead:
+            timings["read_ahead"] = 1
         t = time.perf_counter()
         model = self.model(model_path)  # kept loaded: only the first job of a model pays this
         timings["model_load"] = time.perf_counter() - t
@@ -383,6 +429,13 @@ class JobRunner:
         return outputs, findings, viewer_files
 
 
+def _series_key(series: Series) -> tuple:
+    """What identifies the files of a series: its id and each instance's path, size and time of
+    receipt (a replaced instance changes the last two)."""
+    return (series.series_instance_uid, series.id,
+            tuple(sorted((i.path, i.size, i.received_at) for i in series.instances)))
+
+
 def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wake: Any = None,
                 finished: Any = None) -> None:
     """Entry point of the worker process: poll for queued jobs until ``stop`` is set, or the
@@ -411,7 +464,14 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
                 break
             job_id = claim_next_job(sessions, name)
             if job_id is None:
-                # the node sets ``wake`` when it queues jobs (and when it stops): no poll delay then
+                if settings.worker.read_ahead:
+                    try:
+                        if runner.prefetch():
+                            continue  # its job may be queued meanwhile
+                    except Exception:  # noqa: BLE001 - reading ahead is an optimisation only
+                        log.exception("read-ahead failed")
+                # the node sets ``wake`` when it queues jobs, when a series' sending association
+                # is released (its job may follow) and when it stops: no poll delay then
                 (wake or stop).wait(settings.worker.poll_seconds)
                 if wake is not None:
                     wake.clear()

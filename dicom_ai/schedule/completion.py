@@ -118,6 +118,7 @@ def schedule_complete_series(
     completion: CompletionSettings,
     image_sop_classes: set[str],
     now: dt.datetime | None = None,
+    released: list[int] | None = None,
 ) -> list[int]:
     """Mark complete the ``receiving`` series whose signal fired and create their jobs.
 
@@ -127,6 +128,9 @@ def schedule_complete_series(
         Enabled rules with their models (:func:`dicom_ai.schedule.routing.routes`).
     image_sop_classes:
         SOP Class UIDs counted as images (others are ignored for routing).
+    released:
+        If given, the ids of the series not complete yet whose sending association was
+        released with nothing received since (in the release grace) are appended to it.
 
     Returns
     -------
@@ -140,6 +144,9 @@ def schedule_complete_series(
         for series in receiving:
             signal = completion_signal(session, series, completion, now)
             if signal is None:
+                if (released is not None and series.released_at is not None
+                        and series.last_received_at <= series.released_at):
+                    released.append(series.id)
                 continue
             series.state = SeriesState.COMPLETE
             series.completed_at = now
