@@ -13,14 +13,16 @@ delivery that fails stops the script with its reason), and reports:
 * **completion -> delivered**: the node's own work, from that decision to the last result
   acknowledged;
 * the worker's split (load, model, post-processing, report; the preview, written after the
-  results are committed, is not part of ``total``) and its peak RSS.
+  results are committed, is not part of ``total``) and its peak RSS; ``load`` is near 0 when
+  the idle worker read the series during the release grace (``[worker] read_ahead``, on by
+  default; ``--read-ahead both`` measures each series without it, then with it).
 
 Two copies of the series: the uncompressed one in ``../shared/data`` (Implicit VR Little
 Endian) and the repository's JPEG-LS lossless demo copy (sent with ``-xt``). Side by side, in the
 same run, the same series' transfer time into Orthanc directly (the PACS without the node), and
 ratios. Every run gets a fresh Orthanc and a fresh node.
 
-    python benchmarks/e2e.py [--runs 3] [--stable-seconds 2] [--series uncompressed jpegls]
+    python benchmarks/e2e.py [--runs 3] [--stable-seconds 2] [--series uncompressed jpegls] [--read-ahead on|off|both]
 
 Run it against another checkout (e.g. the previous commit, for a before/after) with
 ``PYTHONPATH=/path/to/that/checkout``: the node is started as ``python -m dicom_ai.cli``, so it
@@ -86,7 +88,7 @@ def _wait_preview(sessions, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def one_run(tmp: Path, folder: Path, propose: str | None, stable: float) -> dict[str, float]:
+def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ahead: bool = True) -> dict[str, float]:
     with peers.Orthanc(workdir=tmp / "orthanc") as pacs:
         t = time.perf_counter()
         direct = peers.storescu("127.0.0.1", pacs.dicom_port, folder, aec=pacs.aet, propose=propose)
@@ -97,7 +99,8 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float) -> dict
         dest = [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
         with NodeProcess(tmp / "node", destinations=dest, stable_seconds=stable,
                          extra={"completion": {"check_interval_seconds": CHECK_INTERVAL},
-                                "worker": {"poll_seconds": 0.5, "preload_models": True}}) as node:
+                                "worker": {"poll_seconds": 0.5, "preload_models": True,
+                                           "read_ahead": read_ahead}}) as node:
             assert node.proc is not None
             wait_idle(node.proc.pid)  # the worker has loaded its models: not timed, as in service
             t = time.perf_counter()
@@ -124,6 +127,7 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float) -> dict
                 row.update({f"worker {k} (s)": float(timings.get(k, float("nan"))) for k in SPLIT})
                 row["send to PACS (s)"] = (delivered - job.finished_at).total_seconds()
                 row["worker peak RSS (MB)"] = float(timings.get("worker_peak_rss_mb", float("nan")))
+                row["series read ahead of its job (1 = yes)"] = float(timings.get("read_ahead", 0))
                 return row
 
 
@@ -132,19 +136,23 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stable-seconds", type=float, default=2.0)
     ap.add_argument("--series", nargs="+", choices=list(SERIES), default=list(SERIES))
+    ap.add_argument("--read-ahead", choices=("on", "off", "both"), default="on",
+                    help="[worker] read_ahead; both: each series with it off, then on")
     args = ap.parse_args()
     import dicom_ai
 
     print(f"dicom_ai from {Path(dicom_ai.__file__).parent}; LIDC-IDRI-0314, 275 slices, "
           f"stable_seconds={args.stable_seconds}, runs={args.runs} (median shown)")
-    for name in args.series:
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.read_ahead]
+    for name, read_ahead in ((n, m) for n in args.series for m in modes):
         folder, propose = SERIES[name]
         rows = []
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp:
-                rows.append(one_run(Path(tmp), folder, propose, args.stable_seconds))
+                rows.append(one_run(Path(tmp), folder, propose, args.stable_seconds, read_ahead))
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-        print(f"\n{name} ({'storescu ' + peers.PROPOSE[propose] if propose else 'Implicit VR Little Endian'})")
+        print(f"\n{name} ({'storescu ' + peers.PROPOSE[propose] if propose else 'Implicit VR Little Endian'}), "
+              f"read_ahead {'on' if read_ahead else 'off'}")
         for k, v in med.items():
             print(f"  {k:48s} {v:9.2f}   (runs: {', '.join(f'{r[k]:.2f}' for r in rows)})")
         print(f"  ratio: transfer into dicom-ai / into Orthanc    "
