@@ -479,7 +479,7 @@ class Orthanc:
 
     def pause(self) -> None:
         """Stop the Orthanc process, keeping its storage, index and ports (see :meth:`resume`)."""
-        self._terminate()
+        self._terminate(graceful=True)
 
     def resume(self) -> None:
         """Start Orthanc again after :meth:`pause`, on the same ports with the same storage."""
@@ -504,23 +504,29 @@ class Orthanc:
             f"log tail:\n{self.log_tail()}"
         )
 
-    def _terminate(self) -> None:
+    def _terminate(self, graceful: bool = False) -> None:
+        """End the Orthanc process: SIGTERM and up to 15 s (``graceful``: its index and storage
+        are used again, :meth:`pause`), else SIGKILL (Orthanc takes over 3 s to stop cleanly,
+        and a test's PACS is thrown away with its folder)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if graceful:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        proc.kill()
+        proc.wait(timeout=10)
 
     def _cleanup(self) -> None:
         if self._own_tmp and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def stop(self) -> None:
-        """Stop Orthanc (SIGTERM, then SIGKILL after 15 s) and remove its own temporary folder."""
+        """Stop Orthanc (SIGKILL: nothing of a test's PACS is kept) and remove its own temporary folder."""
         self._terminate()
         self._cleanup()
 
