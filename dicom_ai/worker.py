@@ -228,8 +228,8 @@ class JobRunner:
         waiting for its completion signal (the release grace, PS3.8 A-RELEASE). Its job, if a
         rule queues one, then uses the volume instead of reading the files again, provided the
         series still holds exactly the same instances (path, size and time of receipt). One
-        volume is kept; anything that goes wrong only means the job reads the files itself.
-        Returns True when a volume was loaded."""
+        volume is kept, and only of a modality an enabled model takes; anything that goes wrong
+        only means the job reads the files itself. Returns True when a volume was loaded."""
         since = utcnow() - dt.timedelta(seconds=within_seconds)
         with self.sessions() as session:
             series = session.scalars(
@@ -241,8 +241,11 @@ class JobRunner:
                 return False
             key = _series_key(series)
             paths = [self.store.abspath(i.path) for i in series.instances]
+            modality = series.modality
         if self._prefetched is not None and self._prefetched[0] == key:
             return False
+        if not any(modality in m.modalities for m in enabled_models(self.settings, self.sessions)):
+            return False  # no enabled model takes this modality: no job will follow
         self._prefetched = None  # one volume at a time
         t = time.perf_counter()
         try:

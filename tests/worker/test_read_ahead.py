@@ -1,7 +1,7 @@
 """The idle worker reads a series whose sending association was just released, before its
 completion signal fires; the job then uses that volume, and gives the same results as a job
 that reads the files itself. A series that changed after it was read (a late instance) is read
-again by its job."""
+again by its job; a series of a modality no enabled model takes is not read."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def test_a_released_series_is_read_ahead_and_its_job_uses_it(tmp_path, node, lid
     assert not runner.prefetch()  # complete series: nothing to read ahead
 
     _released(sessions)
+    with sessions.begin() as s:
+        s.query(Series).one().modality = "MR"
+    assert not runner.prefetch()  # no enabled model takes MR: no job will follow
+    with sessions.begin() as s:
+        s.query(Series).one().modality = "CT"
     assert runner.prefetch() and not runner.prefetch()  # read once
     ahead = _job(sessions, package)
     runner.run(ahead)
