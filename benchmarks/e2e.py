@@ -98,7 +98,8 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ah
             pacs.delete(f"/studies/{study}")
         dest = [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
         with NodeProcess(tmp / "node", destinations=dest, stable_seconds=stable,
-                         extra={"completion": {"check_interval_seconds": CHECK_INTERVAL},
+                         extra={"node": {"receivers": 0},  # the shipped default, as the completion tick
+                                "completion": {"check_interval_seconds": CHECK_INTERVAL},
                                 "worker": {"poll_seconds": 0.5, "preload_models": True,
                                            "read_ahead": read_ahead}}) as node:
             assert node.proc is not None

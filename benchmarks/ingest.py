@@ -196,7 +196,7 @@ def split(files: list[Path], n: int) -> list[list[Path]]:
 
 @contextmanager
 def dicom_ai(workdir: Path, associations: int, compressed: bool = False) -> Iterator[Target]:
-    node = NodeProcess(workdir, stable_seconds=3600)
+    node = NodeProcess(workdir, stable_seconds=3600, extra={"node": {"receivers": 0}})  # the shipped default
     try:
         node.start()
         assert node.proc is not None

@@ -65,7 +65,7 @@ def _ended(node: NodeProcess, n: int, timeout: float) -> list[Job]:
 
 def run(config: str, folders: list[Path], probes: list[Path], model: str, work: Path, pg, redis) -> dict:
     workers_n = {"local": 0, "celery x1": 1, "celery x2": 2}[config]
-    extra: dict = {"node": {"database_url": pg.database("bench")}, "worker": {"preload_models": True}}
+    extra: dict = {"node": {"database_url": pg.database("bench"), "receivers": 0}, "worker": {"preload_models": True}}
     if workers_n:
         extra["node"]["executor"] = "celery"
         extra["celery"] = {"broker_url": redis.url}

@@ -51,14 +51,17 @@ class NodeProcess:
         self.ae_title = "DICOM_AI"
         self.web_port = peers.free_port()
         config: dict[str, Any] = {
+            # one receiver process (the node's own): a second one costs every test a start-up of
+            # its own; the tests of several receiver processes ask for them
             "node": {"ae_title": self.ae_title, "port": self.port, "bind_address": "127.0.0.1",
-                     "data_dir": str(self.workdir / "var")},
+                     "data_dir": str(self.workdir / "var"), "receivers": 1},
             "peers": peers_ if peers_ is not None else [{"ae_title": "STORESCU", "host": "127.0.0.1"}],
             "completion": {"stable_seconds": stable_seconds, "check_interval_seconds": 0.5},
             "delivery": {"retry_initial_seconds": 1, "retry_max_seconds": 2},
             # models load at their first job: most tests never run one, and the preload (weights,
             # torch, the result encoder's tables) would compete with the receivers for the CPU
-            "worker": {"poll_seconds": 0.5, "preload_models": False},
+            # (and reading a series ahead of its job, tests/worker/test_read_ahead.py, would too)
+            "worker": {"poll_seconds": 0.5, "preload_models": False, "read_ahead": False},
             "web": {"port": self.web_port, "refresh_seconds": 0},
         }
         if destinations:
