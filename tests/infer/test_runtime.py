@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from dicom_ai.infer.postprocess import keep_largest_component
-from dicom_ai.infer.runtime import ModelPackageError, SegmentationModel
+from dicom_ai.infer.runtime import SLICEWISE_BATCH, ModelPackageError, SegmentationModel
 from dicom_ai.infer.volume import load_series
 
-from .conftest import LUNG_PACKAGE, TOTALSEG, files
+from .conftest import CRLM, LUNG_PACKAGE, REPO, TOTALSEG, files
 
 pytestmark = pytest.mark.skipif(not (LUNG_PACKAGE / "manifest.json").is_file(), reason="no shipped lung model")
 
@@ -59,6 +59,20 @@ def test_volume_smaller_than_patch_is_padded(model):
     mask, _ = model.predict(v)
     assert mask.shape == v.shape
     assert float(np.sum(mask > 0)) * v.voxel_volume_ml < 50
+
+
+def test_slicewise_passes_of_any_size_give_the_same_scores():
+    """The shipped slice-wise model scores each slice alone (instance norm included), so the
+    CPU's passes of a few slices give the scores passes of 16 give, but for float32 rounding
+    in the convolutions, and the same class everywhere."""
+    model = SegmentationModel.load(REPO / "models" / "lung-unet-2d", device="cpu")
+    assert 1 in model.manifest.patch_size and SLICEWISE_BATCH["cpu"] < 16
+    v = load_series(files(CRLM))
+    few, _, _ = model.scores(v)
+    many, _, _ = model.scores(v, sw_batch_size=16)
+    assert few.shape == many.shape and few.shape[1] > 16  # more slices than one pass of 16
+    assert float((few - many).abs().max()) < 1e-4
+    assert bool((few.argmax(0) == many.argmax(0)).all())
 
 
 def test_checksum_mismatch_refused(tmp_path):
