@@ -79,11 +79,12 @@ def adjacent(folder: Path, n: int, start: int) -> list[Path]:
 
 
 @pytest.mark.parametrize(("name", "min_slices", "forked"), [
-    ("demo-jpegls-0314", 1, True), ("demo-jpegls-0314", 10_000, False), ("lidc-0314-implicit", 1, False),
-], ids=["jpegls-processes", "jpegls-here", "implicit-here"])
+    ("demo-jpegls-0314", 1, True), ("demo-jpegls-0314", 10_000, False),
+    ("lidc-0314-implicit", 1, True), ("lidc-0314-implicit", 10_000, False),
+], ids=["jpegls-processes", "jpegls-here", "implicit-processes", "implicit-here"])
 def test_both_paths_agree(monkeypatch, name: str, min_slices: int, forked: bool) -> None:
-    """12 slices decoded in forked processes or in this process give the same volume; native
-    (uncompressed) pixel data are always read here."""
+    """12 slices decoded in forked processes or in this process give the same volume,
+    compressed (JPEG-LS) and native (Implicit VR Little Endian) pixel data alike."""
     if not SERIES[name].is_dir():
         pytest.skip(f"real data not found at {SERIES[name]}")
     paths = adjacent(SERIES[name], 12, 100)
