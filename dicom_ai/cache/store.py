@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +34,8 @@ STALE_TEMPORARY_SECONDS = 3600.0
 #: seconds a free-space reading is used (less what was staged since) before the file system is
 #: asked again
 FREE_SPACE_MAX_AGE = 1.0
+#: threads per store that fsync files written ahead (one per association writing at once)
+FLUSH_THREADS = 8
 _tmp_ids = itertools.count(1)
 _prefix: list = [0, ""]  # [pid, temporary-name prefix] of this process
 
@@ -169,17 +172,19 @@ start_writeback = _sync_file_range()
 
 
 class Pending:
-    """A file written under a temporary name by :meth:`FileStore.write_ahead`, its writeback
-    started, not yet durable.
+    """A file written under a temporary name by :meth:`FileStore.write_ahead`, not yet durable
+    while ``flushing`` (a future of its ``fsync(2)`` on another thread, or None) runs.
 
-    :meth:`staged` fsyncs it and gives it a destination (a :class:`Staged`, not yet in place),
-    once; :meth:`discard` removes it unless it was staged. A crash leaves only a temporary
-    name, which :meth:`FileStore.remove_stale_temporaries` sweeps.
+    :meth:`staged` waits for its fsync (or does it) and gives it a destination (a
+    :class:`Staged`, not yet in place), once; :meth:`discard` removes it unless it was staged.
+    A crash leaves only a temporary name, which :meth:`FileStore.remove_stale_temporaries`
+    sweeps.
     """
 
-    def __init__(self, fd: int, tmp: Path, size: int) -> None:
+    def __init__(self, fd: int, tmp: Path, size: int, flushing: Future | None = None) -> None:
         self._fd: int | None = fd
         self.tmp, self.size = tmp, size
+        self._flushing = flushing
 
     @property
     def used(self) -> bool:
@@ -191,8 +196,15 @@ class Pending:
         assert fd is not None, "a Pending file is staged or discarded once"
         return fd
 
+    def _flushed(self, fd: int) -> None:
+        """The file's fsync: its future's outcome, or the call itself when there is none."""
+        if self._flushing is None:
+            os.fsync(fd)
+        else:
+            self._flushing.result()
+
     def staged(self, dest: Path) -> Staged:
-        """fsync the file and return it as a :class:`Staged` for ``dest``.
+        """Wait until the file is durable (fsync) and return it as a :class:`Staged` for ``dest``.
 
         Raises
         ------
@@ -201,7 +213,7 @@ class Pending:
         """
         fd = self._close()
         try:
-            os.fsync(fd)
+            self._flushed(fd)
         except BaseException:
             self.tmp.unlink(missing_ok=True)
             raise
@@ -210,10 +222,22 @@ class Pending:
         return Staged(self.tmp, dest, self.size)
 
     def discard(self) -> None:
-        """Remove the temporary file, unless :meth:`staged` took it."""
+        """Remove the temporary file, unless :meth:`staged` took it (after its fsync ended, so
+        the descriptor is not closed under it)."""
         if not self.used:
-            os.close(self._close())
-            self.tmp.unlink(missing_ok=True)
+            fd = self._close()
+            try:
+                if self._flushing is not None:
+                    wait([self._flushing])
+            finally:
+                os.close(fd)
+                self.tmp.unlink(missing_ok=True)
+
+
+def _flush(fd: int) -> None:
+    """Start a file's writeback, then wait for it and its metadata (``fsync(2)``)."""
+    start_writeback(fd)
+    os.fsync(fd)
 
 
 def dataset_offset(data: bytes | memoryview) -> int:
@@ -251,6 +275,7 @@ class FileStore:
         self._free = 0  # bytes free at the last reading
         self._free_at = float("-inf")  # time.monotonic() of that reading
         self._staged_since = 0  # bytes staged since
+        self._flusher: ThreadPoolExecutor | None = None  # made by the first write_ahead
 
     def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """Relative path of an instance; raises :class:`InvalidUID` for a bad UID."""
@@ -287,19 +312,23 @@ class FileStore:
 
     def write_ahead(self, data: bytes | memoryview) -> Pending:
         """Write ``data`` under a temporary name in ``incoming/``, before its destination is
-        known, and start its writeback to the disk (``sync_file_range(2)`` where the platform
-        has it); :meth:`Pending.staged` waits for it with fsync(2). The disk then works while
-        the receiver parses and checks the data set, instead of after.
+        known, and make it durable (``fsync(2)``) on another thread, started at once
+        (:data:`FLUSH_THREADS` of them per store); :meth:`Pending.staged` waits for it. The disk
+        then works while the receiver parses and checks the data set, instead of after.
 
         Raises
         ------
         OSError
             If it cannot be written (no temporary file is left then).
         """
-        return self._write_temporary(self.root / "incoming" / "instance.dcm", data)
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="fsync")
+        return self._write_temporary(self.root / "incoming" / "instance.dcm", data, self._flusher)
 
-    def _write_temporary(self, beside: Path, data: bytes | memoryview) -> Pending:
-        """Write ``data`` under a new temporary name beside ``beside`` and start its writeback.
+    def _write_temporary(self, beside: Path, data: bytes | memoryview,
+                         flusher: ThreadPoolExecutor | None = None) -> Pending:
+        """Write ``data`` under a new temporary name beside ``beside``; start its writeback, or,
+        given a ``flusher``, its fsync on one of the flusher's threads.
 
         Raises
         ------
@@ -309,13 +338,15 @@ class FileStore:
         fd, tmp = self._create_temporary(beside)
         try:
             size = _write_all(fd, data)
-            start_writeback(fd)
+            flushing = flusher.submit(_flush, fd) if flusher is not None else None
+            if flushing is None:
+                start_writeback(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
         self._staged_since += size
-        return Pending(fd, tmp, size)
+        return Pending(fd, tmp, size, flushing)
 
     def _create_temporary(self, dest: Path) -> tuple[int, Path]:
         """Create a new file, mode 0600, under a temporary name beside ``dest`` (its folder made

@@ -109,8 +109,12 @@ def test_a_failed_write_ahead_leaves_no_temporary(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         store.write_ahead(b"x" * 1000)
     monkeypatch.undo()
+    monkeypatch.setattr(os, "fsync", full)  # the fsync, on the flushing thread, fails
     pending = store.write_ahead(b"y" * 1000)
-    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError):
         pending.staged(store.abspath("instances/1/2/3.dcm"))
+    assert _files(tmp_path) == []
+    monkeypatch.undo()
+    discarded = store.write_ahead(b"z" * 1000)  # a refused instance's file, its fsync under way
+    discarded.discard()
     assert _files(tmp_path) == []
