@@ -24,7 +24,6 @@ from pydicom import uid
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 from sqlalchemy.orm import sessionmaker
@@ -32,6 +31,7 @@ from sqlalchemy.orm import sessionmaker
 from dicom_ai.cache.index import InstanceMeta, count, instance_meta, mark_aborted, mark_released, store_instance
 from dicom_ai.cache.store import FileStore, InvalidUID, Pending
 from dicom_ai.config import Settings
+from dicom_ai.dicom.encoding import PREAMBLE, file_meta_bytes
 from dicom_ai.dicom.status import DimseStatus
 from dicom_ai.receive.transport import (
     AssociationGate,
@@ -154,11 +154,11 @@ class StorageSCP:
                         data.received, self.settings.node.max_instance_mb)
             return DimseStatus.OUT_OF_RESOURCES
         try:
-            # as Event.encoded_dataset(include_meta=True), with the File Meta Information
-            # (PS3.10 7.1) made once, for the file and the parse
-            file_meta = event.file_meta
+            # the file as Event.encoded_dataset(include_meta=True) makes it (PS3.10 7.1)
             stream = data.getbuffer()
-            raw = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(file_meta), stream))
+            meta = file_meta_bytes(str(rq.AffectedSOPClassUID or ""), str(rq.AffectedSOPInstanceUID or ""),
+                                   event.context.transfer_syntax)
+            raw = b"".join((PREAMBLE, meta, stream))
         except Exception as exc:  # noqa: BLE001 - any decoding fault is the sender's
             log.warning("C-STORE from %s refused (0xC000): cannot read data set: %s", calling, exc)
             return DimseStatus.CANNOT_UNDERSTAND
@@ -171,26 +171,26 @@ class StorageSCP:
                 self.store.root,
             )
             return DimseStatus.OUT_OF_RESOURCES
-        # the file is written under a temporary name, its writeback started, while the data set
-        # is parsed and checked; store_instance fsyncs it and renames it into place, or it is
-        # removed here
+        # the file is written under a temporary name and fsync'd on another thread while the
+        # data set is parsed and checked; store_instance waits for that fsync and renames it
+        # into place, or it is removed here
         try:
             pending = self.store.write_ahead(raw)
         except OSError as exc:
             log.error("C-STORE %s failed (0xA700): %s", rq.AffectedSOPInstanceUID, exc)
             return DimseStatus.OUT_OF_RESOURCES
         try:
-            return self._check_and_store(raw, stream, file_meta, event, rq, calling, limit, pending)
+            return self._check_and_store(raw, stream, event, rq, calling, limit, pending)
         finally:
             pending.discard()
 
-    def _check_and_store(self, raw: bytes, stream: Any, file_meta: Any, event: evt.Event, rq: C_STORE,
+    def _check_and_store(self, raw: bytes, stream: Any, event: evt.Event, rq: C_STORE,
                          calling: str, limit: int, pending: Pending) -> int:
         """Parse and check a received data set (``raw``: as a file; ``stream``: as received),
         then store it (:func:`store_instance`); returns the DIMSE status of the outcome."""
         try:
             transfer_syntax = event.context.transfer_syntax
-            ds = read_received(raw, stream, transfer_syntax, file_meta, limit)
+            ds = read_received(stream, transfer_syntax, limit)
             association_id, series_seen = self._associations.get(event.assoc, ("", set()))
             meta = self._meta(ds, rq, transfer_syntax, association_id)
             check_pixel_data(ds, transfer_syntax, limit)

@@ -20,7 +20,6 @@ import zlib
 from io import BytesIO
 
 import pydicom
-from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, RLELossless
@@ -47,18 +46,13 @@ class Refusal(Exception):
         self.status = status
 
 
-def read_received(raw: bytes, stream: bytes | memoryview, transfer_syntax: str, file_meta: FileMetaDataset,
-                  limit: int) -> pydicom.Dataset:
+def read_received(stream: bytes | memoryview, transfer_syntax: str, limit: int) -> pydicom.Dataset:
     """Parse a received data set, refusing one whose claims exceed the bytes that came.
 
     Parameters
     ----------
-    raw:
-        The data set as a DICOM file (preamble, file meta and ``stream``), as it will be stored.
     stream:
-        The data set as received, in ``transfer_syntax``.
-    file_meta:
-        Its File Meta Information (PS3.10 7.1).
+        The data set as received (no File Meta Information), in ``transfer_syntax``.
     limit:
         The largest data set accepted, bytes; a deflated one is inflated only this far.
 
@@ -68,7 +62,8 @@ def read_received(raw: bytes, stream: bytes | memoryview, transfer_syntax: str, 
         0xA700 when the inflated data set is larger than ``limit``; 0xC000 when the deflate
         stream is corrupt or an element claims more bytes than follow it.
     """
-    if UID(transfer_syntax) == DeflatedExplicitVRLittleEndian:
+    ts = UID(transfer_syntax)
+    if ts == DeflatedExplicitVRLittleEndian:
         inflate = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, RFC 1951 (PS3.5 A.5)
         try:
             inflated = inflate.decompress(stream, limit + 1)
@@ -78,9 +73,9 @@ def read_received(raw: bytes, stream: bytes | memoryview, transfer_syntax: str, 
             raise Refusal(DimseStatus.OUT_OF_RESOURCES, f"deflated data set inflates to more than "
                           f"[node] max_instance_mb ({limit // 2**20} MiB)")
         ds = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
-        ds.file_meta = file_meta
     else:
-        ds = pydicom.dcmread(BytesIO(raw))
+        ds = read_dataset(BytesIO(stream), is_implicit_VR=ts.is_implicit_VR,
+                          is_little_endian=ts.is_little_endian)
     check_lengths(ds)
     return ds
 

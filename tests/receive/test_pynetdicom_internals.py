@@ -1,7 +1,7 @@
 """The private pynetdicom attributes the receiver's transport relies on still exist.
 
 ``dicom_ai.receive`` subclasses pynetdicom's DUL and DIMSE providers and its association server
-to poll faster, bound PDUs and messages, and end associations at stop. Each of them reaches
+to wake on what they wait for, bound PDUs and messages, encode C-STORE responses directly, and end associations at stop. Each of them reaches
 into a name pynetdicom does not promise to keep. A pynetdicom upgrade that renames one must
 fail here, loudly and by name, rather than as a hang or a silent fallback in a network test.
 """
@@ -16,11 +16,12 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 #: (owner, attribute, what it is used for)
 METHODS = [
-    (DULServiceProvider, "_is_transport_event", "LowLatencyDUL: the fast poll after a PDU"),
+    (DULServiceProvider, "send_pdu", "LowLatencyDUL: waking the reactor to send"),
     (DULServiceProvider, "_read_pdu_data", "LowLatencyDUL: the bounded PDU reader"),
     (DULServiceProvider, "_decode_pdu", "read_pdu: PDU bytes to (pdu, event)"),
     (DULServiceProvider, "kill_dul", "ending an association at stop"),
@@ -29,7 +30,9 @@ METHODS = [
     (DIMSEMessage, "decode_msg", "gathering fragments in BoundedBuffer"),
     (RequestHandler, "_create_association", "AssociationServer: the admitted connection"),
     (ThreadedAssociationServer, "shutdown", "AssociationServer.shutdown"),
-    (dsutils, "encode_file_meta", "the C-STORE handler's File Meta Information, encoded once"),
+    (DULServiceProvider, "run", "LowLatencyDUL: closing its waker as the thread ends"),
+    (DIMSEServiceProvider, "send_msg", "WaitingDIMSE: the C-STORE response encoded directly"),
+    (dsutils, "encode_file_meta", "the reference dicom_ai.dicom.encoding is tested against"),
 ]
 
 
@@ -48,7 +51,11 @@ def test_instance_attributes_set_by_pynetdicom_constructors_exist():
     for name in ("event_queue", "_recv_pdu", "socket"):
         assert hasattr(dul, name), f"DULServiceProvider.{name}"
     assert "_run_loop_delay" in vars(dul) or hasattr(type(dul), "_run_loop_delay"), \
-        "DULServiceProvider._run_loop_delay (LowLatencyDUL's poll interval)"
+        "DULServiceProvider._run_loop_delay (LowLatencyDUL waits in its read)"
+    assert "time.sleep(self._run_loop_delay)" in inspect.getsource(DULServiceProvider.run_reactor), \
+        "the DUL reactor no longer sleeps _run_loop_delay when idle (LowLatencyDUL waits there)"
+    assert "self.dimse.send_msg(rsp" in inspect.getsource(StorageServiceClass.SCP), \
+        "the Storage SCP no longer sends its response with DIMSE send_msg (WaitingDIMSE's fast path)"
     dimse = assoc.dimse
     assert hasattr(dimse, "msg_queue") and hasattr(dimse, "message"), "DIMSEServiceProvider.msg_queue / message"
     message = DIMSEMessage()
