@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVER_GRACE = 10.0  # s receiver processes get to stop before they are killed
+#: s after the release grace at which the completion tick runs again (the release was recorded
+#: a little before the node heard of it, so the grace has passed by then)
+RELEASE_TICK_MARGIN = 0.02
 
 
 class Node:
@@ -54,7 +57,12 @@ class Node:
         self._registry_generation = generation(self.sessions)
         self.models = enabled_models(settings, self.sessions)
         self.routes = routes(settings, self.models)
-        self.scp = StorageSCP(settings, self.store, receiver_index(settings.database_url))
+        # set by this process's receiver and the receiver processes after an A-RELEASE that ended
+        # a series' transfer: the completion tick then runs at once and when the grace is over
+        self._released = mp.get_context("spawn").Event()
+        self.scp = StorageSCP(settings, self.store, receiver_index(settings.database_url),
+                              on_release=self._released.set)
+        self._tick_lock = threading.Lock()  # the interval tick and the release wake-up, one at a time
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._image_classes = set(image_storage_sop_classes())
         self._stopped = threading.Event()
@@ -87,6 +95,25 @@ class Node:
             log.info("models now: %s", ", ".join(m.label for m in self.models) or "none")
 
     def _completion_tick(self) -> None:
+        with self._tick_lock:
+            self._completion_tick_locked()
+
+    def _complete_released(self) -> None:
+        """Run the completion tick as soon as a receiver has recorded an A-RELEASE (the idle
+        worker then reads the series ahead at once), and again when ``[completion]
+        release_grace_seconds`` have passed (the series is then complete), instead of up to
+        ``check_interval_seconds`` later; until the node stops."""
+        grace = self.settings.completion.release_grace_seconds + RELEASE_TICK_MARGIN
+        while not self._stopped.is_set():
+            if not self._released.wait(1.0) or self._stopped.is_set():
+                continue
+            self._released.clear()
+            self._completion_tick()
+            if not self.settings.completion.use_association_release or self._stopped.wait(grace):
+                continue
+            self._completion_tick()
+
+    def _completion_tick_locked(self) -> None:
         try:
             self._refresh_models()
             released: list[int] = []
@@ -175,6 +202,7 @@ class Node:
                                max_instances=1, coalesce=True, id="retention")
         self.scheduler.start()
         threading.Thread(target=self._deliver_finished_jobs, name="outbox-wake", daemon=True).start()
+        threading.Thread(target=self._complete_released, name="release-wake", daemon=True).start()
         node = self.settings.node
         self.listener = open_listener(node.bind_address, node.port)
         # [node] max_associations(_per_address) hold for the node: one row of counts per process
@@ -182,7 +210,8 @@ class Node:
                                       processes=node.receiver_count())
         self.scp.start(self.listener, slots=self.slots.for_process(0))
         for number in range(1, node.receiver_count()):
-            self.receivers[number] = start_receiver(self.settings, self.listener, number, self.slots)
+            self.receivers[number] = start_receiver(self.settings, self.listener, number, self.slots,
+                                                    self._released)
         if self.settings.web.enabled:
             self._start_web()
         log.info(
@@ -268,6 +297,6 @@ class Node:
                         log.error("receiver %d died (exit code %s); restarting it", number, proc.exitcode)
                         assert self.listener is not None  # start() opened it
                         self.receivers[number] = start_receiver(self.settings, self.listener, number,
-                                                                self.slots)
+                                                                self.slots, self._released)
         finally:
             self.stop()

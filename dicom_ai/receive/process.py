@@ -28,13 +28,14 @@ PARENT_POLL = 0.5  # s between checks that the node process is still there (besi
 
 
 def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any, number: int,
-                  parent_pid: int | None = None, slots: Any = None) -> None:
+                  parent_pid: int | None = None, slots: Any = None, released: Any = None) -> None:
     """Entry point of a receiver process: serve ``listening_socket`` until ``stop`` is set or
     the node process ``parent_pid`` is gone (:func:`die_with_parent`, and a check every
     ``PARENT_POLL`` s). Associations count in ``slots``, the node's
     :class:`~dicom_ai.receive.transport.AssociationSlots` (row ``number``, cleared first: a
     receiver this one replaces took its associations with it). The process exits as soon as
-    its SCP has stopped, which is bounded (:meth:`StorageSCP.stop`)."""
+    its SCP has stopped, which is bounded (:meth:`StorageSCP.stop`). ``released`` (an event of
+    the node's) is set after each A-RELEASE that ended a series' transfer."""
     parent = parent_pid if parent_pid is not None else os.getppid()
     die_with_parent(parent)
     # a second of imports (pynetdicom, sqlalchemy): only once the node may take this process along
@@ -48,7 +49,8 @@ def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any
     if slots is not None:
         slots = slots.for_process(number)
         slots.clear()
-    scp = StorageSCP(settings, FileStore(settings.node.data_dir), receiver_index(settings.database_url))
+    scp = StorageSCP(settings, FileStore(settings.node.data_dir), receiver_index(settings.database_url),
+                     on_release=released.set if released is not None else None)
     scp.start(listening_socket, slots=slots)
     log.info("receiver %d started (pid %d)", number, os.getpid())
     while not stop.wait(PARENT_POLL):
@@ -62,16 +64,17 @@ def receiver_main(settings_json: str, listening_socket: socket.socket, stop: Any
 
 
 def start_receiver(settings: Settings, listening_socket: socket.socket, number: int,
-                   slots: Any = None) -> tuple[BaseProcess, Any]:
+                   slots: Any = None, released: Any = None) -> tuple[BaseProcess, Any]:
     """Spawn receiver process ``number`` on ``listening_socket`` counting its associations in
-    ``slots`` (the node's :class:`~dicom_ai.receive.transport.AssociationSlots`); returns it and
-    its stop event. The process ends when the calling thread's process ends, however it ends
-    (:func:`die_with_parent`)."""
+    ``slots`` (the node's :class:`~dicom_ai.receive.transport.AssociationSlots`) and setting
+    ``released`` (a spawn-context event) after each A-RELEASE that ended a series' transfer;
+    returns it and its stop event. The process ends when the calling thread's process ends,
+    however it ends (:func:`die_with_parent`)."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     proc = ctx.Process(
         target=receiver_main,
-        args=(settings.model_dump_json(), listening_socket, stop, number, os.getpid(), slots),
+        args=(settings.model_dump_json(), listening_socket, stop, number, os.getpid(), slots, released),
         name=f"dicom-ai-receiver-{number}",
         daemon=False,
     )

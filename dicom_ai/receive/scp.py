@@ -16,6 +16,7 @@ import queue
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 from weakref import WeakKeyDictionary
 
@@ -86,8 +87,12 @@ def image_storage_sop_classes() -> list[str]:
 class StorageSCP:
     """C-ECHO/C-STORE SCP bound to one :class:`FileStore` and index."""
 
-    def __init__(self, settings: Settings, store: FileStore, sessions: sessionmaker) -> None:
+    def __init__(self, settings: Settings, store: FileStore, sessions: sessionmaker,
+                 on_release: Callable[[], None] | None = None) -> None:
+        """``on_release`` is called after an A-RELEASE that ended the transfer of a series has
+        been recorded (the node then looks at the series at once, not at its next tick)."""
         self.settings = settings
+        self.on_release = on_release
         self.store = store
         self.sessions = sessions
         self.ae = AE(ae_title=settings.node.ae_title)
@@ -243,6 +248,9 @@ class StorageSCP:
                 mark_released(self.sessions, association_id, sorted(series_seen))
             except Exception:  # noqa: BLE001 - the idle timer still completes the series
                 log.exception("could not record the release of association %s", association_id)
+                return
+            if self.on_release is not None:
+                self.on_release()
 
     def _on_aborted(self, event: evt.Event) -> None:
         """A-ABORT: this association's series are no longer being sent (the idle timer may

@@ -68,6 +68,23 @@ def test_association_release_completes_a_whole_series(tmp_path, dcmtk, crlm):
     assert len(jobs) == 1 and "51 images" not in series.routing_note  # the note lists rules
 
 
+@pytest.mark.parametrize("receivers", [1, 2])
+def test_a_release_is_acted_on_when_its_grace_ends_not_at_the_next_tick(tmp_path, dcmtk, crlm, receivers):
+    """The receiver that records an A-RELEASE (the node's own process, or a receiver process)
+    tells the node, which looks at the series again once the release grace is over: with the
+    interval tick 30 s apart, the series is complete within seconds of the release."""
+    extra = {**NO_WORKER, "node": {"receivers": receivers},
+             "completion": {"check_interval_seconds": 30, "release_grace_seconds": 0.5}}
+    with NodeProcess(tmp_path / "node", stable_seconds=600, extra=extra) as node:
+        _send(node, [crlm])
+        released = time.monotonic()
+        uid = pydicom.dcmread(next(crlm.iterdir())).SeriesInstanceUID
+        series = _wait_complete(node, uid, timeout=20)
+        waited = time.monotonic() - released
+    assert series.completion_signal == "association_release"
+    assert waited < 10, f"complete {waited:.1f} s after the release"
+
+
 def test_series_split_over_two_associations_is_processed_once_whole(tmp_path, dcmtk, crlm):
     files = sorted(crlm.iterdir())
     with NodeProcess(tmp_path / "node", stable_seconds=4, extra=NO_WORKER) as node:
