@@ -13,34 +13,17 @@ import threading
 import time
 from pathlib import Path
 
-import peers
 import pydicom
 from pynetdicom import AE
 
 import dicom_ai.cache.store as store
-from dicom_ai.cache.db import open_index
-from dicom_ai.cache.store import FileStore
-from dicom_ai.config import load_settings
-from dicom_ai.receive.scp import StorageSCP
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ASSOCIATIONS = 4
 PER_ASSOCIATION = 6
 
 
-def _scp(tmp_path: Path) -> StorageSCP:
-    settings = load_settings(
-        None,
-        node={"ae_title": "DICOM_AI", "port": peers.free_port(), "bind_address": "127.0.0.1",
-              "data_dir": str(tmp_path / "var")},
-        peers=[{"ae_title": "STORESCU", "host": "127.0.0.1"}],
-    )
-    server = StorageSCP(settings, FileStore(settings.node.data_dir), open_index(settings.database_url))
-    server.start()
-    return server
-
-
-def test_no_instance_is_acknowledged_before_its_row_is_committed(tmp_path, lidc_series, monkeypatch):
+def test_no_instance_is_acknowledged_before_its_row_is_committed(tmp_path, lidc_series, monkeypatch, running_scp):
     """4 associations send at once; each rename's folder fsync is slowed by 50 ms, so the
     instances wait on each other. At each success response the sender looks, on a connection
     of its own, for the instance's row and file: both must be there already."""
@@ -51,7 +34,7 @@ def test_no_instance_is_acknowledged_before_its_row_is_committed(tmp_path, lidc_
         real_sync(staged)
 
     monkeypatch.setattr(store.Staged, "sync", slow_sync)
-    scp = _scp(tmp_path)
+    scp = running_scp
     db = tmp_path / "var" / "index.sqlite"
     files = lidc_series[: ASSOCIATIONS * PER_ASSOCIATION]
     early: list[str] = []

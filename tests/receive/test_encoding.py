@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 
-import peers
 import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
@@ -20,11 +19,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
 
-from dicom_ai.cache.db import open_index
-from dicom_ai.cache.store import FileStore
-from dicom_ai.config import load_settings
 from dicom_ai.dicom.encoding import PREAMBLE, c_store_rsp_command, file_meta_bytes
-from dicom_ai.receive.scp import StorageSCP
 from dicom_ai.receive.transport import AssociationSlots
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -63,17 +58,10 @@ def test_values_that_are_not_ascii_are_written_with_question_marks():
 
 
 @pytest.mark.integration
-def test_a_peer_reads_the_directly_encoded_responses(tmp_path, lidc_series):
+def test_a_peer_reads_the_directly_encoded_responses(running_scp, lidc_series):
     """pynetdicom as the sender decodes each C-STORE-RSP: the status, the UIDs and the message
     ID it answers are those of its own request, for a success and for a refusal."""
-    settings = load_settings(
-        None,
-        node={"ae_title": "DICOM_AI", "port": peers.free_port(), "bind_address": "127.0.0.1",
-              "data_dir": str(tmp_path / "var")},
-        peers=[{"ae_title": "STORESCU", "host": "127.0.0.1"}],
-    )
-    scp = StorageSCP(settings, FileStore(settings.node.data_dir), open_index(settings.database_url))
-    scp.start()
+    port = running_scp.settings.node.port
     good = pydicom.dcmread(lidc_series[0])
     bad = pydicom.dcmread(lidc_series[1])
     bad.PixelData = bad.PixelData[:1000]  # shorter than the Image Pixel Module says: 0xA900
@@ -83,15 +71,12 @@ def test_a_peer_reads_the_directly_encoded_responses(tmp_path, lidc_series):
     received: list[pydicom.Dataset] = []  # the responses' command sets, as it decoded them
     handlers = [(evt.EVT_DIMSE_SENT, lambda event: sent.append(event.message.command_set)),
                 (evt.EVT_DIMSE_RECV, lambda event: received.append(event.message.command_set))]
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_AI", evt_handlers=handlers)
+    assert assoc.is_established
     try:
-        assoc = ae.associate("127.0.0.1", settings.node.port, ae_title="DICOM_AI", evt_handlers=handlers)
-        assert assoc.is_established
-        try:
-            statuses = [int(assoc.send_c_store(ds).Status) for ds in (good, bad)]
-        finally:
-            assoc.release()
+        statuses = [int(assoc.send_c_store(ds).Status) for ds in (good, bad)]
     finally:
-        scp.stop()
+        assoc.release()
     assert statuses == [0x0000, 0xA900]
     assert [int(r.Status) for r in received] == statuses
     for request, response, ds in zip(sent, received, (good, bad), strict=True):
@@ -103,24 +88,17 @@ def test_a_peer_reads_the_directly_encoded_responses(tmp_path, lidc_series):
 
 
 @pytest.mark.integration
-def test_associations_leave_no_descriptor_open(tmp_path, lidc_series):
+def test_associations_leave_no_descriptor_open(running_scp, lidc_series):
     """Each association's upper layer holds a socket pair to be woken by (LowLatencyDUL); it is
     closed when the association ends, so 20 associations leave the process's descriptors as
     they were."""
-    settings = load_settings(
-        None,
-        node={"ae_title": "DICOM_AI", "port": peers.free_port(), "bind_address": "127.0.0.1",
-              "data_dir": str(tmp_path / "var")},
-        peers=[{"ae_title": "STORESCU", "host": "127.0.0.1"}],
-    )
-    scp = StorageSCP(settings, FileStore(settings.node.data_dir), open_index(settings.database_url))
-    scp.start()
+    port = running_scp.settings.node.port
     ds = pydicom.dcmread(lidc_series[0])
     ae = AE(ae_title="STORESCU")
     ae.add_requested_context(CT, [ds.file_meta.TransferSyntaxUID])
 
     def one() -> None:
-        assoc = ae.associate("127.0.0.1", settings.node.port, ae_title="DICOM_AI")
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_AI")
         assert assoc.is_established
         assert int(assoc.send_c_store(ds).Status) == 0
         assoc.release()
@@ -128,19 +106,15 @@ def test_associations_leave_no_descriptor_open(tmp_path, lidc_series):
     def descriptors() -> int:
         return len(os.listdir("/proc/self/fd"))
 
-    try:
-        one()  # the index's connections, the flushing threads: opened once
-        before = descriptors()
-        for _ in range(20):
-            one()
-        deadline = 50
-        while descriptors() > before and deadline:  # the last association's threads end
-            deadline -= 1
-            time.sleep(0.1)
-        assert descriptors() <= before
-    finally:
-        scp.stop()
-
+    one()  # the index's connections, the flushing threads: opened once
+    before = descriptors()
+    for _ in range(20):
+        one()
+    deadline = 50
+    while descriptors() > before and deadline:  # the last association's threads end
+        deadline -= 1
+        time.sleep(0.1)
+    assert descriptors() <= before
 
 def test_the_node_process_lets_an_idle_receiver_process_take_a_connection():
     """The node's own process (row 0) runs the scheduler and the web pages too: idle, it counts
