@@ -327,8 +327,8 @@ class FileStore:
 
     def _write_temporary(self, beside: Path, data: bytes | memoryview,
                          flusher: ThreadPoolExecutor | None = None) -> Pending:
-        """Write ``data`` under a new temporary name beside ``beside``; start its writeback, or,
-        given a ``flusher``, its fsync on one of the flusher's threads.
+        """Write ``data`` under a new temporary name beside ``beside``; given a ``flusher``,
+        start its fsync on one of the flusher's threads (else :meth:`Pending.staged` does it).
 
         Raises
         ------
@@ -339,8 +339,6 @@ class FileStore:
         try:
             size = _write_all(fd, data)
             flushing = flusher.submit(_flush, fd) if flusher is not None else None
-            if flushing is None:
-                start_writeback(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)

@@ -23,11 +23,15 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 PREAMBLE = b"\x00" * 128 + b"DICM"  # PS3.10 7.1: 128-byte preamble and the DICM prefix
 
 
-def _element(group: int, element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
-    """One explicit VR little endian element with a 2-byte length (PS3.5 7.1.2), its value
-    padded to an even length with ``pad`` (PS3.5 6.2: UI with NUL, SH with a space)."""
-    if len(value) % 2:
-        value += pad
+def _text(value: str, pad: bytes) -> bytes:
+    """A text value as ASCII (``?`` for any other character), padded to an even length with
+    ``pad`` (PS3.5 6.2: UI with NUL, SH with a space)."""
+    raw = str(value).encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element with a 2-byte length (PS3.5 7.1.2)."""
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
 
 
@@ -48,16 +52,13 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
     struct.error
         If a value is longer than a 2-byte length allows (65,534 bytes).
     """
-    def text(value: str) -> bytes:
-        return str(value).encode("ascii", "replace")
-
     body = b"".join((
         struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
-        _element(0x0002, 0x0002, b"UI", text(sop_class_uid), b"\x00"),
-        _element(0x0002, 0x0003, b"UI", text(sop_instance_uid), b"\x00"),
-        _element(0x0002, 0x0010, b"UI", text(transfer_syntax_uid), b"\x00"),
-        _element(0x0002, 0x0012, b"UI", text(PYNETDICOM_IMPLEMENTATION_UID), b"\x00"),
-        _element(0x0002, 0x0013, b"SH", text(PYNETDICOM_IMPLEMENTATION_VERSION), b" "),
+        _element(0x0002, 0x0002, b"UI", _text(sop_class_uid, b"\x00")),
+        _element(0x0002, 0x0003, b"UI", _text(sop_instance_uid, b"\x00")),
+        _element(0x0002, 0x0010, b"UI", _text(transfer_syntax_uid, b"\x00")),
+        _element(0x0002, 0x0012, b"UI", _text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+        _element(0x0002, 0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
     ))
     return struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body)) + body
 
@@ -65,11 +66,6 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
 def _command_element(element: int, value: bytes) -> bytes:
     """One group 0000 element, implicit VR little endian (PS3.7 6.3.1, PS3.5 7.1.3)."""
     return struct.pack("<HHL", 0x0000, element, len(value)) + value
-
-
-def _command_uid(value: str) -> bytes:
-    raw = str(value).encode("ascii", "replace")
-    return raw + b"\x00" if len(raw) % 2 else raw
 
 
 def c_store_rsp_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
@@ -84,11 +80,11 @@ def c_store_rsp_command(sop_class_uid: str, sop_instance_uid: str, message_id: i
         If ``message_id`` or ``status`` does not fit an unsigned 16-bit value.
     """
     body = b"".join((
-        _command_element(0x0002, _command_uid(sop_class_uid)),
+        _command_element(0x0002, _text(sop_class_uid, b"\x00")),
         _command_element(0x0100, struct.pack("<H", 0x8001)),
         _command_element(0x0120, struct.pack("<H", message_id)),
         _command_element(0x0800, struct.pack("<H", 0x0101)),
         _command_element(0x0900, struct.pack("<H", status)),
-        _command_element(0x1000, _command_uid(sop_instance_uid)),
+        _command_element(0x1000, _text(sop_instance_uid, b"\x00")),
     ))
     return _command_element(0x0000, struct.pack("<L", len(body))) + body

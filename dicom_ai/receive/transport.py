@@ -924,7 +924,7 @@ def _use_low_latency_dul(event: evt.Event) -> None:
     """EVT_CONN_OPEN: give the new (acceptor) association :class:`LowLatencyDUL` and
     :class:`WaitingDIMSE` before its threads start."""
     assoc = event.assoc
-    if type(assoc.dul) is DULServiceProvider and hasattr(assoc.dul, "_is_transport_event"):
+    if type(assoc.dul) is DULServiceProvider and hasattr(assoc.dul, "_read_pdu_data"):
         assoc.dul.__class__ = LowLatencyDUL
         cast(LowLatencyDUL, assoc.dul)._waker = _Waker()  # closed as the DUL thread ends (run)
     if type(assoc.dimse) is DIMSEServiceProvider and hasattr(assoc.dimse, "msg_queue"):
