@@ -221,11 +221,12 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     return kept
 
 
-def _image_header(path: Path) -> pydicom.Dataset | None:
-    """The header of ``path`` if it is an image slice :func:`read_headers` keeps, else None
-    (logged); raises VolumeError for a multi-frame image."""
+def _image_header(path: Path, whole: bool = False) -> pydicom.Dataset | None:
+    """The header of ``path`` (``whole``: the whole file, pixel data included) if it is an
+    image slice :func:`read_headers` keeps, else None (logged); raises VolumeError for a
+    multi-frame image."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=not whole)
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
         logger.warning("%s: not readable as DICOM, left out (%s)", path, exc)
         return None
@@ -262,14 +263,15 @@ def read_slice(path: Path) -> tuple[pydicom.Dataset, np.ndarray] | None:
     itself and says why.
     """
     try:
-        ds = _image_header(path)
+        ds = _image_header(path, whole=True)  # one parse of the file for header and pixels
     except VolumeError:
         return None
     if ds is None:
         return None
     pixels = np.empty((int(ds.Rows), int(ds.Columns)), dtype=np.float32)
-    if _decode_file(path, pixels) is not None:
+    if _decode_file(path, pixels, ds) is not None:
         return None
+    del ds.PixelData  # the header as read_headers keeps it
     return ds, pixels
 
 
@@ -332,9 +334,10 @@ def _decoder_reason(exc: BaseException) -> str:
     return lines[0]
 
 
-def _decode_file(path: Path, out: np.ndarray) -> tuple[str, str] | None:
-    """Read ``path`` whole, decode its single frame and write ``slope * stored + intercept``
-    (Rescale Slope and Intercept, PS3.3 C.11.1.1.2) into ``out``, float32 (rows, columns).
+def _decode_file(path: Path, out: np.ndarray, read: pydicom.Dataset | None = None) -> tuple[str, str] | None:
+    """Read ``path`` whole (or take ``read``, the whole file read already), decode its single
+    frame and write ``slope * stored + intercept`` (Rescale Slope and Intercept, PS3.3
+    C.11.1.1.2) into ``out``, float32 (rows, columns).
 
     Returns
     -------
@@ -345,7 +348,7 @@ def _decode_file(path: Path, out: np.ndarray) -> tuple[str, str] | None:
     ds: pydicom.Dataset | None = None
     plugin = ""
     try:
-        ds = pydicom.dcmread(path)
+        ds = read if read is not None else pydicom.dcmread(path)
         plugin = _plugin(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))  # for the message
         pixels = preferred_pixels(ds)
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
