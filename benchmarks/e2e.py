@@ -14,29 +14,33 @@ delivery that fails stops the script with its reason), and reports:
   acknowledged;
 * the worker's split (load, model, post-processing, report; the preview, written after the
   results are committed, is not part of ``total``) and its peak RSS; ``load`` is near 0 when
-  the idle worker read the series as it arrived and during the release grace (``[worker]
-  read_ahead``, on by default; ``--read-ahead both`` measures each series without it and with
-  it, interleaved run by run).
+  the idle worker read the series during the release grace (``[worker] read_ahead``, on by
+  default; ``--read-ahead both`` measures each series without it and with it, interleaved run
+  by run).
 
 Two copies of the series: the uncompressed one in ``../shared/data`` (Implicit VR Little
 Endian) and the repository's JPEG-LS lossless demo copy (sent with ``-xt``). Side by side, in the
 same run, the same series' transfer time into Orthanc directly (the PACS without the node), and
 ratios. Every run gets a fresh Orthanc and a fresh node.
 
-    python benchmarks/e2e.py [--runs 3] [--stable-seconds 2] [--series uncompressed jpegls] [--read-ahead on|off|both]
+    python benchmarks/e2e.py [--runs 3] [--stable-seconds 2] [--series uncompressed jpegls] [--read-ahead on|off|both] [--against CHECKOUT]
 
-Run it against another checkout (e.g. the previous commit, for a before/after) with
-``PYTHONPATH=/path/to/that/checkout``: the node is started as ``python -m dicom_ai.cli``, so it
-runs whatever ``dicom_ai`` that path holds.
+``--against /path/to/another/checkout`` (e.g. ``git worktree add /tmp/before HEAD~3``) runs
+that checkout's node as well, run by run in turn with this one's, for a before/after in one
+run: the node is started as ``python -m dicom_ai.cli`` with ``PYTHONPATH`` set to it, so it runs
+whatever ``dicom_ai`` that path holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +60,7 @@ SERIES: dict[str, tuple[Path, str | None]] = {
 }
 RESULTS = 2  # the lung model's SEG and SR
 CHECK_INTERVAL = CompletionSettings().check_interval_seconds  # the shipped default, not the tests' 0.5 s
-MODES = ["off", "on"]  # --read-ahead both
+READ_AHEAD = {"on": [True], "off": [False], "both": [False, True]}
 SPLIT = ("load", "model_load", "preprocess", "inference", "postprocess", "report", "preview", "total")
 
 
@@ -134,6 +138,22 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ah
                 return row
 
 
+@contextlib.contextmanager
+def _pythonpath(path: str | None) -> Iterator[None]:
+    """The node started inside the ``with`` block runs the ``dicom_ai`` of ``path`` (None: the
+    environment's own)."""
+    old = os.environ.get("PYTHONPATH")
+    if path is not None:
+        os.environ["PYTHONPATH"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -141,35 +161,41 @@ def main() -> int:
     ap.add_argument("--series", nargs="+", choices=list(SERIES), default=list(SERIES))
     ap.add_argument("--read-ahead", choices=("on", "off", "both"), default="on",
                     help="[worker] read_ahead; both: each series with it off and on, interleaved")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another checkout (e.g. the previous commit): its node runs too, interleaved run by run")
     args = ap.parse_args()
     import dicom_ai
 
     print(f"dicom_ai from {Path(dicom_ai.__file__).parent}; LIDC-IDRI-0314, 275 slices, "
           f"stable_seconds={args.stable_seconds}, runs={args.runs} (median shown)")
-    modes = MODES if args.read_ahead == "both" else [args.read_ahead]
+    if args.against is not None:
+        print(f"against: dicom_ai from {args.against.resolve() / 'dicom_ai'}")
+    # (label, read_ahead, PYTHONPATH of the node: None = this checkout)
+    checkouts = [("this checkout", None)] + ([("against", str(args.against.resolve()))] if args.against else [])
+    modes = [(f"{label}, read_ahead {'on' if ra else 'off'}", ra, path)
+             for ra in READ_AHEAD[args.read_ahead] for label, path in checkouts]
     for name in args.series:
         folder, propose = SERIES[name]
-        rows: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+        rows: dict[str, list[dict[str, float]]] = {m[0]: [] for m in modes}
         for _ in range(args.runs):
-            for mode in modes:  # interleaved: slow drift of the machine touches every mode alike
-                with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp:
-                    rows[mode].append(one_run(Path(tmp), folder, propose, args.stable_seconds,
-                                              read_ahead=mode == "on"))
-        for mode in modes:
-            runs = rows[mode]
+            for label, read_ahead, path in modes:  # interleaved: the machine's drift touches each alike
+                with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp, _pythonpath(path):
+                    rows[label].append(one_run(Path(tmp), folder, propose, args.stable_seconds, read_ahead))
+        first = statistics.median(r["last ack -> delivered (s)"] for r in rows[modes[0][0]])
+        for label, _, _ in modes:
+            runs = rows[label]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(f"\n{name} ({'storescu ' + peers.PROPOSE[propose] if propose else 'Implicit VR Little Endian'}), "
-                  f"read_ahead {mode}")
+                  f"{label}")
             for k, v in med.items():
                 print(f"  {k:48s} {v:9.2f}   (runs: {', '.join(f'{r[k]:.2f}' for r in runs)})")
             print(f"  ratio: transfer into dicom-ai / into Orthanc    "
                   f"{med['transfer into dicom-ai (s)'] / med['transfer into Orthanc directly (s)']:9.2f}")
             print(f"  ratio: completion -> delivered / worker total   "
                   f"{med['completion -> delivered (s)'] / med['worker total (s)']:9.2f}")
-            if mode != modes[0]:
-                first = statistics.median(r["last ack -> delivered (s)"] for r in rows[modes[0]])
-                print(f"  ratio: last ack -> delivered / with read_ahead off  "
-                      f"{med['last ack -> delivered (s)'] / first:9.2f}")
+            if label != modes[0][0]:
+                print(f"  ratio: last ack -> delivered / {modes[0][0]}: "
+                      f"{med['last ack -> delivered (s)'] / first:.2f}")
     return 0
 
 

@@ -223,10 +223,9 @@ class WorkerSettings(_Section):
     # load the enabled models when the worker starts, so the first job of each does not wait
     # for its weights (within model_memory_mb)
     preload_models: bool = True
-    # the node's own worker, while idle, reads the files of a series as they arrive and the
-    # series whose sending association was just released (its completion signal follows after
-    # [completion] release_grace_seconds), so the job does not wait for the files; one volume
-    # is kept in memory, and at most 1 GiB of pixels read as they arrived
+    # the node's own worker, while idle, reads the series whose sending association was just
+    # released (its completion signal follows after [completion] release_grace_seconds), so
+    # the job does not wait for the files; one volume is kept in memory
     read_ahead: bool = True
     # the worker's name in the registry (`dicom-ai workers list`); "" = <host>-<process id>
     name: str = Field("", max_length=128)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,6 @@ from dicom_ai.cache.store import FileStore
 from dicom_ai.cache.workers import claim_values, heartbeat, register, still_ours, stopped
 from dicom_ai.config import Settings
 from dicom_ai.export.outbox import create_deliveries, withdraw_superseded
-from dicom_ai.infer.incoming import IncomingReader
 from dicom_ai.infer.volume import check_one_patient, load_series
 from dicom_ai.lifetime import die_with_parent
 from dicom_ai.logconf import setup_logging
@@ -183,8 +182,6 @@ class JobRunner:
         self.store = store
         self.on_results = on_results
         self._prefetched: tuple[tuple, Any] | None = None  # (series_key, volume), see prefetch
-        #: reads the series being received while this worker is idle (set by the worker loop)
-        self.incoming: IncomingReader | None = None
         self._models = WarmModels(settings.worker.model_memory_mb, self._load,
                                   gpu_budget_mb=settings.worker.gpu_model_memory_mb)
 
@@ -232,8 +229,7 @@ class JobRunner:
         rule queues one, then uses the volume instead of reading the files again, provided the
         series still holds exactly the same instances (path, size and time of receipt). One
         volume is kept, and only of a modality an enabled model takes; anything that goes wrong
-        only means the job reads the files itself. Files :attr:`incoming` read as they arrived
-        are not read again. Returns True when a volume was loaded."""
+        only means the job reads the files itself. Returns True when a volume was loaded."""
         since = utcnow() - dt.timedelta(seconds=within_seconds)
         with self.sessions() as session:
             series = session.scalars(
@@ -244,7 +240,6 @@ class JobRunner:
             if series is None:
                 return False
             key = _series_key(series)
-            series_id = series.id
             paths = [self.store.abspath(i.path) for i in series.instances]
             modality = series.modality
         if self._prefetched is not None and self._prefetched[0] == key:
@@ -252,17 +247,14 @@ class JobRunner:
         if not any(modality in m.modalities for m in enabled_models(self.settings, self.sessions)):
             return False  # no enabled model takes this modality: no job will follow
         self._prefetched = None  # one volume at a time
-        with self._paused():
-            t = time.perf_counter()
-            try:
-                known = self._read_so_far(series_id, key)
-                volume = load_series(paths, known=known)
-            except Exception as exc:  # noqa: BLE001 - the job, if any, loads it again and says why
-                log.debug("series %s not prefetched: %s", key[0], exc)
-                return False
-            self._prefetched = (key, volume)
-            log.info("series %s (%d files, %d read as they arrived) read ahead of its job in %.2f s",
-                     key[0], len(paths), len(known), time.perf_counter() - t)
+        t = time.perf_counter()
+        try:
+            volume = load_series(paths)
+        except Exception as exc:  # noqa: BLE001 - the job, if any, loads it again and says why
+            log.debug("series %s not prefetched: %s", key[0], exc)
+            return False
+        self._prefetched = (key, volume)
+        log.info("series %s (%d files) read ahead of its job in %.2f s", key[0], len(paths), time.perf_counter() - t)
         return True
 
     def _volume(self, key: tuple, paths: list[Path]) -> tuple[Any, bool]:
@@ -273,26 +265,14 @@ class JobRunner:
         if ahead is not None and ahead[0] == key:
             return ahead[1], True
         del ahead  # its memory goes before this series is read
-        return load_series(paths, known=self._read_so_far(key[1], key)), False
-
-    def _read_so_far(self, series_id: int, key: tuple) -> dict[Path, Any]:
-        """The files of the series (:func:`_series_key` ``key``) :attr:`incoming` read as they
-        arrived and that are still those the index names."""
-        if self.incoming is None:
-            return {}
-        return self.incoming.take(series_id, {path: (size, at) for path, size, at in key[2]})
-
-    def _paused(self):
-        """The ``with`` block in which :attr:`incoming` reads nothing."""
-        return self.incoming.paused() if self.incoming is not None else nullcontext()
+        return load_series(paths), False
 
     def run(self, job_id: int) -> None:
         """Run one claimed job to ``done`` or ``failed``; never raises. A job taken away from
         this worker meanwhile (requeued, see :mod:`dicom_ai.cache.workers`) is left as it is."""
         t0 = time.perf_counter()
         try:
-            with self._paused():
-                self._run(job_id, t0)
+            self._run(job_id, t0)
         except JobTakenAway as exc:
             log.warning("job %d: %s; its results are not kept", job_id, exc)
         except Exception as exc:  # noqa: BLE001 - a bad series must not stop the queue
@@ -481,36 +461,27 @@ def worker_main(settings_json: str, stop: Any, parent_pid: int | None = None, wa
         log.info("worker started: %s (%d CPU threads for inference)", name, threads)
         if settings.worker.preload_models:
             runner.preload()
-        if settings.worker.read_ahead:
-            runner.incoming = IncomingReader(
-                sessions, runner.store,
-                lambda: {m for model in enabled_models(settings, sessions) for m in model.modalities})
-            runner.incoming.start()
-        try:
-            while not stop.is_set():
-                if os.getppid() != parent:  # the node was killed: its successor starts its own worker
-                    log.warning("node process gone; worker exits")
-                    break
-                job_id = claim_next_job(sessions, name)
-                if job_id is None:
-                    if settings.worker.read_ahead:
-                        try:
-                            if runner.prefetch():
-                                continue  # its job may be queued meanwhile
-                        except Exception:  # noqa: BLE001 - reading ahead is an optimisation only
-                            log.exception("read-ahead failed")
-                    # the node sets ``wake`` when it queues jobs, when a series' sending association
-                    # is released (its job may follow) and when it stops: no poll delay then
-                    (wake or stop).wait(settings.worker.poll_seconds)
-                    if wake is not None:
-                        wake.clear()
-                    continue
-                beat.run(runner, job_id)
-                if finished is not None:
-                    finished.set()
-        finally:
-            if runner.incoming is not None:
-                runner.incoming.stop()
+        while not stop.is_set():
+            if os.getppid() != parent:  # the node was killed: its successor starts its own worker
+                log.warning("node process gone; worker exits")
+                break
+            job_id = claim_next_job(sessions, name)
+            if job_id is None:
+                if settings.worker.read_ahead:
+                    try:
+                        if runner.prefetch():
+                            continue  # its job may be queued meanwhile
+                    except Exception:  # noqa: BLE001 - reading ahead is an optimisation only
+                        log.exception("read-ahead failed")
+                # the node sets ``wake`` when it queues jobs, when a series' sending association
+                # is released (its job may follow) and when it stops: no poll delay then
+                (wake or stop).wait(settings.worker.poll_seconds)
+                if wake is not None:
+                    wake.clear()
+                continue
+            beat.run(runner, job_id)
+            if finished is not None:
+                finished.set()
 
 
 @contextmanager

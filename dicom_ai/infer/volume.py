@@ -17,7 +17,7 @@ import math
 import mmap
 import multiprocessing as mp
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -215,64 +215,30 @@ def read_headers(paths: Iterable[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     kept: list[tuple[Path, pydicom.Dataset]] = []
     for p in paths:
         path = Path(p)
-        ds = _image_header(path)
-        if ds is not None:
-            kept.append((path, ds))
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            logger.warning("%s: not readable as DICOM, left out (%s)", path, exc)
+            continue
+        sop = _sop_class(ds)
+        if sop.startswith(_NON_IMAGE_SOP_PREFIXES):
+            logger.info("%s: non-image object (SOP class %s), left out", path.name, sop)
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            logger.info("%s: no image (no Rows/Columns), left out", path.name)
+            continue
+        if is_localizer(image_type_text(ds)):
+            logger.info("%s: localizer, left out", path.name)
+            continue
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if sop in _ENHANCED_SOP or frames > 1:
+            name = _ENHANCED_SOP.get(sop, "multi-frame image")
+            raise VolumeError(
+                f"{path.name}: {name} with {frames} frame(s); multi-frame (enhanced) objects "
+                "are not supported yet - send the series as single-frame images"
+            )
+        kept.append((path, ds))
     return kept
-
-
-def _image_header(path: Path, whole: bool = False) -> pydicom.Dataset | None:
-    """The header of ``path`` (``whole``: the whole file, pixel data included) if it is an
-    image slice :func:`read_headers` keeps, else None (logged); raises VolumeError for a
-    multi-frame image."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not whole)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        logger.warning("%s: not readable as DICOM, left out (%s)", path, exc)
-        return None
-    sop = _sop_class(ds)
-    if sop.startswith(_NON_IMAGE_SOP_PREFIXES):
-        logger.info("%s: non-image object (SOP class %s), left out", path.name, sop)
-        return None
-    if "Rows" not in ds or "Columns" not in ds:
-        logger.info("%s: no image (no Rows/Columns), left out", path.name)
-        return None
-    if is_localizer(image_type_text(ds)):
-        logger.info("%s: localizer, left out", path.name)
-        return None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if sop in _ENHANCED_SOP or frames > 1:
-        name = _ENHANCED_SOP.get(sop, "multi-frame image")
-        raise VolumeError(
-            f"{path.name}: {name} with {frames} frame(s); multi-frame (enhanced) objects "
-            "are not supported yet - send the series as single-frame images"
-        )
-    return ds
-
-
-def read_slice(path: Path) -> tuple[pydicom.Dataset, np.ndarray] | None:
-    """One image slice as :func:`load_series` reads it: its header (no pixel data, as
-    :func:`read_headers` keeps it) and its pixels, float32 (rows, columns), ``slope * stored +
-    intercept`` (PS3.3 C.11.1.1.2). Given to :func:`load_series` as ``known``, it saves
-    reading the file again.
-
-    Returns
-    -------
-    None where :func:`load_series` would leave the file out or refuse it (not DICOM, not an
-    image slice, a multi-frame image, pixel data it cannot decode): it then reads the file
-    itself and says why.
-    """
-    try:
-        ds = _image_header(path, whole=True)  # one parse of the file for header and pixels
-    except VolumeError:
-        return None
-    if ds is None:
-        return None
-    pixels = np.empty((int(ds.Rows), int(ds.Columns)), dtype=np.float32)
-    if _decode_file(path, pixels, ds) is not None:
-        return None
-    del ds.PixelData  # the header as read_headers keeps it
-    return ds, pixels
 
 
 def check_one_patient(datasets: list[pydicom.Dataset]) -> None:
@@ -334,10 +300,9 @@ def _decoder_reason(exc: BaseException) -> str:
     return lines[0]
 
 
-def _decode_file(path: Path, out: np.ndarray, read: pydicom.Dataset | None = None) -> tuple[str, str] | None:
-    """Read ``path`` whole (or take ``read``, the whole file read already), decode its single
-    frame and write ``slope * stored + intercept`` (Rescale Slope and Intercept, PS3.3
-    C.11.1.1.2) into ``out``, float32 (rows, columns).
+def _decode_file(path: Path, out: np.ndarray) -> tuple[str, str] | None:
+    """Read ``path`` whole, decode its single frame and write ``slope * stored + intercept``
+    (Rescale Slope and Intercept, PS3.3 C.11.1.1.2) into ``out``, float32 (rows, columns).
 
     Returns
     -------
@@ -348,7 +313,7 @@ def _decode_file(path: Path, out: np.ndarray, read: pydicom.Dataset | None = Non
     ds: pydicom.Dataset | None = None
     plugin = ""
     try:
-        ds = read if read is not None else pydicom.dcmread(path)
+        ds = pydicom.dcmread(path)
         plugin = _plugin(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))  # for the message
         pixels = preferred_pixels(ds)
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
@@ -516,8 +481,7 @@ def _start_decoding(paths: Sequence[Path]) -> _ForkedDecoding | None:
     return None
 
 
-def load_series(paths: list[Path],
-                known: Mapping[Path, tuple[pydicom.Dataset, np.ndarray]] | None = None) -> Volume:
+def load_series(paths: list[Path]) -> Volume:
     """Read the files of one series and assemble a :class:`Volume`.
 
     Steps (DICOM PS3.3 C.7.6.2 Image Plane Module, C.11.1 Modality LUT Module):
@@ -541,9 +505,6 @@ def load_series(paths: list[Path],
     ----------
     paths:
         The files of one series, in any order.
-    known:
-        Files among ``paths`` read already, each by :func:`read_slice`: they are not read
-        again (steps 1 and 5), but checked with the others (steps 2-4).
 
     Returns
     -------
@@ -565,22 +526,17 @@ def load_series(paths: list[Path],
         the message names its file and SOP Instance UID and gives the decoder's reason.
     """
     files = [Path(p) for p in paths]
-    known = known or {}
-    rest = [p for p in files if p not in known]
-    decoding = _start_decoding(rest)  # decodes while the headers are read and checked
+    decoding = _start_decoding(files)  # decodes while the headers are read and checked
     try:
-        return _load_series(files, rest, decoding, known)
+        return _load_series(files, decoding)
     finally:
         if decoding is not None:
             decoding.close()
 
 
-def _load_series(paths: list[Path], rest: list[Path], decoding: _ForkedDecoding | None,
-                 known: Mapping[Path, tuple[pydicom.Dataset, np.ndarray]]) -> Volume:
-    """:func:`load_series` of ``paths``: ``rest`` those not ``known``, with their pixel data
-    from ``decoding``, or decoded here if None."""
-    headers = dict(read_headers(rest))
-    slices = [(p, known[p][0] if p in known else headers[p]) for p in paths if p in known or p in headers]
+def _load_series(paths: list[Path], decoding: _ForkedDecoding | None) -> Volume:
+    """:func:`load_series` with the pixel data from ``decoding``, or decoded here if None."""
+    slices = read_headers(paths)
     if not slices:
         raise NoImageSlices("no image slices in the series (only non-image objects, localizers or unreadable files)")
 
@@ -660,25 +616,15 @@ def _load_series(paths: list[Path], rest: list[Path], decoding: _ForkedDecoding 
     if decoding is not None and decoding.array.shape[1:] != (rows0, cols0):
         decoding.close()  # sized by a file left out (e.g. a localizer of another size)
         decoding = None
-    if decoding is not None and not known:
-        index = {path: i for i, path in enumerate(rest)}
+    if decoding is not None:
+        index = {path: i for i, path in enumerate(paths)}
         array = decoding.result([index[path] for path, _ in slices])
     else:
         array = np.empty((len(slices), rows0, cols0), dtype=np.float32)
-        if decoding is not None:  # the files not known, in slice order, then into place
-            index = {path: i for i, path in enumerate(rest)}
-            decoded = [k for k, (path, _) in enumerate(slices) if path not in known]
-            array[decoded] = decoding.result([index[slices[k][0]] for k in decoded])
         for k, (path, _) in enumerate(slices):
-            if path in known:
-                pixels = known[path][1]
-                if pixels.shape != (rows0, cols0):
-                    raise VolumeError(f"{path.name}: pixel data shape {pixels.shape} is not one {rows0}x{cols0} frame")
-                array[k] = pixels
-            elif decoding is None:
-                failure = _decode_file(path, array[k])
-                if failure is not None:
-                    _raise_failure(*failure)
+            failure = _decode_file(path, array[k])
+            if failure is not None:
+                _raise_failure(*failure)
 
     direction = np.stack([row_dir, col_dir, normal])
     return Volume(
