@@ -34,14 +34,13 @@ whatever ``dicom_ai`` that path holds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -138,22 +137,6 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ah
                 return row
 
 
-@contextlib.contextmanager
-def _pythonpath(path: str | None) -> Iterator[None]:
-    """The node started inside the ``with`` block runs the ``dicom_ai`` of ``path`` (None: the
-    environment's own)."""
-    old = os.environ.get("PYTHONPATH")
-    if path is not None:
-        os.environ["PYTHONPATH"] = path
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -179,7 +162,9 @@ def main() -> int:
         rows: dict[str, list[dict[str, float]]] = {m[0]: [] for m in modes}
         for _ in range(args.runs):
             for label, read_ahead, path in modes:  # interleaved: the machine's drift touches each alike
-                with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp, _pythonpath(path):
+                # the node is started inside: PYTHONPATH (if given) chooses the dicom_ai it runs
+                with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp, \
+                        mock.patch.dict(os.environ, {"PYTHONPATH": path} if path else {}):
                     rows[label].append(one_run(Path(tmp), folder, propose, args.stable_seconds, read_ahead))
         first = statistics.median(r["last ack -> delivered (s)"] for r in rows[modes[0][0]])
         for label, _, _ in modes:
