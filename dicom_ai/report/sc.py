@@ -334,6 +334,7 @@ def build_secondary_capture(
     series_number: int = 903,
     window: tuple[float, float] = LUNG_WINDOW,
     device_serial_number: str | None = None,
+    precision: str = "float32",
 ) -> list[pydicom.Dataset]:
     """One Secondary Capture image per source slice, with the segments and a legend burned in.
 
@@ -364,6 +365,9 @@ def build_secondary_capture(
         and, darker, the mediastinum.
     device_serial_number: str | None, optional
         Device Serial Number (0018,1000); the host name of this node by default.
+    precision: str, optional
+        The precision the network ran in (:attr:`dicom_ai.infer.runtime.LoadedModel.precision`);
+        other than ``"float32"`` it is part of each SOP Instance UID's ``variant``.
 
     Returns
     -------
@@ -412,7 +416,7 @@ def build_secondary_capture(
         ds.SOPInstanceUID = uids.result_instance_uid(
             source_series, manifest.name, manifest.version, KIND, all_sources,
             # one image per source slice, and its pixels depend on the window
-            variant=f"{src.SOPInstanceUID}|{center:g}/{width:g}",
+            variant=uids.variant_of(f"{src.SOPInstanceUID}|{center:g}/{width:g}", precision=precision),
         )
         ds.SeriesDate, ds.SeriesTime = date, time
         ds.ContentDate, ds.ContentTime = date, time

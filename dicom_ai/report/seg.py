@@ -52,7 +52,7 @@ def to_code(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
-def algorithm_identification(manifest: ModelManifest) -> hd.AlgorithmIdentificationSequence:
+def algorithm_identification(manifest: ModelManifest, precision: str = "float32") -> hd.AlgorithmIdentificationSequence:
     """Segmentation Algorithm Identification Sequence of the model (PS3.3 C.8.20.4, C.17.3.1).
 
     Parameters
@@ -60,6 +60,10 @@ def algorithm_identification(manifest: ModelManifest) -> hd.AlgorithmIdentificat
     manifest: dicom_ai.package.manifest.ModelManifest
         The model; ``algorithm_name`` and ``version`` are recorded, the family is
         (123110, DCM, "Artificial Intelligence") from CID 7162, the source is this software.
+    precision: str, optional
+        The precision the network ran in (:attr:`dicom_ai.infer.runtime.LoadedModel.precision`);
+        other than ``"float32"`` it is recorded as Algorithm Parameters (0066,0032)
+        ``precision=<dtype>``.
 
     Returns
     -------
@@ -70,6 +74,7 @@ def algorithm_identification(manifest: ModelManifest) -> hd.AlgorithmIdentificat
         family=codes.cid7162.ArtificialIntelligence,
         version=manifest.version[:_LO_MAX],
         source=MANUFACTURER,
+        parameters=None if precision == "float32" else {"precision": precision},
     )
 
 
@@ -123,6 +128,7 @@ def segment_description(
     segment_number: int,
     manifest: ModelManifest,
     tracking_uid: str,
+    precision: str = "float32",
 ) -> hd.seg.SegmentDescription:
     """Segment Sequence item for one label (PS3.3 C.8.20.4).
 
@@ -137,6 +143,8 @@ def segment_description(
         The model, for Segment Algorithm Name/Identification and the Segment Description.
     tracking_uid: str
         Tracking UID of the segment (shared with the SR measurement group).
+    precision: str, optional
+        The precision the network ran in (see :func:`algorithm_identification`).
 
     Returns
     -------
@@ -148,7 +156,7 @@ def segment_description(
         segmented_property_category=to_code(label.category),
         segmented_property_type=to_code(label.type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm_identification(manifest),
+        algorithm_identification=algorithm_identification(manifest, precision),
         tracking_uid=tracking_uid,
         tracking_id=f"{label.name} ({manifest.name} {manifest.version})"[:_LO_MAX],
         display_color=hd.color.CIELabColor.from_rgb(*label.color),
@@ -203,6 +211,7 @@ def build_seg(
     series_number: int = 901,
     instance_number: int = 1,
     device_serial_number: str | None = None,
+    precision: str = "float32",
 ) -> hd.seg.Segmentation:
     """Build a BINARY DICOM Segmentation of ``mask`` on the source series of ``volume``.
 
@@ -228,6 +237,10 @@ def build_seg(
         Instance Number (0020,0013).
     device_serial_number: str | None, optional
         Device Serial Number (0018,1000); the host name of this node by default.
+    precision: str, optional
+        The precision the network ran in (:attr:`dicom_ai.infer.runtime.LoadedModel.precision`):
+        other than ``"float32"`` it is in each segment's Algorithm Parameters (0066,0032) and
+        in the SOP Instance UID's ``variant`` (:func:`dicom_ai.report.uids.variant_of`).
 
     Returns
     -------
@@ -254,6 +267,7 @@ def build_seg(
             number,
             manifest,
             uids.tracking_uid(series_uid, manifest.name, manifest.version, label.value),
+            precision,
         )
         for number, label in enumerate(labels, start=1)
     ]
@@ -277,7 +291,7 @@ def build_seg(
             ResultKind.SEG,
             (ds.SOPInstanceUID for ds in source),
             # the two encodings differ in content, so they must not share a UID
-            variant="" if omit_empty_frames else "all-frames",
+            variant=uids.variant_of("" if omit_empty_frames else "all-frames", precision=precision),
         ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,

@@ -188,6 +188,17 @@ def _measurements(
     return out
 
 
+def algorithm_of(manifest: ModelManifest, precision: str = "float32") -> hd.sr.AlgorithmIdentification:
+    """Algorithm identification (PS3.16 TID 4019) of the model: its name and version, and
+    when the network ran in a precision other than float32
+    (:attr:`dicom_ai.infer.runtime.LoadedModel.precision`) the Algorithm Parameter
+    ``precision=<dtype>``."""
+    return hd.sr.AlgorithmIdentification(
+        name=manifest.algorithm_name[:_LO_MAX], version=manifest.version[:_LO_MAX],
+        parameters=None if precision == "float32" else [f"precision={precision}"],
+    )
+
+
 def _segment_numbers(seg: hd.seg.Segmentation, manifest: ModelManifest) -> dict[int, int]:
     """Map ``Label.value`` -> SEG Segment Number, matching by Tracking UID (then by label)."""
     series_uid = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
@@ -216,6 +227,7 @@ def build_sr(
     device_serial_number: str | None = None,
     measurements: dict[int, LabelMeasurement] | None = None,
     plausibility: list[PlausibilityIssue] | None = None,
+    precision: str = "float32",
 ) -> hd.sr.Comprehensive3DSR:
     """Build a TID 1500 Measurement Report with one volumetric group per SEG segment.
 
@@ -248,6 +260,11 @@ def build_sr(
         The result of :func:`dicom_ai.report.plausibility.check_plausibility` for these
         measurements, when the caller has it already; computed here otherwise. Each issue's
         reason is written as a Comment in the groups of the labels it concerns.
+    precision: str, optional
+        The precision the network ran in (:attr:`dicom_ai.infer.runtime.LoadedModel.precision`):
+        other than ``"float32"`` it is an Algorithm Parameter ``precision=<dtype>`` of each
+        group's algorithm identification (TID 4019) and in the SOP Instance UID's ``variant``
+        (:func:`dicom_ai.report.uids.variant_of`).
 
     Returns
     -------
@@ -275,9 +292,7 @@ def build_sr(
         plausibility = check_plausibility(measurements, manifest)
     reasons = reasons_by_label(plausibility)
     is_ct = str(source[0].get("Modality", manifest.modality)).upper() == "CT"
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=manifest.algorithm_name[:_LO_MAX], version=manifest.version[:_LO_MAX]
-    )
+    algorithm = algorithm_of(manifest, precision)
 
     groups, planars = [], []
     for label in manifest.labels:
@@ -319,7 +334,8 @@ def build_sr(
     library = [ds for ds in source if str(ds.SOPInstanceUID) in on]
     return _measurement_report_sr(source, [seg], groups + [g for g, _ in planars], manifest, "measurements",
                                   series_number=series_number, instance_number=instance_number,
-                                  device_serial_number=device_serial_number, image_library=library)
+                                  device_serial_number=device_serial_number, image_library=library,
+                                  precision=precision)
 
 
 #: Tracking Identifier text of the largest-slice groups. Viewers built on Cornerstone (OHIF 3,
@@ -384,10 +400,12 @@ def _planar_group(volume: Volume, mask: np.ndarray, label: Label, manifest: Mode
 def _measurement_report_sr(
     source: list, extra_evidence: list, groups: list, manifest: ModelManifest, kind: str, *,
     series_number: int, instance_number: int, device_serial_number: str | None, image_library: list | None = None,
+    precision: str = "float32",
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR holding a TID 1500 report of ``groups`` about ``source``: the
     model as device observer, the procedure from :func:`procedure_reported`, the identity of
-    :func:`dicom_ai.report.identity.apply_identity`, UIDs from :mod:`dicom_ai.report.uids`."""
+    :func:`dicom_ai.report.identity.apply_identity`, UIDs from :mod:`dicom_ai.report.uids`
+    (the SOP Instance UID's ``variant`` names a ``precision`` other than float32)."""
     series_uid = str(source[0].SeriesInstanceUID)
     serial = (device_serial_number or socket.gethostname() or "unknown")[:_LO_MAX]
     report = hd.sr.MeasurementReport(
@@ -402,7 +420,8 @@ def _measurement_report_sr(
         series_instance_uid=uids.result_series_uid(series_uid, manifest.name, manifest.version, ResultKind.SR),
         series_number=series_number,
         sop_instance_uid=uids.result_instance_uid(
-            series_uid, manifest.name, manifest.version, ResultKind.SR, (ds.SOPInstanceUID for ds in source)
+            series_uid, manifest.name, manifest.version, ResultKind.SR, (ds.SOPInstanceUID for ds in source),
+            variant=uids.variant_of(precision=precision),
         ),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
@@ -427,6 +446,7 @@ def build_classification_sr(
     series_number: int = 903,
     instance_number: int = 1,
     device_serial_number: str | None = None,
+    precision: str = "float32",
 ) -> hd.sr.Comprehensive3DSR:
     """Build a TID 1500 Measurement Report with the class a classification model gave a series.
 
@@ -448,6 +468,8 @@ def build_classification_sr(
         The model's output for the volume.
     manifest: dicom_ai.package.manifest.ModelManifest
         The classification model (``finding``, ``classes``, name and version).
+    precision: str, optional
+        The precision the network ran in, as for :func:`build_sr`.
 
     Returns
     -------
@@ -465,9 +487,7 @@ def build_classification_sr(
     if manifest.task != "classification" or manifest.finding is None:
         raise ValueError(f"{manifest.label} is not a classification model")
     series_uid = str(source[0].SeriesInstanceUID)
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=manifest.algorithm_name[:_LO_MAX], version=manifest.version[:_LO_MAX]
-    )
+    algorithm = algorithm_of(manifest, precision)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.tracking_uid(series_uid, manifest.name, manifest.version, 0),
@@ -485,7 +505,7 @@ def build_classification_sr(
     )
     return _measurement_report_sr(list(source), [], [group], manifest, "classification",
                                   series_number=series_number, instance_number=instance_number,
-                                  device_serial_number=device_serial_number)
+                                  device_serial_number=device_serial_number, precision=precision)
 
 
 def _warm_up_source(slices: int = 2, size: int = 8) -> Volume:

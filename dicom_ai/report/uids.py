@@ -137,6 +137,18 @@ def result_instance_uid(
     )
 
 
+def variant_of(*parts: str, precision: str = "float32") -> str:
+    """The ``variant`` of :func:`result_instance_uid` for a result computed in ``precision``
+    (:attr:`dicom_ai.infer.runtime.LoadedModel.precision`) with the other distinguishing
+    ``parts``: the non-empty parts joined by ``"+"``, and the precision unless it is
+    ``"float32"`` (so float32 results keep the UIDs they had before precisions were told apart,
+    and a bfloat16 result never shares a UID with the float32 one it may differ from)."""
+    kept = [p for p in parts if p]
+    if precision != "float32":
+        kept.append(precision)
+    return "+".join(kept)
+
+
 def tracking_uid(
     source_series_uid: str,
     model_name: str,
