@@ -227,6 +227,11 @@ class WorkerSettings(_Section):
     # released (its completion signal follows after [completion] release_grace_seconds), so
     # the job does not wait for the files; one volume is kept in memory
     read_ahead: bool = True
+    # run a model's network in the reduced precision its package declares validated (manifest
+    # "autocast": "bfloat16") where the device computes it natively (CPUs with AVX512-BF16 or
+    # AMX, CUDA GPUs with bfloat16); false: float32 everywhere. The SEG and SR say which in
+    # Algorithm Parameters (0066,0032)
+    reduced_precision: bool = True
     # the worker's name in the registry (`dicom-ai workers list`); "" = <host>-<process id>
     name: str = Field("", max_length=128)
     # executor "celery": the queues `dicom-ai worker` takes jobs from (e.g. ["gpu"]; rules name them)

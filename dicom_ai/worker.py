@@ -189,7 +189,7 @@ class JobRunner:
         from dicom_ai.infer.runtime import load_model  # deferred: start-up time (torch)
 
         device = None if self.settings.worker.device == "auto" else self.settings.worker.device
-        return load_model(Path(path), device=device)
+        return load_model(Path(path), device=device, reduced_precision=self.settings.worker.reduced_precision)
 
     def model(self, path: str):
         return self._models.get(path)
@@ -378,7 +378,7 @@ class JobRunner:
         timings.update(model_timings)
         t = time.perf_counter()
         sr = build_classification_sr(volume, result, model.manifest,
-                                     device_serial_number=self.settings.node.ae_title)
+                                     device_serial_number=self.settings.node.ae_title, precision=model.precision)
         outputs = [self._write(job_id, ResultKind.SR, sr)]
         timings["report"] = time.perf_counter() - t
         return outputs, {model.manifest.finding.meaning: result.as_findings()}
@@ -402,9 +402,9 @@ class JobRunner:
             log.warning("job %d: implausible result of %s: %s", job_id, manifest.label,
                         "; ".join(i.reason for i in issues))
         seg = build_seg(volume, mask, manifest, omit_empty_frames=omit,
-                        device_serial_number=self.settings.node.ae_title)
+                        device_serial_number=self.settings.node.ae_title, precision=model.precision)
         sr = build_sr(volume, mask, seg, manifest, device_serial_number=self.settings.node.ae_title,
-                      measurements=measurements, plausibility=issues)
+                      measurements=measurements, plausibility=issues, precision=model.precision)
         outputs = [self._write(job_id, kind, obj) for kind, obj in ((ResultKind.SEG, seg), (ResultKind.SR, sr))]
         findings = segmentation_findings(measurements, issues)
         timings["report"] = time.perf_counter() - t
@@ -413,7 +413,8 @@ class JobRunner:
 
             t = time.perf_counter()
             pages = build_secondary_capture(volume, mask, manifest, measurements,
-                                            device_serial_number=self.settings.node.ae_title)
+                                            device_serial_number=self.settings.node.ae_title,
+                                            precision=model.precision)
             outputs += [self._write(job_id, ResultKind.SC, page, n) for n, page in enumerate(pages, start=1)]
             timings["secondary_capture"] = time.perf_counter() - t
 

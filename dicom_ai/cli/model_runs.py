@@ -61,7 +61,7 @@ def models_test(
         volume = load_series(files)
         timings["read series"] = time.perf_counter() - t
         progress.update(step, advance=1, description="load the model")
-        loaded = load_model(package, device=device)
+        loaded = load_model(package, device=device, reduced_precision=settings.worker.reduced_precision)
         timings["load model"] = loaded.load_seconds
         progress.update(step, advance=1, description=f"run on {volume.shape[0]} slices ({loaded.device})")
         output, run = loaded.predict(volume)
@@ -92,7 +92,7 @@ def models_test(
             progress.update(step, advance=1)
     m = loaded.manifest
     console.print(f"[bold]{m.label}[/bold] on {volume.shape[0]} × {volume.shape[1]} × {volume.shape[2]} voxels "
-                  f"({', '.join(f'{v:.2f}' for v in volume.spacing)} mm), device {loaded.device}")
+                  f"({', '.join(f'{v:.2f}' for v in volume.spacing)} mm), device {loaded.device}, {loaded.precision}")
     times = Table("step", "s")
     for key, value in timings.items():
         times.add_row(key, f"{value:.3f}")
@@ -273,6 +273,10 @@ def models_evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json, evaluation.md and the overlay "
                                                      "PNGs (default: evaluation-<model>-<version>).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: CUDA if any).")] = None,
+    reduced_precision: Annotated[Optional[bool], typer.Option(
+        "--reduced-precision/--float32",
+        help="Network in the package's validated reduced precision where the device has it, or float32 "
+             "(default: as [worker] reduced_precision).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Score a model on a dataset: Dice, HD95, mean surface distance and volume difference per
@@ -308,7 +312,9 @@ def models_evaluate(
             progress.update(bar, completed=i - 1, description=f"case {escape(name)}")
 
         result = evaluate_cases(package, cases, lookup=_cache_lookup(settings, sessions), device=device,
-                                overlays=out / "overlays", progress=step)
+                                overlays=out / "overlays", progress=step,
+                                reduced_precision=settings.worker.reduced_precision if reduced_precision is None
+                                else reduced_precision)
         progress.update(bar, completed=len(cases), description="done")
     json_path, md_path = write_report(result, out)
     _print_evaluation(result)
@@ -326,7 +332,7 @@ def _print_evaluation(result: dict) -> None:
 
     if result["task"] == "segmentation":
         table = Table("case", "label", "Dice", "HD95 mm", "MSD mm", "volume mL", "ref mL", "vol diff %",
-                      title=result["model"])
+                      title=f"{result['model']} ({result['precision']})")
         for r in result["cases"]:
             for name, mt in r.get("metrics", {}).items():
                 table.add_row(escape(Path(r["series"]).name), name, f(mt["dice"]), f(mt["hd95_mm"]), f(mt["msd_mm"]),
@@ -340,7 +346,7 @@ def _print_evaluation(result: dict) -> None:
                              f(s.get("min")), f(s.get("max")))
         console.print(summ)
     else:
-        table = Table("case", "reference", "predicted", "probabilities", title=result["model"])
+        table = Table("case", "reference", "predicted", "probabilities", title=f"{result['model']} ({result['precision']})")
         for r in result["cases"]:
             if "error" not in r:
                 table.add_row(escape(Path(r["series"]).name), r["reference"], r["predicted"], str(r["probabilities"]))

@@ -36,7 +36,8 @@ WORST_SLICES = 3
 
 def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None = None,
                    device: str | None = None, overlays: Path | None = None,
-                   progress: Callable[[int, int, str], None] | None = None) -> dict:
+                   progress: Callable[[int, int, str], None] | None = None,
+                   reduced_precision: bool = False) -> dict:
     """Run a package on cases and score them.
 
     Parameters
@@ -48,16 +49,20 @@ def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None
         Folder for overlay PNGs of each segmentation case's worst slices (none when None).
     progress:
         Called as (case number, of cases, case name) before each case.
+    reduced_precision:
+        Run the network as a node with ``[worker] reduced_precision`` does (the package's
+        ``autocast`` dtype where the device computes it natively; see
+        :meth:`dicom_ai.infer.runtime.LoadedModel.load`); float32 by default.
 
     Returns
     -------
     dict
-        ``model``, ``task``, ``cases`` (per case: ``series``, ``metrics`` per label name or
+        ``model``, ``precision`` (``"float32"`` or ``"bfloat16"``), ``task``, ``cases`` (per case: ``series``, ``metrics`` per label name or
         ``predicted`` / ``probabilities`` / ``reference`` class, ``seconds``; or ``error``),
         ``summary`` (segmentation: per label and metric, :func:`summary` over cases;
         classification: :func:`classification_metrics`).
     """
-    model = load_model(Path(package_dir), device=device)
+    model = load_model(Path(package_dir), device=device, reduced_precision=reduced_precision)
     m = model.manifest
     rows: list[dict] = []
     for i, case in enumerate(cases, start=1):
@@ -99,7 +104,7 @@ def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None
         names = [c.name for c in m.classes]
         summ = classification_metrics([names.index(r["reference"]) for r in scored],
                                       [r["probabilities"] for r in scored], names) if scored else {}
-    return {"model": m.label, "task": m.task, "cases": rows, "summary": summ}
+    return {"model": m.label, "precision": model.precision, "task": m.task, "cases": rows, "summary": summ}
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -139,7 +144,7 @@ def _cell(v) -> str:
 
 def markdown_report(result: dict) -> str:
     """The evaluation as Markdown: every case, then the summaries with 95 % CIs."""
-    lines = [f"# Evaluation of {result['model']}", ""]
+    lines = [f"# Evaluation of {result['model']}", "", f"Network precision: {result.get('precision', 'float32')}.", ""]
     if result["task"] == "segmentation":
         lines += ["| case | label | Dice | HD95 mm | MSD mm | volume mL | reference mL | volume diff % |",
                   "|---|---|---|---|---|---|---|---|"]

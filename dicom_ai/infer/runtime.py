@@ -39,6 +39,7 @@ CPU threads are a process setting, made at start-up
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import cast
@@ -58,8 +59,11 @@ from dicom_ai.infer.preprocess import (
     upsample_argmax,
 )
 from dicom_ai.infer.runtimes import ModelPackageError, Runtime, load_predictor, verify_weights
+from dicom_ai.infer.runtimes.base import native_autocast
 from dicom_ai.infer.volume import Volume
 from dicom_ai.package.manifest import ClassLabel, ModelManifest, load_manifest
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MODEL_KINDS", "ClassResult", "ClassificationModel", "LoadedModel", "ModelPackageError",
            "Predictor", "SegmentationModel", "canonical_input", "classification_input", "default_device",
@@ -95,6 +99,9 @@ class LoadedModel:
         Where preprocessing, inference and postprocessing run.
     load_seconds:
         Time :meth:`load` took (checksum, weights, device transfer), s.
+    precision:
+        ``"float32"``, or ``"bfloat16"`` when the forward pass runs under ``torch.autocast``
+        (the manifest's ``autocast``, asked for with ``reduced_precision`` at :meth:`load`).
     """
 
     task = ""
@@ -121,8 +128,13 @@ class LoadedModel:
         """``"cuda"`` or ``"cpu"``: where the weights are."""
         return self.predictor.weights_device
 
+    @property
+    def precision(self) -> str:
+        dtype = self.predictor.autocast
+        return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
     @classmethod
-    def load(cls, package_dir: Path, device: str | None = None):
+    def load(cls, package_dir: Path, device: str | None = None, reduced_precision: bool = False):
         """Load a model package: manifest, sha256-checked weights, its runtime.
 
         Parameters
@@ -132,6 +144,11 @@ class LoadedModel:
         device:
             ``"cuda"``, ``"cpu"``, ...; default CUDA when available, else CPU (with the threads
             the process set at start-up: :func:`dicom_ai.infer.runtimes.configure_threads`).
+        reduced_precision:
+            Run the forward pass in the manifest's ``autocast`` dtype (bfloat16) if it declares
+            one and the device computes it natively
+            (:func:`dicom_ai.infer.runtimes.base.native_autocast`); else, and by default,
+            float32. Preprocessing and postprocessing stay float32.
 
         Raises
         ------
@@ -149,6 +166,10 @@ class LoadedModel:
         verify_weights(package_dir, manifest)
         dev = torch.device(device) if device else default_device()
         predictor = load_predictor(package_dir, manifest, dev)
+        if reduced_precision and manifest.autocast is not None:
+            dtype = getattr(torch, manifest.autocast)
+            if native_autocast(dev, dtype) and predictor.use_autocast(dtype):
+                log.info("%s: network in %s (torch.autocast) on %s", manifest.label, manifest.autocast, dev)
         return cls(manifest, predictor, dev, time.perf_counter() - t0)
 
     def _preprocess(self, volume: Volume):
@@ -385,9 +406,10 @@ MODEL_KINDS: dict[str, type[LoadedModel]] = {"segmentation": SegmentationModel,
                                               "classification": ClassificationModel}
 
 
-def load_model(package_dir: Path, device: str | None = None) -> SegmentationModel | ClassificationModel:
+def load_model(package_dir: Path, device: str | None = None,
+               reduced_precision: bool = False) -> SegmentationModel | ClassificationModel:
     """Load a model package as the class of its task (:data:`MODEL_KINDS`; see
     :meth:`LoadedModel.load`)."""
     task = load_manifest(Path(package_dir)).task
     cls = MODEL_KINDS.get(task, ClassificationModel)
-    return cls.load(package_dir, device=device)
+    return cls.load(package_dir, device=device, reduced_precision=reduced_precision)

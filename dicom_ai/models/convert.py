@@ -83,9 +83,11 @@ def convert_package(src: Path, dest: Path, runtime: str, *, version: str | None 
         for name in (manifest.model_card, "DATA_LICENSES.md", "LICENSE"):
             if name and (src / name).is_file():
                 shutil.copy2(src / name, dest / name)
+        # the exported graph runs in the float32 it was exported in: a bfloat16 validation of the
+        # source network (autocast) says nothing about it
         new = manifest.model_copy(update={
             "runtime": runtime, "weights": weights.name, "sha256": sha256_of(weights), "network": None,
-            "version": version or manifest.version,
+            "version": version or manifest.version, "autocast": None,
         })
         write_manifest(dest, type(manifest).model_validate(new.model_dump()))
     except Exception:

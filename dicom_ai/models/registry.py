@@ -207,7 +207,8 @@ def run_on_sample(package: Path, device: str | None = None) -> tuple[float, floa
 
     volume = load_series(sample_paths())
     try:
-        model = load_model(package, device=device)
+        # in the precision a node would run it in (reduced where the package and the device allow)
+        model = load_model(package, device=device, reduced_precision=True)
     except (ModelPackageError, FileNotFoundError) as exc:
         raise RegistryError(str(exc)) from exc
     t0 = time.perf_counter()

@@ -166,6 +166,12 @@ class ModelManifest(BaseModel):
     runtime, network, weights, sha256:
         How to load the model (see the module docstring); ``sha256`` of the weights file is
         checked at every load and by ``dicom-ai models add``.
+    autocast:
+        ``"bfloat16"``: the package's author has validated the network's forward pass under
+        ``torch.autocast`` in bfloat16 (runtime ``monai`` only), so a node with ``[worker]
+        reduced_precision`` runs it so where the device computes bfloat16 natively
+        (:func:`dicom_ai.infer.runtimes.base.native_autocast`), float32 elsewhere; the model card
+        should show the agreement with float32. None (default): float32 always.
     finding:
         Classification: the concept the class answers (TID 1501 qualitative evaluation name).
     attention_below:
@@ -203,6 +209,7 @@ class ModelManifest(BaseModel):
     network: NetworkSpec | None = None
     weights: str = "model.pt"
     sha256: str = ""
+    autocast: Literal["bfloat16"] | None = None
     labels: list[Label] = []
     classes: list[ClassLabel] = []
     finding: Code | None = None
@@ -219,6 +226,8 @@ class ModelManifest(BaseModel):
     def _consistent(self) -> "ModelManifest":
         if self.runtime == "monai" and self.network is None:
             raise ValueError("runtime 'monai' needs a network (arch and params)")
+        if self.autocast is not None and self.runtime != "monai":
+            raise ValueError(f"autocast {self.autocast!r} needs runtime 'monai' (a torch module built here)")
         if self.normalization == "window":
             if self.window is None:
                 raise ValueError("normalization 'window' needs window [low, high]")

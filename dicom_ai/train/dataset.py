@@ -277,6 +277,8 @@ def base_manifest(dataset: Dataset, base: Path | None, version: str, name: str |
         if m.task != dataset.task:
             raise DatasetError(f"--from {base.name} is a {m.task} model; the dataset is for {dataset.task}")
         m = m.model_copy(deep=True)
+        # new weights: the base's validation in a reduced precision is not theirs
+        m.autocast = None
     elif dataset.task == "segmentation":
         if not dataset.labels:
             raise DatasetError("a new segmentation model needs labels in the dataset file (or --from PACKAGE)")

@@ -34,6 +34,9 @@ def test_exported_runtime_gives_the_native_mask(tmp_path, sample, native_mask, r
     package = convert_package(default_model_path(), tmp_path / runtime, runtime)
     manifest = load_manifest(package)
     assert manifest.runtime == runtime and manifest.network is None
+    # the source is validated in bfloat16; the exported float32 graph is not
+    assert load_manifest(default_model_path()).autocast == "bfloat16" and manifest.autocast is None
+    assert load_model(package, device="cpu", reduced_precision=True).precision == "float32"
     assert manifest.sha256 == sha256_of(package / manifest.weights)
     assert (package / "MODEL_CARD.md").is_file()
     model = load_model(package, device="cpu")

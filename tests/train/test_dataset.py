@@ -77,3 +77,16 @@ def test_a_new_segmentation_model_takes_the_dataset_labels_and_no_lung_rules(tmp
     with pytest.raises(DatasetError, match="needs labels"):
         (tmp_path / "nolabels.toml").write_text("task = 'segmentation'\n[[cases]]\nseries = 'x'\nreference = 'y'\n")
         base_manifest(load_dataset(tmp_path / "nolabels.toml"), None, "1.0.0", None)
+
+
+def test_weights_trained_from_a_base_do_not_inherit_its_reduced_precision(tmp_path):
+    """--from the shipped lung model (validated in bfloat16): the new weights are float32 only
+    until their own validation says otherwise."""
+    from dicom_ai.config import default_model_path
+    from dicom_ai.package.manifest import load_manifest
+    from dicom_ai.train.dataset import base_manifest
+
+    (tmp_path / "lung.toml").write_text("task = 'segmentation'\n[[cases]]\nseries = 'x'\nreference = 'y.nii.gz'\n")
+    assert load_manifest(default_model_path()).autocast == "bfloat16"
+    m = base_manifest(load_dataset(tmp_path / "lung.toml"), default_model_path(), "2.0.0+site", None)
+    assert m.autocast is None and m.labels == load_manifest(default_model_path()).labels

@@ -7,6 +7,10 @@ and returns an instance, and :meth:`Runtime.predict` runs the network. Whatever 
 device, spatial axes in the manifest's ``axcodes`` order, and returns the network's raw output
 (logits) there: (batch, classes, spatial...) for segmentation, (batch, classes) for
 classification.
+
+A package whose manifest declares ``autocast`` (``"bfloat16"``) may run its forward pass under
+``torch.autocast`` in that dtype where the device computes it natively
+(:func:`native_autocast`; :meth:`Runtime.use_autocast`); the output is float32 either way.
 """
 
 from __future__ import annotations
@@ -51,6 +55,20 @@ def cpu_threads() -> int:
     return _threads or os.cpu_count() or 1
 
 
+def native_autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether ``device`` computes ``dtype`` natively, so that a forward pass under
+    ``torch.autocast`` in it is faster than float32 rather than emulated: on CPU, oneDNN's
+    bfloat16 kernels (AVX512-BF16 or AMX; ``torch.ops.mkldnn._is_mkldnn_bf16_supported``), on
+    CUDA ``torch.cuda.is_bf16_supported``. False for any other device or dtype."""
+    if dtype != torch.bfloat16:
+        return False
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return False
+
+
 def module_bytes(module: torch.nn.Module) -> int:
     """Memory a torch module's parameters and buffers take, bytes."""
     tensors = list(module.parameters()) + list(module.buffers())
@@ -86,6 +104,14 @@ class Runtime(ABC):
         self.module = module
         self.max_batch = max_batch
         self.weights_device = weights_device
+        #: dtype of ``torch.autocast`` around the forward pass (:meth:`use_autocast`); None: float32
+        self.autocast: torch.dtype | None = None
+
+    def use_autocast(self, dtype: torch.dtype) -> bool:
+        """Run the forward pass under ``torch.autocast`` in ``dtype`` from now on, if this
+        runtime can (a torch module; not ONNX); returns whether it will. The output stays
+        float32."""
+        return False
 
     @classmethod
     def accepts(cls, manifest: ModelManifest) -> bool:
@@ -122,6 +148,14 @@ class TorchRuntime(Runtime):
     def __init__(self, module: torch.nn.Module, nbytes: int, weights_device: str) -> None:
         super().__init__(nbytes, module, weights_device=weights_device)
 
+    def use_autocast(self, dtype: torch.dtype) -> bool:
+        self.autocast = dtype
+        return True
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """The module's output for ``x`` (batch, channels, spatial...)."""
-        return self.module(x)
+        """The module's output for ``x`` (batch, channels, spatial...), float32 (computed under
+        ``torch.autocast`` in :attr:`autocast` when that is set)."""
+        if self.autocast is None:
+            return self.module(x)
+        with torch.autocast(x.device.type, dtype=self.autocast):
+            return self.module(x).float()

@@ -31,3 +31,7 @@ class TorchScriptRuntime(TorchRuntime):
             raise ModelPackageError(f"model package {package_dir}: {manifest.weights} is not TorchScript: {exc}") from exc
         module.eval()
         return cls(module, module_bytes(module), device.type)
+
+    def use_autocast(self, dtype: torch.dtype) -> bool:
+        """Never: a TorchScript graph runs in the dtypes it was scripted or traced with."""
+        return False
