@@ -16,19 +16,24 @@ delivery that fails stops the script with its reason), and reports:
   results are committed, is not part of ``total``) and its peak RSS; ``load`` is near 0 when
   the idle worker read the series during the release grace (``[worker] read_ahead``, on by
   default; ``--read-ahead both`` measures each series without it and with it, interleaved run
-  by run).
+  by run);
+* whether the network ran in bfloat16 (the SEG's Algorithm Parameters): ``[worker]
+  reduced_precision``, on by default, uses it where the package declares it and the CPU has it;
+  ``--precision both`` measures each series in float32 and reduced, interleaved run by run.
 
 Two copies of the series: the uncompressed one in ``../shared/data`` (Implicit VR Little
 Endian) and the repository's JPEG-LS lossless demo copy (sent with ``-xt``). Side by side, in the
 same run, the same series' transfer time into Orthanc directly (the PACS without the node), and
 ratios. Every run gets a fresh Orthanc and a fresh node.
 
-    python benchmarks/e2e.py [--runs 3] [--stable-seconds 2] [--series uncompressed jpegls] [--read-ahead on|off|both] [--against CHECKOUT]
+    python benchmarks/e2e.py [--runs 3] [--stable-seconds 2] [--series uncompressed jpegls] [--read-ahead on|off|both]
+                             [--precision reduced|float32|both] [--against CHECKOUT]
 
 ``--against /path/to/another/checkout`` (e.g. ``git worktree add /tmp/before HEAD~3``) runs
 that checkout's node as well, run by run in turn with this one's, for a before/after in one
 run: the node is started as ``python -m dicom_ai.cli`` with ``PYTHONPATH`` set to it, so it runs
-whatever ``dicom_ai`` that path holds.
+whatever ``dicom_ai`` that path holds (``--precision float32|both`` needs a checkout that knows
+``[worker] reduced_precision``).
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import peers  # noqa: E402
+import pydicom  # noqa: E402
 from ingest import wait_idle  # noqa: E402  (benchmarks/, the script's folder)
 from nodeproc import NodeProcess  # noqa: E402
 
-from dicom_ai.cache.db import Delivery, Instance, Job, Series, open_index  # noqa: E402
+from dicom_ai.cache.db import Delivery, Instance, Job, Result, Series, open_index  # noqa: E402
 from dicom_ai.config import CompletionSettings  # noqa: E402
 
 #: name -> (folder, storescu proposal)
@@ -60,6 +66,8 @@ SERIES: dict[str, tuple[Path, str | None]] = {
 RESULTS = 2  # the lung model's SEG and SR
 CHECK_INTERVAL = CompletionSettings().check_interval_seconds  # the shipped default, not the tests' 0.5 s
 READ_AHEAD = {"on": [True], "off": [False], "both": [False, True]}
+#: --precision -> [worker] reduced_precision of each mode (None: the node's default, key not set)
+PRECISION = {"reduced": [None], "float32": [False], "both": [False, True]}
 SPLIT = ("load", "model_load", "preprocess", "inference", "postprocess", "report", "preview", "total")
 
 
@@ -93,7 +101,8 @@ def _wait_preview(sessions, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ahead: bool = True) -> dict[str, float]:
+def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ahead: bool = True,
+            reduced_precision: bool | None = None) -> dict[str, float]:
     with peers.Orthanc(workdir=tmp / "orthanc") as pacs:
         t = time.perf_counter()
         direct = peers.storescu("127.0.0.1", pacs.dicom_port, folder, aec=pacs.aet, propose=propose)
@@ -106,7 +115,9 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ah
                          extra={"node": {"receivers": 0},  # the shipped default, as the completion tick
                                 "completion": {"check_interval_seconds": CHECK_INTERVAL},
                                 "worker": {"poll_seconds": 0.5, "preload_models": True,
-                                           "read_ahead": read_ahead}}) as node:
+                                           "read_ahead": read_ahead,
+                                           **({} if reduced_precision is None
+                                              else {"reduced_precision": reduced_precision})}}) as node:
             assert node.proc is not None
             wait_idle(node.proc.pid)  # the worker has loaded its models: not timed, as in service
             t = time.perf_counter()
@@ -134,6 +145,10 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ah
                 row["send to PACS (s)"] = (delivered - job.finished_at).total_seconds()
                 row["worker peak RSS (MB)"] = float(timings.get("worker_peak_rss_mb", float("nan")))
                 row["series read ahead of its job (1 = yes)"] = float(timings.get("read_ahead", 0))
+                seg = s.query(Result).filter_by(kind="SEG").one()
+                header = pydicom.dcmread(tmp / "node" / "var" / seg.path, stop_before_pixels=True)
+                algorithm = header.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+                row["network in bfloat16 (1 = yes)"] = float(algorithm.get("AlgorithmParameters") == "precision=bfloat16")
                 return row
 
 
@@ -144,6 +159,9 @@ def main() -> int:
     ap.add_argument("--series", nargs="+", choices=list(SERIES), default=list(SERIES))
     ap.add_argument("--read-ahead", choices=("on", "off", "both"), default="on",
                     help="[worker] read_ahead; both: each series with it off and on, interleaved")
+    ap.add_argument("--precision", choices=tuple(PRECISION), default="reduced",
+                    help="[worker] reduced_precision: the default (reduced where the model and CPU allow), "
+                         "off (float32), or both, interleaved")
     ap.add_argument("--against", type=Path, default=None,
                     help="another checkout (e.g. the previous commit): its node runs too, interleaved run by run")
     args = ap.parse_args()
@@ -153,21 +171,22 @@ def main() -> int:
           f"stable_seconds={args.stable_seconds}, runs={args.runs} (median shown)")
     if args.against is not None:
         print(f"against: dicom_ai from {args.against.resolve() / 'dicom_ai'}")
-    # (label, read_ahead, PYTHONPATH of the node: None = this checkout)
+    # (label, read_ahead, reduced_precision, PYTHONPATH of the node: None = this checkout)
     checkouts = [("this checkout", None)] + ([("against", str(args.against.resolve()))] if args.against else [])
-    modes = [(f"{label}, read_ahead {'on' if ra else 'off'}", ra, path)
-             for ra in READ_AHEAD[args.read_ahead] for label, path in checkouts]
+    modes = [(f"{label}, read_ahead {'on' if ra else 'off'}"
+              + ("" if rp is None else f", reduced_precision {'on' if rp else 'off'}"), ra, rp, path)
+             for rp in PRECISION[args.precision] for ra in READ_AHEAD[args.read_ahead] for label, path in checkouts]
     for name in args.series:
         folder, propose = SERIES[name]
         rows: dict[str, list[dict[str, float]]] = {m[0]: [] for m in modes}
         for _ in range(args.runs):
-            for label, read_ahead, path in modes:  # interleaved: the machine's drift touches each alike
+            for label, read_ahead, reduced, path in modes:  # interleaved: the machine's drift touches each alike
                 # the node is started inside: PYTHONPATH (if given) chooses the dicom_ai it runs
                 with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp, \
                         mock.patch.dict(os.environ, {"PYTHONPATH": path} if path else {}):
-                    rows[label].append(one_run(Path(tmp), folder, propose, args.stable_seconds, read_ahead))
+                    rows[label].append(one_run(Path(tmp), folder, propose, args.stable_seconds, read_ahead, reduced))
         first = statistics.median(r["last ack -> delivered (s)"] for r in rows[modes[0][0]])
-        for label, _, _ in modes:
+        for label, *_ in modes:
             runs = rows[label]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(f"\n{name} ({'storescu ' + peers.PROPOSE[propose] if propose else 'Implicit VR Little Endian'}), "
