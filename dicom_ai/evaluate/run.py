@@ -57,8 +57,9 @@ def evaluate_cases(package_dir: Path, cases: list, *, lookup: CacheLookup | None
     Returns
     -------
     dict
-        ``model``, ``precision`` (``"float32"`` or ``"bfloat16"``), ``task``, ``cases`` (per case: ``series``, ``metrics`` per label name or
-        ``predicted`` / ``probabilities`` / ``reference`` class, ``seconds``; or ``error``),
+        ``model``, ``precision`` (``"float32"`` or ``"bfloat16"``), ``task``, ``cases`` (per
+        case: ``series``, ``metrics`` per label name or ``predicted`` / ``probabilities`` /
+        ``reference`` class, ``seconds``; or ``error``),
         ``summary`` (segmentation: per label and metric, :func:`summary` over cases;
         classification: :func:`classification_metrics`).
     """

@@ -141,8 +141,8 @@ def variant_of(*parts: str, precision: str = "float32") -> str:
     """The ``variant`` of :func:`result_instance_uid` for a result computed in ``precision``
     (:attr:`dicom_ai.infer.runtime.LoadedModel.precision`) with the other distinguishing
     ``parts``: the non-empty parts joined by ``"+"``, and the precision unless it is
-    ``"float32"`` (so float32 results keep the UIDs they had before precisions were told apart,
-    and a bfloat16 result never shares a UID with the float32 one it may differ from)."""
+    ``"float32"``. A float32 result's UID is thus the one of its parts alone, and a bfloat16
+    result, whose voxels may differ from the float32 one's, never shares its UID."""
     kept = [p for p in parts if p]
     if precision != "float32":
         kept.append(precision)
