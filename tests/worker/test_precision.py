@@ -7,25 +7,15 @@ import pydicom
 import pytest
 import torch
 
-from dicom_ai.cache.db import Job, Series
 from dicom_ai.config import default_model_path
 from dicom_ai.infer.runtimes.base import native_autocast
-from dicom_ai.worker import JobRunner
 
+from .conftest import run_test_job
 from .test_worker_plausibility import node  # noqa: F401  (the fixture: 12 real LIDC slices)
 
 
 def _seg_of_a_job(settings, sessions, store) -> pydicom.Dataset:
-    with sessions.begin() as s:
-        job = Job(series=s.query(Series).one(), model_name="dicom-ai-lung", model_version="2.0.0",
-                  model_path=str(default_model_path()), state="running")
-        s.add(job)
-        s.flush()
-        job_id = job.id
-    JobRunner(settings, sessions, store).run(job_id)
-    with sessions() as s:
-        job = s.get(Job, job_id)
-        assert job.state == "done", job.reason
+    job_id = run_test_job(settings, sessions, store, default_model_path())
     return pydicom.dcmread(store.abspath(store.result_relpath(job_id, "SEG")))
 
 
