@@ -52,6 +52,10 @@ def test_two_nodes_share_one_index_and_store(tmp_path, dcmtk, shared_data, postg
         assert (job.state, job.attempts) == ("done", 1), job.reason
         assert "series %s complete (51 images" % pydicom.dcmread(first[0]).SeriesInstanceUID in (
             a.log_path.read_text() + b.log_path.read_text())
+        # its result delivered first, by whichever node's outbox took it: the kill below is to hit
+        # b while a works, not a delivery of b's own in flight (that case is the outbox's tests')
+        peers.wait_for(lambda: (ds := a.rows(Delivery)) and all(d.state == "delivered" for d in ds),
+                       60, "the first delivery delivered", logs)
 
         # b killed, and started again while a receives the second series (275 images, some
         # seconds): b's start-up sweep of the store runs while a writes into it
