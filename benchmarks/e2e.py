@@ -31,16 +31,21 @@ ratios. Every run gets a fresh Orthanc and a fresh node.
 
 ``--against /path/to/another/checkout`` (e.g. ``git worktree add /tmp/before HEAD~3``) runs
 that checkout's node as well, run by run in turn with this one's, for a before/after in one
-run: the node is started as ``python -m dicom_ai.cli`` with ``PYTHONPATH`` set to it, so it runs
-whatever ``dicom_ai`` that path holds (``--precision float32|both`` needs a checkout that knows
+run: each node is started as ``python -m dicom_ai.cli`` with ``PYTHONPATH`` set to its checkout
+and its working directory a fresh temporary folder (``python -m`` puts the working directory
+before ``PYTHONPATH``, so from a repository root it would run that root's code), and the
+script checks which ``dicom_ai`` each node imports before it starts. It runs whatever
+``dicom_ai`` that path holds (``--precision float32|both`` needs a checkout that knows
 ``[worker] reduced_precision``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -152,6 +157,19 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ah
                 return row
 
 
+def _node_dicom_ai(pythonpath: str) -> Path:
+    """The ``dicom_ai`` package a node started as :func:`one_run` starts it (``PYTHONPATH``
+    ``pythonpath``, a working directory of its own) imports; SystemExit if it is not the one in
+    ``pythonpath``."""
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run([sys.executable, "-c", "import dicom_ai; print(dicom_ai.__file__)"], cwd=cwd,
+                             env={**os.environ, "PYTHONPATH": pythonpath}, capture_output=True, text=True, check=True)
+    found = Path(out.stdout.strip()).parent
+    if found != Path(pythonpath) / "dicom_ai":
+        raise SystemExit(f"a node with PYTHONPATH={pythonpath} would import {found}, not {pythonpath}/dicom_ai")
+    return found
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -165,14 +183,12 @@ def main() -> int:
     ap.add_argument("--against", type=Path, default=None,
                     help="another checkout (e.g. the previous commit): its node runs too, interleaved run by run")
     args = ap.parse_args()
-    import dicom_ai
-
-    print(f"dicom_ai from {Path(dicom_ai.__file__).parent}; LIDC-IDRI-0314, 275 slices, "
-          f"stable_seconds={args.stable_seconds}, runs={args.runs} (median shown)")
-    if args.against is not None:
-        print(f"against: dicom_ai from {args.against.resolve() / 'dicom_ai'}")
-    # (label, read_ahead, reduced_precision, PYTHONPATH of the node: None = this checkout)
-    checkouts = [("this checkout", None)] + ([("against", str(args.against.resolve()))] if args.against else [])
+    # (label, PYTHONPATH of its node)
+    checkouts = [("this checkout", str(REPO))] + ([("against", str(args.against.resolve()))] if args.against else [])
+    for label, path in checkouts:
+        print(f"{label}: the node runs dicom_ai from {_node_dicom_ai(path)}")
+    print(f"LIDC-IDRI-0314, 275 slices, stable_seconds={args.stable_seconds}, runs={args.runs} (median shown)")
+    # (label, read_ahead, reduced_precision, PYTHONPATH of the node)
     modes = [(f"{label}, read_ahead {'on' if ra else 'off'}"
               + ("" if rp is None else f", reduced_precision {'on' if rp else 'off'}"), ra, rp, path)
              for rp in PRECISION[args.precision] for ra in READ_AHEAD[args.read_ahead] for label, path in checkouts]
@@ -181,9 +197,10 @@ def main() -> int:
         rows: dict[str, list[dict[str, float]]] = {m[0]: [] for m in modes}
         for _ in range(args.runs):
             for label, read_ahead, reduced, path in modes:  # interleaved: the machine's drift touches each alike
-                # the node is started inside: PYTHONPATH (if given) chooses the dicom_ai it runs
+                # the node is started inside: PYTHONPATH chooses the dicom_ai it runs, from a
+                # working directory without one (see the module docstring)
                 with tempfile.TemporaryDirectory(prefix="dicom-ai-e2e-") as tmp, \
-                        mock.patch.dict(os.environ, {"PYTHONPATH": path} if path else {}):
+                        mock.patch.dict(os.environ, {"PYTHONPATH": path}), contextlib.chdir(tmp):
                     rows[label].append(one_run(Path(tmp), folder, propose, args.stable_seconds, read_ahead, reduced))
         first = statistics.median(r["last ack -> delivered (s)"] for r in rows[modes[0][0]])
         for label, *_ in modes:
