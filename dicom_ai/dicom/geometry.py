@@ -9,6 +9,7 @@ Image Position (Patient) (0020,0032).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,14 +38,27 @@ def plane_axes(cosines: Sequence[float] | np.ndarray) -> np.ndarray | None:
         normal ``row x column``. None when the two directions are (nearly) parallel or zero
         (``|row x column|`` below :data:`DEGENERATE_NORM`).
     """
-    r = np.asarray(cosines[:3], dtype=np.float64)
-    c = np.asarray(cosines[3:6], dtype=np.float64)
-    if np.linalg.norm(np.cross(r, c)) < DEGENERATE_NORM:
+    # plain floats: for one slice this is ten times faster than numpy's small-array calls, and
+    # the C-STORE handler calls it for every instance
+    r = [float(v) for v in cosines[:3]]
+    c = [float(v) for v in cosines[3:6]]
+    if _norm(_cross(r, c)) < DEGENERATE_NORM:
         return None
-    r = r / np.linalg.norm(r)
-    c = c - (c @ r) * r
-    c = c / np.linalg.norm(c)
-    return np.stack([r, c, np.cross(r, c)])
+    length = _norm(r)
+    r = [v / length for v in r]
+    along = c[0] * r[0] + c[1] * r[1] + c[2] * r[2]
+    c = [cv - along * rv for cv, rv in zip(c, r, strict=True)]
+    length = _norm(c)
+    c = [v / length for v in c]
+    return np.array([r, c, _cross(r, c)], dtype=np.float64)
+
+
+def _cross(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+
+
+def _norm(a: Sequence[float]) -> float:
+    return math.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
 
 
 def slice_normal(cosines: Sequence[float]) -> np.ndarray | None:
