@@ -145,6 +145,15 @@ def _require(path: str | None, name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def leftover_temporaries(root: Path) -> list[Path]:
+    """The store's temporary files (``.tmp-*``) under ``root``, less the unused spares a running
+    receiver keeps (:func:`dicom_ai.cache.store.unused_spare`): what a refused, failed or cut
+    write left behind."""
+    from dicom_ai.cache.store import TMP_PREFIX, unused_spare
+
+    return [p for p in Path(root).rglob(TMP_PREFIX + "*") if not unused_spare(p)]
+
+
 def wait_for(check: Any, timeout: float, what: str, log: Any = None, interval: float = 0.5) -> Any:
     """Call ``check()`` until it returns something true and return that; AssertionError naming
     ``what`` (and ``log()``, if given) after ``timeout`` s."""

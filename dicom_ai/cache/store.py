@@ -12,10 +12,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import itertools
+import logging
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicom_ai.lifetime import process_gone, this_host
+
+log = logging.getLogger(__name__)
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 TMP_PREFIX = ".tmp-"
@@ -36,6 +41,12 @@ STALE_TEMPORARY_SECONDS = 3600.0
 FREE_SPACE_MAX_AGE = 1.0
 #: threads per store that fsync files written ahead (one per association writing at once)
 FLUSH_THREADS = 8
+#: empty temporary files a store keeps made ahead in ``incoming/`` for
+#: :meth:`FileStore.write_ahead`, so a received instance is written at once: creating a file
+#: costs a directory update, and right after the previous instance's flushes it is slow
+SPARE_FILES = 2
+#: how a spare's temporary name ends (``.tmp-<pid>@<host>@<n>-spare``)
+SPARE_SUFFIX = "-spare"
 _tmp_ids = itertools.count(1)
 _prefix: list = [0, ""]  # [pid, temporary-name prefix] of this process
 
@@ -68,6 +79,15 @@ def _temporary_prefix() -> str:
     if _prefix[0] != pid:  # once per process (a forked child has its own pid)
         _prefix[:] = [pid, f"{TMP_PREFIX}{pid}@{this_host()}@"]
     return str(_prefix[1])
+
+
+def unused_spare(path: Path) -> bool:
+    """True for a spare temporary file (:data:`SPARE_FILES`) that holds nothing yet: made
+    ahead by a store that is running, it is no instance left half-written."""
+    try:
+        return path.name.endswith(SPARE_SUFFIX) and path.stat().st_size == 0
+    except FileNotFoundError:
+        return False
 
 
 def temporary_writer(name: str) -> tuple[str, int] | None:
@@ -234,12 +254,6 @@ class Pending:
                 self.tmp.unlink(missing_ok=True)
 
 
-def _flush(fd: int) -> None:
-    """Start a file's writeback, then wait for it and its metadata (``fsync(2)``)."""
-    start_writeback(fd)
-    os.fsync(fd)
-
-
 def dataset_offset(data: bytes | memoryview) -> int:
     """Where the data set starts in a DICOM file (PS3.10 7.1: 128-byte preamble, ``DICM``, File
     Meta Information whose group length (0002,0000) is its first element); 0 for a stream in
@@ -276,6 +290,10 @@ class FileStore:
         self._free_at = float("-inf")  # time.monotonic() of that reading
         self._staged_since = 0  # bytes staged since
         self._flusher: ThreadPoolExecutor | None = None  # made by the first write_ahead
+        self._spares: queue.SimpleQueue[tuple[int, Path]] = queue.SimpleQueue()  # (fd, path)
+        self._spare_lock = threading.Lock()
+        self._refilling = False  # a flusher thread is making spares
+        self._spares_closed = False  # close_spares was called
 
     def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """Relative path of an instance; raises :class:`InvalidUID` for a bad UID."""
@@ -314,7 +332,9 @@ class FileStore:
         """Write ``data`` under a temporary name in ``incoming/``, before its destination is
         known, and make it durable (``fsync(2)``) on another thread, started at once
         (:data:`FLUSH_THREADS` of them per store); :meth:`Pending.staged` waits for it. The disk
-        then works while the receiver parses and checks the data set, instead of after.
+        then works while the receiver parses and checks the data set, instead of after. The
+        file is one of the store's spares (:data:`SPARE_FILES`, made again on a flushing
+        thread), or a new one when none is left.
 
         Raises
         ------
@@ -323,12 +343,57 @@ class FileStore:
         """
         if self._flusher is None:
             self._flusher = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="fsync")
-        return self._write_temporary(self.root / "incoming" / "instance.dcm", data, self._flusher)
+        fd, tmp = self._take_spare() or self._create_temporary(self.root / "incoming" / "instance.dcm")
+        with self._spare_lock:
+            refill = not (self._refilling or self._spares_closed)
+            self._refilling |= refill
+        if refill:
+            self._flusher.submit(self._make_spares)
+        return self._fill(fd, tmp, data, self._flusher)
 
-    def _write_temporary(self, beside: Path, data: bytes | memoryview,
-                         flusher: ThreadPoolExecutor | None = None) -> Pending:
-        """Write ``data`` under a new temporary name beside ``beside``; given a ``flusher``,
-        start its fsync on one of the flusher's threads (else :meth:`Pending.staged` does it).
+    def _take_spare(self) -> tuple[int, Path] | None:
+        """A spare temporary file (descriptor, path), or None when none is left. A spare
+        removed meanwhile (another node sharing the store swept it as stale) is dropped."""
+        while True:
+            try:
+                fd, tmp = self._spares.get_nowait()
+            except queue.Empty:
+                return None
+            if os.fstat(fd).st_nlink > 0:
+                return fd, tmp
+            os.close(fd)
+
+    def _make_spares(self) -> None:
+        """Make spare temporary files until there are :data:`SPARE_FILES` (on a flushing
+        thread); a failure leaves fewer, and :meth:`write_ahead` makes its file itself."""
+        try:
+            while self._spares.qsize() < SPARE_FILES:
+                fd, tmp = self._create_temporary(self.root / "incoming" / SPARE_SUFFIX[1:])
+                with self._spare_lock:
+                    if not self._spares_closed:
+                        self._spares.put((fd, tmp))
+                        continue
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                return
+        except OSError as exc:
+            log.debug("no spare temporary file made in %s: %s", self.root / "incoming", exc)
+        finally:
+            with self._spare_lock:
+                self._refilling = False
+
+    def close_spares(self) -> None:
+        """Remove the unused spare temporary files, and make no more (when the store stops
+        receiving; :meth:`write_ahead` then makes each file itself)."""
+        with self._spare_lock:
+            self._spares_closed = True
+        while (spare := self._take_spare()) is not None:
+            os.close(spare[0])
+            spare[1].unlink(missing_ok=True)
+
+    def _write_temporary(self, beside: Path, data: bytes | memoryview) -> Pending:
+        """Write ``data`` under a new temporary name beside ``beside``; :meth:`Pending.staged`
+        makes it durable.
 
         Raises
         ------
@@ -336,9 +401,21 @@ class FileStore:
             If it cannot be written (no temporary file is left then).
         """
         fd, tmp = self._create_temporary(beside)
+        return self._fill(fd, tmp, data)
+
+    def _fill(self, fd: int, tmp: Path, data: bytes | memoryview,
+              flusher: ThreadPoolExecutor | None = None) -> Pending:
+        """Write ``data`` to the new temporary file ``fd`` (at ``tmp``); given a ``flusher``,
+        start the writeback and the fsync on one of its threads (else :meth:`Pending.staged`
+        does it). On an error the file is closed and removed."""
         try:
             size = _write_all(fd, data)
-            flushing = flusher.submit(_flush, fd) if flusher is not None else None
+            flushing = None
+            if flusher is not None:
+                # the disk starts on the data now; the thread, which may wait for the GIL before
+                # it runs, then waits for the data and the file's metadata (fsync(2))
+                start_writeback(fd)
+                flushing = flusher.submit(os.fsync, fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -375,12 +452,15 @@ class FileStore:
         A file is left behind when its writer (named in the file name) was a process of this
         host that has ended (:func:`~dicom_ai.lifetime.process_gone`), when the name does not
         say, or when it was last written more than ``stale_after`` s ago. A file another host
-        sharing the store is writing now is kept, and so is one this process is writing."""
+        sharing the store is writing now is kept, and so is one this process is writing, and
+        an unused spare (:data:`SPARE_FILES`) of a running process of this host."""
         n = 0
         now = time.time()
         for tmp in self.root.rglob(TMP_PREFIX + "*"):
             writer = temporary_writer(tmp.name)
             if writer is not None and not process_gone(*writer):
+                if writer[0] == this_host() and unused_spare(tmp):
+                    continue  # a running receiver's spare, however long it has waited
                 try:
                     if now - tmp.stat().st_mtime < stale_after:
                         continue

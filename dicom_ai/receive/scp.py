@@ -398,4 +398,5 @@ class StorageSCP:
             except queue.Full:
                 pass
             self._counter.join(2.0)
+        self.store.close_spares()
         self.ae._servers = []

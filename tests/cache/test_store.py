@@ -6,7 +6,7 @@ from pathlib import Path
 import peers
 import pytest
 
-from dicom_ai.cache.store import FileStore, InvalidUID, atomic_write, check_uid
+from dicom_ai.cache.store import SPARE_FILES, FileStore, InvalidUID, atomic_write, check_uid, unused_spare
 from dicom_ai.lifetime import this_host
 
 
@@ -61,18 +61,58 @@ def test_stale_temporaries_removed_and_those_being_written_kept(tmp_path):
         f".tmp-{live}@{host}@2-d.dcm": "old",
         f".tmp-{live}@another-host@1-e.dcm": "kept",
         f".tmp-{ended.pid}@another-host@1-f.dcm": "old",  # its pid means nothing here
+        # spares (empty until used): a live process's is kept however old, one with data is not
+        f".tmp-{live}@{host}@3-spare": "old spare",
+        f".tmp-{ended.pid}@{host}@2-spare": "removed spare",
+        f".tmp-{live}@{host}@4-spare": "old",
+        f".tmp-{live}@another-host@2-spare": "old spare",  # another host's: its age decides
     }
     for name, fate in names.items():
-        (folder / name).write_bytes(b"x")
-        if fate == "old":
+        (folder / name).write_bytes(b"" if fate.endswith("spare") else b"x")
+        if fate.startswith("old"):
             os.utime(folder / name, (time.time() - 3601, time.time() - 3601))
-    assert store.remove_stale_temporaries() == 5
+    names[f".tmp-{live}@{host}@3-spare"] = "kept"
+    assert store.remove_stale_temporaries() == 8
     assert sorted(p.name for p in folder.iterdir()) == sorted(n for n, f in names.items() if f == "kept")
     zombie.wait()
 
 
 def _files(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The files under ``root``, less the store's unused spares."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not unused_spare(p))
+
+
+def _spares(root):
+    return sorted((root / "incoming").glob("*-spare"))
+
+
+def test_write_ahead_writes_into_a_spare_made_ahead_and_close_removes_the_unused(tmp_path):
+    """After the first write_ahead a flushing thread makes SPARE_FILES empty temporary files;
+    the next write_ahead writes into one of them. A spare removed under the store (another
+    node's sweep) is not used. close_spares removes the unused ones, and no more are made."""
+    store = FileStore(tmp_path)
+    store.write_ahead(b"first").discard()
+    spares = peers.wait_for(lambda: len(s := _spares(tmp_path)) == SPARE_FILES and s, 10, "the spares")
+    assert all(unused_spare(p) for p in spares)
+    pending = store.write_ahead(b"second")
+    assert pending.tmp in spares and not unused_spare(pending.tmp)
+    staged = pending.staged(store.abspath("instances/1.2/1.2.3/1.2.3.4.dcm"))
+    staged.place()
+    staged.sync()
+    assert store.abspath("instances/1.2/1.2.3/1.2.3.4.dcm").read_bytes() == b"second"
+
+    peers.wait_for(lambda: len(_spares(tmp_path)) == SPARE_FILES, 10, "the spares made again")
+    for spare in _spares(tmp_path):
+        spare.unlink()
+    pending = store.write_ahead(b"third")
+    assert pending.tmp.name.endswith("-instance.dcm") and pending.tmp.read_bytes() == b"third"
+    pending.discard()
+
+    peers.wait_for(lambda: len(_spares(tmp_path)) == SPARE_FILES, 10, "the spares made again")
+    store.close_spares()
+    store.write_ahead(b"after the close").discard()
+    time.sleep(0.2)  # a flushing thread would have made a spare by now
+    assert not list(tmp_path.rglob(".tmp-*"))
 
 
 def test_a_file_written_ahead_is_placed_in_a_new_folder_or_removed(tmp_path):

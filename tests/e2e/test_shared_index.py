@@ -74,7 +74,7 @@ def test_two_nodes_share_one_index_and_store(tmp_path, dcmtk, shared_data, postg
         instances, results = a.rows(Instance), a.rows(Result)
     assert [d.attempts for d in delivered] == [1, 1], [d.last_status for d in delivered]
     assert len(instances) == 51 + 275 and all((store / i.path).is_file() for i in instances)
-    assert not list(store.rglob(".tmp-*"))
+    assert not peers.leftover_temporaries(store)
     assert len(results) == 2  # the classifier's SR of each series
     at_pacs = [i["sop_instance_uid"] for f in (first, second)
                for i in orthanc.instances_of_study(pydicom.dcmread(f[0]).StudyInstanceUID)]

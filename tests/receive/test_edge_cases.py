@@ -90,7 +90,7 @@ def test_every_edge_case_is_stored_decodable_or_refused(tmp_path, shared_data, m
             ds = pydicom.dcmread(server.store.root / rel)
             if "PixelData" in ds:
                 ds.pixel_array  # noqa: B018 - decoding it is the check
-        assert not list(server.store.root.rglob(".tmp-*"))
+        assert not peers.leftover_temporaries(server.store.root)
         after = _digest(server.store.root)
         assert all(after[k] == v for k, v in before.items())
         # still alive

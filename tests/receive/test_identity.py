@@ -79,7 +79,7 @@ def test_series_mixing_two_patients_keeps_the_first_and_refuses_the_other(scp, d
         assert (patient.patient_id, patient.patient_name, patient.birth_date) == (
             A["PatientID"], A["PatientName"], A["PatientBirthDate"])
     assert len(list((scp.store.root / "instances").rglob("*.dcm"))) == 10
-    assert not list(scp.store.root.rglob(".tmp-*"))
+    assert not peers.leftover_temporaries(scp.store.root)
     conflicts = _conflicts(scp)
     assert len(conflicts) == 10 and {c.kind for c in conflicts} == {"patient"}
     for c in conflicts:
@@ -199,7 +199,7 @@ def test_resent_with_other_content_replaced_when_configured(tmp_path, lidc_serie
         assert stored.ImageComments == "reconstructed again"
         assert inst.size == scp.store.abspath(inst.path).stat().st_size
         assert [c.kind for c in _conflicts(scp)] == ["resent"] and "replaced" in _conflicts(scp)[0].detail
-        assert not list(scp.store.root.rglob(".tmp-*"))
+        assert not peers.leftover_temporaries(scp.store.root)
     finally:
         scp.stop()
 
@@ -257,7 +257,7 @@ def test_a_refused_instance_written_ahead_leaves_no_file(scp, lidc_series, tmp_p
     with scp.sessions() as s:
         assert s.query(Instance).count() == 1
     assert len(list((scp.store.root / "instances").rglob("*.dcm"))) == 1
-    assert not list(scp.store.root.rglob(".tmp-*"))
+    assert not peers.leftover_temporaries(scp.store.root)
     assert [c.kind for c in _conflicts(scp)] == ["patient"]
 
 
