@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +56,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import peers  # noqa: E402
 import pydicom  # noqa: E402
-from ingest import wait_idle  # noqa: E402  (benchmarks/, the script's folder)
+from ingest import node_dicom_ai, wait_idle  # noqa: E402  (benchmarks/, the script's folder)
 from nodeproc import NodeProcess  # noqa: E402
 
 from dicom_ai.cache.db import Delivery, Instance, Job, Result, Series, open_index  # noqa: E402
@@ -157,19 +156,6 @@ def one_run(tmp: Path, folder: Path, propose: str | None, stable: float, read_ah
                 return row
 
 
-def _node_dicom_ai(pythonpath: str) -> Path:
-    """The ``dicom_ai`` package a node started as :func:`one_run` starts it (``PYTHONPATH``
-    ``pythonpath``, a working directory of its own) imports; SystemExit if it is not the one in
-    ``pythonpath``."""
-    with tempfile.TemporaryDirectory() as cwd:
-        out = subprocess.run([sys.executable, "-c", "import dicom_ai; print(dicom_ai.__file__)"], cwd=cwd,
-                             env={**os.environ, "PYTHONPATH": pythonpath}, capture_output=True, text=True, check=True)
-    found = Path(out.stdout.strip()).parent
-    if found != Path(pythonpath) / "dicom_ai":
-        raise SystemExit(f"a node with PYTHONPATH={pythonpath} would import {found}, not {pythonpath}/dicom_ai")
-    return found
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -186,7 +172,7 @@ def main() -> int:
     # (label, PYTHONPATH of its node)
     checkouts = [("this checkout", str(REPO))] + ([("against", str(args.against.resolve()))] if args.against else [])
     for label, path in checkouts:
-        print(f"{label}: the node runs dicom_ai from {_node_dicom_ai(path)}")
+        print(f"{label}: the node runs dicom_ai from {node_dicom_ai(path)}")
     print(f"LIDC-IDRI-0314, 275 slices, stable_seconds={args.stable_seconds}, runs={args.runs} (median shown)")
     # (label, read_ahead, reduced_precision, PYTHONPATH of the node)
     modes = [(f"{label}, read_ahead {'on' if ra else 'off'}"

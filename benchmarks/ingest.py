@@ -13,10 +13,14 @@ receivers, one after another in the same run, in three encodings of the same pix
 
 The receivers:
 
-* **dicom-ai** (``dicom-ai serve`` via ``tests/nodeproc.NodeProcess``, ``stable_seconds`` 3600 so
-  no inference job starts during the measurement; default ``receivers``, i.e. one receiver
-  process per core sharing the port; writes each instance atomically with fsync of the file
-  and its folder, and commits its index row, SQLite ``synchronous=NORMAL``, before answering);
+* **dicom-ai** (this checkout's ``dicom-ai serve`` via ``tests/nodeproc.NodeProcess``, started
+  with ``PYTHONPATH`` set to the checkout from a working directory of its own;
+  ``stable_seconds`` 3600 so no inference job starts during the measurement; default
+  ``receivers``, i.e. one receiver process per core sharing the port; writes each instance
+  atomically with fsync of the file and its folder, and commits its index row, SQLite ``synchronous=NORMAL``, before answering);
+* **against** (with ``--against CHECKOUT``): the same for another checkout's ``dicom_ai``,
+  e.g. ``git worktree add /tmp/before HEAD~3``, measured in turn with the others for a
+  before/after in one run (its ratio column is this checkout's rate over its own);
 * **DCMTK storescp** (defaults, files written to ``-od``; ``--fork`` for the 4-association case
   so it serves them concurrently; ``+xa`` for the compressed cases, so it accepts them; note
   that storescp does *not* fsync);
@@ -39,16 +43,20 @@ Nagle on and stalls ~45 ms per message). ``storescu`` is always DCMTK's
 
 Each measurement is repeated ``--runs`` times (runs interleave the receivers, so slow drift of
 the machine hits all of them alike); the table shows the median wall time as instances/s and
-MB/s (file bytes sent / wall time, MB = 10^6 bytes), and dicom-ai's instances/s divided by the
-other receiver's for the same number of associations. Put ``--tmp`` on a real disk: on tmpfs
-fsync costs nothing and Orthanc/dicom-ai look faster than they would be.
+MB/s (file bytes sent / wall time, MB = 10^6 bytes), the CPU time (user + system) the
+receiver's processes spent per instance over the transfer (median; the sender's is not in it),
+and dicom-ai's instances/s divided by the other receiver's for the same number of associations.
+Put ``--tmp`` on a real disk: on tmpfs fsync costs nothing and Orthanc/dicom-ai look faster than
+they would be.
 
     python benchmarks/ingest.py [--runs 3] [--tmp DIR] [--cases uncompressed,JPEG-LS,JPEG-2000]
+                                [--receivers dicom-ai,storescp,Orthanc] [--associations 1,4] [--against CHECKOUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -60,7 +68,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -76,8 +86,9 @@ DEMO_SERIES = REPO / "demo" / "ct_chest_LIDC-IDRI-0314" / "image"
 #: case -> storescu option proposing its transfer syntax (None: storescu's uncompressed default)
 CASES: dict[str, str | None] = {"uncompressed": None, "JPEG-LS": "-xt", "JPEG-2000": "-xv"}
 
-# A started receiver: (port, called AE title, function returning the number of stored instances).
-Target = tuple[int, str, Callable[[], int]]
+# A started receiver: (port, called AE title, function returning the number of stored
+# instances, pid of its root process).
+Target = tuple[int, str, Callable[[], int], int]
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,15 +205,31 @@ def split(files: list[Path], n: int) -> list[list[Path]]:
 # --------------------------------------------------------------------------------------------
 
 
+def node_dicom_ai(pythonpath: str) -> Path:
+    """The ``dicom_ai`` package a node started with ``PYTHONPATH`` ``pythonpath`` from a working
+    directory of its own imports; SystemExit if it is not the one in ``pythonpath``."""
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run([sys.executable, "-c", "import dicom_ai; print(dicom_ai.__file__)"], cwd=cwd,
+                             env={**os.environ, "PYTHONPATH": pythonpath}, capture_output=True, text=True, check=True)
+    found = Path(out.stdout.strip()).parent
+    if found != Path(pythonpath) / "dicom_ai":
+        raise SystemExit(f"a node with PYTHONPATH={pythonpath} would import {found}, not {pythonpath}/dicom_ai")
+    return found
+
+
 @contextmanager
-def dicom_ai(workdir: Path, associations: int, compressed: bool = False) -> Iterator[Target]:
+def dicom_ai(workdir: Path, associations: int, compressed: bool = False, checkout: Path = REPO) -> Iterator[Target]:
+    """``dicom-ai serve`` of ``checkout``: started as ``python -m dicom_ai.cli`` with
+    ``PYTHONPATH`` set to it and ``workdir`` as its working directory (``python -m`` puts the
+    working directory first, so from a repository root it would run that root's code)."""
     node = NodeProcess(workdir, stable_seconds=3600, extra={"node": {"receivers": 0}})  # the shipped default
     try:
-        node.start()
+        with mock.patch.dict(os.environ, {"PYTHONPATH": str(checkout)}), contextlib.chdir(workdir):
+            node.start()
         assert node.proc is not None
         wait_idle(node.proc.pid)
         instances = workdir / "var" / "instances"
-        yield node.port, node.ae_title, lambda: sum(1 for _ in instances.rglob("*.dcm"))
+        yield node.port, node.ae_title, lambda: sum(1 for _ in instances.rglob("*.dcm")), node.proc.pid
     except BaseException:
         print(f"--- dicom-ai log tail:\n{node.log_tail()}", file=sys.stderr)
         raise
@@ -241,7 +268,7 @@ def storescp(workdir: Path, associations: int, compressed: bool = False) -> Iter
                     raise
         assert proc is not None
         wait_idle(proc.pid)
-        yield port, aet, lambda: sum(1 for p in out_dir.iterdir() if p.is_file())
+        yield port, aet, lambda: sum(1 for p in out_dir.iterdir() if p.is_file()), proc.pid
     except BaseException:
         log_text = (workdir / "storescp.log").read_text(errors="replace") if (workdir / "storescp.log").exists() else ""
         print(f"--- storescp log tail:\n{log_text[-3000:]}", file=sys.stderr)
@@ -259,7 +286,7 @@ def orthanc(workdir: Path, associations: int, compressed: bool = False) -> Itera
         wait_echo(pacs.dicom_port, pacs.aet, pacs.proc)
         assert pacs.proc is not None
         wait_idle(pacs.proc.pid)
-        yield pacs.dicom_port, pacs.aet, lambda: int(pacs.get("/statistics")["CountInstances"])
+        yield pacs.dicom_port, pacs.aet, lambda: int(pacs.get("/statistics")["CountInstances"]), pacs.proc.pid
     except BaseException:
         print(f"--- Orthanc log tail:\n{pacs.log_tail()}", file=sys.stderr)
         raise
@@ -314,21 +341,26 @@ def send(port: int, aec: str, groups: list[list[Path]], logdir: Path, propose: s
 
 
 def measure(receiver: str, associations: int, files: list[Path], workdir: Path,
-            propose: str | None = None) -> float:
-    """One transfer into a fresh receiver with fresh storage; returns the wall time in seconds."""
+            propose: str | None = None, against: Path | None = None) -> tuple[float, float]:
+    """One transfer into a fresh receiver with fresh storage; returns the wall time and the CPU
+    time (user + system) of the receiver's processes over it, in seconds. The receiver
+    ``against`` is :func:`dicom_ai` of the checkout ``against``."""
     workdir.mkdir(parents=True)
+    start = partial(dicom_ai, checkout=against) if receiver == "against" else START[receiver]
     try:
-        with START[receiver](workdir, associations, propose is not None) as (port, aec, count):
+        with start(workdir, associations, propose is not None) as (port, aec, count, pid):
             if count() != 0:
                 raise RuntimeError(f"{receiver}: storage not empty before the transfer")
+            cpu = _tree_cpu_seconds(pid)
             wall = send(port, aec, split(files, associations), workdir, propose)
+            cpu = _tree_cpu_seconds(pid) - cpu
             stored = count()
             if stored != len(files):
                 raise RuntimeError(
                     f"{receiver}, {associations} association(s): {stored} of {len(files)} "
                     f"instances stored"
                 )
-            return wall
+            return wall, cpu
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -346,6 +378,9 @@ def main() -> int:
                     help="comma-separated, of dicom-ai, storescp, Orthanc (default: all; ratios need dicom-ai)")
     ap.add_argument("--associations", default=",".join(map(str, ASSOCIATIONS)),
                     help="comma-separated numbers of concurrent associations (default: 1,4)")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another checkout (e.g. a git worktree of an older commit): its dicom-ai is "
+                         "measured too, as the receiver 'against', in turn with the others")
     args = ap.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
@@ -354,6 +389,12 @@ def main() -> int:
         ap.error("--runs, --associations must be at least 1; --cases, --receivers not empty")
     if unknown := [c for c in cases if c not in CASES] + [r for r in receivers if r not in START]:
         ap.error(f"unknown case or receiver: {', '.join(unknown)}")
+    against = args.against.resolve() if args.against is not None else None
+    if "dicom-ai" in receivers:
+        print(f"dicom-ai: this checkout's node imports {node_dicom_ai(str(REPO))}", file=sys.stderr)
+    if against is not None:
+        print(f"against: the node of {against} imports {node_dicom_ai(str(against))}", file=sys.stderr)
+        receivers.insert(receivers.index("dicom-ai") + 1 if "dicom-ai" in receivers else 0, "against")
 
     tmp = Path(tempfile.mkdtemp(prefix="dicom-ai-ingest-", dir=args.tmp))
     try:
@@ -374,13 +415,15 @@ def main() -> int:
 
         walls: dict[tuple[str, str, int], list[float]] = {
             (c, r, a): [] for c in cases for r in receivers for a in assocs}
+        cpus: dict[tuple[str, str, int], list[float]] = {k: [] for k in walls}
         for run in range(args.runs):
             for case in cases:
                 files = series[case]
                 for a in assocs:
                     for r in receivers:
-                        wall = measure(r, a, files, tmp / f"{r}-{a}-{run}", CASES[case])
+                        wall, cpu = measure(r, a, files, tmp / f"{r}-{a}-{run}", CASES[case], against)
                         walls[case, r, a].append(wall)
+                        cpus[case, r, a].append(cpu)
                         print(f"  run {run + 1}/{args.runs}  {case:12s} {r:9s} {a} assoc  {wall:7.2f} s  "
                               f"{len(files) / wall:7.1f} inst/s", file=sys.stderr, flush=True)
     finally:
@@ -402,9 +445,10 @@ def main() -> int:
                 ratio = ("-" if r == "dicom-ai" or "dicom-ai" not in receivers
                          else f"{rate['dicom-ai', a] / rate[r, a]:.2f}")
                 each = " ".join(f"{w:.2f}" for w in walls[case, r, a])
+                cpu_ms = statistics.median(cpus[case, r, a]) / len(files) * 1e3
                 rows.append(f"{r:10s} {a:5d} {rate[r, a]:8.1f} {total_bytes / 1e6 / wall:7.1f} "
-                            f"{ratio:>13s}  {each}")
-        print_table(f"{'receiver':10s} {'assoc':>5s} {'inst/s':>8s} {'MB/s':>7s} "
+                            f"{cpu_ms:8.2f} {ratio:>13s}  {each}")
+        print_table(f"{'receiver':10s} {'assoc':>5s} {'inst/s':>8s} {'MB/s':>7s} {'CPU ms':>8s} "
                     f"{'dicom-ai/this':>13s}  wall s (each run)", rows)
     return 0
 
