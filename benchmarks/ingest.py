@@ -44,7 +44,8 @@ Nagle on and stalls ~45 ms per message). ``storescu`` is always DCMTK's
 Each measurement is repeated ``--runs`` times (runs interleave the receivers, so slow drift of
 the machine hits all of them alike); the table shows the median wall time as instances/s and
 MB/s (file bytes sent / wall time, MB = 10^6 bytes), the CPU time (user + system) the
-receiver's processes spent per instance over the transfer (median; the sender's is not in it),
+receiver's processes spent per instance over the transfer (median; the sender's is not in it,
+nor that of processes which ended before the transfer did, such as ``storescp --fork``'s children),
 and dicom-ai's instances/s divided by the other receiver's for the same number of associations.
 Put ``--tmp`` on a real disk: on tmpfs fsync costs nothing and Orthanc/dicom-ai look faster than
 they would be.
