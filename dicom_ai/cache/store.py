@@ -2,7 +2,8 @@
 
 Layout: ``instances/<Study UID>/<Series UID>/<SOP Instance UID>.dcm`` and
 ``results/<job id>/<kind>.dcm``; ``incoming/`` holds received files written ahead under
-temporary names (:meth:`FileStore.write_ahead`) until they are renamed into place. UIDs are
+temporary names (:meth:`FileStore.write_ahead`) until they are renamed into place, and a few
+empty ones made ahead for the next (:data:`SPARE_FILES`). UIDs are
 validated (PS3.5 §9.1: digits and dots, at most 64 characters) before they become part of a
 path, so no sender can write outside ``data_dir``.
 """
