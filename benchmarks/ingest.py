@@ -17,7 +17,8 @@ The receivers:
   with ``PYTHONPATH`` set to the checkout from a working directory of its own;
   ``stable_seconds`` 3600 so no inference job starts during the measurement; default
   ``receivers``, i.e. one receiver process per core sharing the port; writes each instance
-  atomically with fsync of the file and its folder, and commits its index row, SQLite ``synchronous=NORMAL``, before answering);
+  atomically with fsync of the file and its folder, and commits its index row, SQLite
+  ``synchronous=NORMAL``, before answering);
 * **against** (with ``--against CHECKOUT``): the same for another checkout's ``dicom_ai``,
   e.g. ``git worktree add /tmp/before HEAD~3``, measured in turn with the others for a
   before/after in one run (its ratio column is this checkout's rate over its own);

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import peers  # noqa: E402
+from ingest import print_table  # noqa: E402  (benchmarks/, the script's folder)
 
 from dicom_ai.cache.db import open_index, receiver_index  # noqa: E402
 from dicom_ai.cache.store import FileStore  # noqa: E402
@@ -107,12 +108,9 @@ def main() -> int:
                 rows[mode].append(one_transfer(files, propose, mode, args.tmp))
         med = {m: {k: statistics.median(r[k] for r in rows[m]) for k in rows[m][0]} for m in MODES}
         print(f"\n{case} ({propose or 'storescu default'}), {len(files)} instances")
-        header = f"{'mode':8s} {'inst/s':>8s} {'CPU ms':>7s} {'user':>6s} {'sys':>6s} {'sender':>7s}"
-        print(header)
-        print("-" * len(header))
-        for m in MODES:
-            r = med[m]
-            print(f"{m:8s} {r['inst/s']:8.1f} {r['cpu']:7.2f} {r['user']:6.2f} {r['sys']:6.2f} {r['sender']:7.2f}")
+        print_table(f"{'mode':8s} {'inst/s':>8s} {'CPU ms':>7s} {'user':>6s} {'sys':>6s} {'sender':>7s}",
+                    (f"{m:8s} {r['inst/s']:8.1f} {r['cpu']:7.2f} {r['user']:6.2f} {r['sys']:6.2f} {r['sender']:7.2f}"
+                     for m, r in med.items()))
         share = (med["handler"]["cpu"] - med["no-op"]["cpu"]) / med["handler"]["cpu"]
         print(f"the handler's share of the receiver's CPU: {share:.2f}; handler / no-op CPU: "
               f"{med['handler']['cpu'] / med['no-op']['cpu']:.2f}")

@@ -327,7 +327,8 @@ class FileStore:
             If it cannot be written (no temporary file is left then).
         """
         dest = self.abspath(relpath)
-        return self._write_temporary(dest, data).staged(dest)
+        fd, tmp = self._create_temporary(dest)
+        return self._fill(fd, tmp, data).staged(dest)
 
     def write_ahead(self, data: bytes | memoryview) -> Pending:
         """Write ``data`` under a temporary name in ``incoming/``, before its destination is
@@ -391,18 +392,6 @@ class FileStore:
         while (spare := self._take_spare()) is not None:
             os.close(spare[0])
             spare[1].unlink(missing_ok=True)
-
-    def _write_temporary(self, beside: Path, data: bytes | memoryview) -> Pending:
-        """Write ``data`` under a new temporary name beside ``beside``; :meth:`Pending.staged`
-        makes it durable.
-
-        Raises
-        ------
-        OSError
-            If it cannot be written (no temporary file is left then).
-        """
-        fd, tmp = self._create_temporary(beside)
-        return self._fill(fd, tmp, data)
 
     def _fill(self, fd: int, tmp: Path, data: bytes | memoryview,
               flusher: ThreadPoolExecutor | None = None) -> Pending:

@@ -6,7 +6,7 @@ from pathlib import Path
 import peers
 import pytest
 
-from dicom_ai.cache.store import SPARE_FILES, FileStore, InvalidUID, atomic_write, check_uid, unused_spare
+from dicom_ai.cache.store import SPARE_FILES, SPARE_SUFFIX, FileStore, InvalidUID, atomic_write, check_uid, unused_spare
 from dicom_ai.lifetime import this_host
 
 
@@ -83,7 +83,7 @@ def _files(root):
 
 
 def _spares(root):
-    return sorted((root / "incoming").glob("*-spare"))
+    return sorted((root / "incoming").glob("*" + SPARE_SUFFIX))
 
 
 def test_write_ahead_writes_into_a_spare_made_ahead_and_close_removes_the_unused(tmp_path):
