@@ -70,12 +70,18 @@ PDU_HARD_CAP = 16 * 1024 * 1024
 #: connection of the address with the most waiting is dropped.
 MAX_PENDING = 512
 #: Connections accepted in a row before the gate looks at the others (a process takes a burst
-#: without leaving it all to the kernel's backlog, and still leaves some to other processes).
+#: without leaving it all to the kernel's backlog; with other receiver processes it asks before
+#: each accept whether a less busy one should take it).
 ACCEPT_BATCH = 4
-#: Seconds a busier receiver process waits, per association it holds above the least busy, before
-#: it accepts (so connections spread over the processes), and at most.
-YIELD_PER_ASSOCIATION = 0.002
-YIELD_MAX = 0.01
+#: Seconds a busier receiver process waits, per association it holds or is being sent above the
+#: least busy, before it accepts (so connections spread over the processes), and at most; a busy
+#: process's gate may wait for the interpreter lock for 5 ms (the switch interval) before it runs.
+YIELD_PER_ASSOCIATION = 0.01
+YIELD_MAX = 0.03
+#: What the node's own process (row 0 of :class:`AssociationSlots`) counts above what it holds,
+#: in associations: its scheduler, outbox and web pages share its interpreter, so it gives way
+#: to a receiver process holding as many, and takes a connection before one holding more.
+NODE_PROCESS_WEIGHT = 0.5
 #: Seconds a refused connection is kept half-closed after its A-ASSOCIATE-RJ or A-ABORT, so the
 #: peer reads it before the connection closes (PS3.8 9.1.5: the ARTIM timer after a reject).
 LINGER = 1.0
@@ -121,9 +127,10 @@ class AssociationSlots:
     """The open associations of a node, limited to ``limit`` in all and ``per_address`` from any
     one remote address (``[node] max_associations``, ``max_associations_per_address``).
 
-    The counts are in shared memory, one row per receiver process (its total and its count per
-    address bucket): the limits are the node's, not split over processes. A process changes only
-    its own row (:meth:`for_process`), and a replacement process clears the row of the one it
+    The counts are in shared memory, one row per receiver process (its total, its count per
+    address bucket, and the connections it accepted that have not yet been admitted or
+    refused, see :meth:`arriving`): the limits are the node's, not split over processes. A
+    process changes only its own row (:meth:`for_process`), and a replacement process clears the row of the one it
     replaces (:meth:`clear`), whose connections ended with it. Addresses are hashed into
     ``BUCKETS`` buckets: two addresses in one bucket make the per-address limit stricter for
     both, never looser. Pass an instance to a spawned process as an argument of ``Process``.
@@ -136,7 +143,8 @@ class AssociationSlots:
         self.limit = limit
         self.per_address = per_address
         self.processes = max(1, processes)
-        self._stride = 1 + self.BUCKETS
+        self._arriving = 1 + self.BUCKETS  # offset in a row of its arriving connections
+        self._stride = 2 + self.BUCKETS
         self._counts = mp.get_context("spawn").Array("i", self.processes * self._stride)
         self.row = 0
 
@@ -191,14 +199,24 @@ class AssociationSlots:
             counts[base] = max(0, counts[base] - 1)
             counts[base + bucket] = max(0, counts[base + bucket] - 1)
 
-    def lead(self) -> int:
-        """How many more associations this process holds than the least busy one; the node's
-        own process (row 0) counts one more than it holds, since its scheduler, outbox and web
-        pages share its interpreter: an idle receiver process takes the next connection."""
+    def arriving(self, change: int) -> None:
+        """Add ``change`` (+1 at accept, -1 once admitted or refused) to this process's
+        connections that have arrived but hold no slot yet. :meth:`lead` counts them, so a burst
+        of connections spreads over the processes before any of them is admitted."""
         with self._locked() as counts:
-            totals = [counts[r] for r in range(0, self.processes * self._stride, self._stride)]
+            at = self.row * self._stride + self._arriving
+            counts[at] = max(0, counts[at] + change)
+
+    def lead(self) -> float:
+        """How many more associations this process holds, or is being sent, than the least busy
+        one (0 for the least busy). The node's own process (row 0) counts
+        :data:`NODE_PROCESS_WEIGHT` more than it holds: of two processes holding as many, the
+        receiver process takes the next connection."""
+        with self._locked() as counts:
+            totals: list[float] = [counts[r] + counts[r + self._arriving]
+                                   for r in range(0, self.processes * self._stride, self._stride)]
         if self.processes > 1:
-            totals[0] += 1
+            totals[0] += NODE_PROCESS_WEIGHT
         return totals[self.row] - min(totals)
 
     def open(self, address: str | None = None) -> int:
@@ -467,8 +485,8 @@ class AssociationGate:
                 for key, mask in self._selector.select(0.1):
                     if key.data is None:
                         if listening:
-                            self._yield_to_idler_processes()
                             for _ in range(ACCEPT_BATCH):
+                                self._yield_to_idler_processes()
                                 if not self._accept():
                                     break
                     else:
@@ -503,9 +521,10 @@ class AssociationGate:
 
     def _yield_to_idler_processes(self) -> None:
         """Before accepting, let a receiver process with fewer associations take the connection:
-        wait ``YIELD_PER_ASSOCIATION`` s per association this process holds above the least busy
-        one (at most ``YIELD_MAX`` s). The kernel wakes every process for each connection, and
-        the first to accept gets it (and its association's work)."""
+        wait ``YIELD_PER_ASSOCIATION`` s per association this process holds or is being sent
+        above the least busy one (:meth:`AssociationSlots.lead`; at most ``YIELD_MAX`` s). The
+        kernel wakes every process for each connection, and the first to accept gets it (and
+        its association's work)."""
         if self.slots.processes > 1:
             lead = self.slots.lead()
             if lead > 0:
@@ -517,6 +536,7 @@ class AssociationGate:
         return len(self._waiting)
 
     def _add(self, w: _Waiting) -> None:
+        self.slots.arriving(+1)
         self._waiting[id(w)] = w
         self._by_address.setdefault(w.address, {})[id(w)] = w
         self._selector.register(w.sock, w.mask, w)
@@ -524,6 +544,8 @@ class AssociationGate:
     def _remove(self, w: _Waiting) -> None:
         if self._waiting.pop(id(w), None) is None:
             return
+        if w.state != "closing":  # a refused one stopped arriving when it was refused
+            self.slots.arriving(-1)
         same = self._by_address.get(w.address)
         if same is not None:
             same.pop(id(w), None)
@@ -703,6 +725,7 @@ class AssociationGate:
             self._close(w)
             return
         w.state = "closing"
+        self.slots.arriving(-1)
         w.deadline = time.monotonic() + LINGER
         self._watch(w, selectors.EVENT_READ)
 

@@ -117,12 +117,36 @@ def test_associations_leave_no_descriptor_open(running_scp, lidc_series):
     assert descriptors() <= before
 
 def test_the_node_process_lets_an_idle_receiver_process_take_a_connection():
-    """The node's own process (row 0) runs the scheduler and the web pages too: idle, it counts
-    as one association busier than an idle receiver process, which accepts first."""
+    """The node's own process (row 0) runs the scheduler and the web pages too: it counts half
+    an association more than it holds, so a receiver process holding as many accepts first,
+    and one holding more gives way to it."""
     slots = AssociationSlots(10, 10, processes=2)
     node, receiver = slots.for_process(0), slots.for_process(1)
-    assert (node.lead(), receiver.lead()) == (1, 0)
+    assert (node.lead(), receiver.lead()) == (0.5, 0)
     assert receiver.acquire("127.0.0.1") is None
-    assert (node.lead(), receiver.lead()) == (0, 0)
+    assert (node.lead(), receiver.lead()) == (0, 0.5)
+    assert node.acquire("127.0.0.1") is None
+    assert (node.lead(), receiver.lead()) == (0.5, 0)
     single = AssociationSlots(10, 10, processes=1)
     assert single.lead() == 0
+
+
+def test_a_connection_counts_in_lead_from_its_accept_so_a_burst_spreads():
+    """Connections accepted but not yet admitted count as the process's, so a burst of them is
+    not all taken by the first process to wake; admitted (slot taken) or refused, they no
+    longer count as arriving, and the limits count only admitted ones."""
+    slots = AssociationSlots(10, 10, processes=2)
+    node, receiver = slots.for_process(0), slots.for_process(1)
+    receiver.arriving(+1)
+    assert (node.lead(), receiver.lead()) == (0, 0.5)
+    assert slots.open() == 0
+    receiver.arriving(+1)
+    assert (node.lead(), receiver.lead()) == (0, 1.5)
+    assert receiver.acquire("127.0.0.1") is None  # admitted: the slot first, then ...
+    receiver.arriving(-1)  # ... no longer arriving
+    receiver.arriving(-1)  # the other one refused
+    assert (node.lead(), receiver.lead()) == (0, 0.5)
+    assert slots.open() == 1
+    receiver.arriving(-1)  # never below none
+    receiver.clear()
+    assert (node.lead(), receiver.lead()) == (0.5, 0)
