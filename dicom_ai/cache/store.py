@@ -10,8 +10,6 @@ path, so no sender can write outside ``data_dir``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import itertools
 import logging
 import os
@@ -21,12 +19,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from dicom_ai.cache.flush import Flush, start_fsync
 from dicom_ai.lifetime import process_gone, this_host
 
 log = logging.getLogger(__name__)
@@ -171,30 +170,10 @@ def _write_all(fd: int, data: bytes | memoryview) -> int:
     return len(view)
 
 
-def _sync_file_range() -> Callable[[int], None]:
-    """``fd -> None`` starting the writeback of a file's dirty pages without waiting for it:
-    Linux ``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``; elsewhere it does nothing."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return lambda fd: None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    call.restype = ctypes.c_int
-
-    def start(fd: int) -> None:
-        call(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; should it fail, the fsync does all the work
-
-    return start
-
-
-#: start the writeback of a file (see :func:`_sync_file_range`); fsync(2) still makes it durable
-start_writeback = _sync_file_range()
-
-
 class Pending:
     """A file written under a temporary name by :meth:`FileStore.write_ahead`, not yet durable
-    while ``flushing`` (a future of its ``fsync(2)`` on another thread, or None) runs.
+    while ``flushing`` (its ``fsync(2)`` under way, :func:`~dicom_ai.cache.flush.start_fsync`;
+    or None) runs.
 
     :meth:`staged` waits for its fsync (or does it) and gives it a destination (a
     :class:`Staged`, not yet in place), once; :meth:`discard` removes it unless it was staged.
@@ -202,7 +181,7 @@ class Pending:
     sweeps.
     """
 
-    def __init__(self, fd: int, tmp: Path, size: int, flushing: Future | None = None) -> None:
+    def __init__(self, fd: int, tmp: Path, size: int, flushing: Flush | None = None) -> None:
         self._fd: int | None = fd
         self.tmp, self.size = tmp, size
         self._flushing = flushing
@@ -218,7 +197,7 @@ class Pending:
         return fd
 
     def _flushed(self, fd: int) -> None:
-        """The file's fsync: its future's outcome, or the call itself when there is none."""
+        """The file's fsync: the outcome of the one under way, or the call itself when none is."""
         if self._flushing is None:
             os.fsync(fd)
         else:
@@ -249,7 +228,7 @@ class Pending:
             fd = self._close()
             try:
                 if self._flushing is not None:
-                    wait([self._flushing])
+                    self._flushing.wait()
             finally:
                 os.close(fd)
                 self.tmp.unlink(missing_ok=True)
@@ -332,8 +311,9 @@ class FileStore:
 
     def write_ahead(self, data: bytes | memoryview) -> Pending:
         """Write ``data`` under a temporary name in ``incoming/``, before its destination is
-        known, and make it durable (``fsync(2)``) on another thread, started at once
-        (:data:`FLUSH_THREADS` of them per store); :meth:`Pending.staged` waits for it. The disk
+        known, and make it durable (``fsync(2)``, started at once and run without the
+        interpreter lock: :func:`~dicom_ai.cache.flush.start_fsync`, falling back to
+        :data:`FLUSH_THREADS` threads per store); :meth:`Pending.staged` waits for it. The disk
         then works while the receiver parses and checks the data set, instead of after. The
         file is one of the store's spares (:data:`SPARE_FILES`, made again on a flushing
         thread), or a new one when none is left.
@@ -396,16 +376,14 @@ class FileStore:
     def _fill(self, fd: int, tmp: Path, data: bytes | memoryview,
               flusher: ThreadPoolExecutor | None = None) -> Pending:
         """Write ``data`` to the new temporary file ``fd`` (at ``tmp``); given a ``flusher``,
-        start the writeback and the fsync on one of its threads (else :meth:`Pending.staged`
-        does it). On an error the file is closed and removed."""
+        start its fsync (:func:`~dicom_ai.cache.flush.start_fsync`, on a thread of
+        ``flusher`` where it falls back; else :meth:`Pending.staged` does it). On an error the
+        file is closed and removed."""
         try:
             size = _write_all(fd, data)
             flushing = None
             if flusher is not None:
-                # the disk starts on the data now; the thread, which may wait for the GIL before
-                # it runs, then waits for the data and the file's metadata (fsync(2))
-                start_writeback(fd)
-                flushing = flusher.submit(os.fsync, fd)
+                flushing = start_fsync(fd, flusher)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 import peers
 import pytest
 
+from dicom_ai.cache import flush
 from dicom_ai.cache.store import SPARE_FILES, SPARE_SUFFIX, FileStore, InvalidUID, atomic_write, check_uid, unused_spare
 from dicom_ai.lifetime import this_host
 
@@ -149,7 +150,8 @@ def test_a_failed_write_ahead_leaves_no_temporary(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         store.write_ahead(b"x" * 1000)
     monkeypatch.undo()
-    monkeypatch.setattr(os, "fsync", full)  # the fsync, on the flushing thread, fails
+    monkeypatch.setattr(flush, "_aio_library", lambda: None)  # on a flushing thread, where
+    monkeypatch.setattr(os, "fsync", full)  # the fsync fails
     pending = store.write_ahead(b"y" * 1000)
     with pytest.raises(OSError):
         pending.staged(store.abspath("instances/1/2/3.dcm"))

@@ -1,0 +1,107 @@
+"""fsync started now and waited for later (dicom_ai.cache.flush): without the interpreter lock
+where glibc's POSIX AIO is there, on a thread otherwise; failures reach the waiter."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from dicom_ai.cache import flush
+
+glibc = pytest.mark.skipif(flush._aio_library() is None, reason="POSIX AIO of glibc on 64-bit Linux only")
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def _busy(seconds: float) -> None:
+    """Run Python code that never lets go of the interpreter lock for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@glibc
+def test_the_fsync_runs_while_this_thread_holds_the_interpreter_lock(tmp_path, pool, monkeypatch):
+    """With a switch interval of 100 s no Python thread could run during the busy loop; the
+    fsync has ended by its end all the same, because a C thread of glibc ran it."""
+    fd = os.open(tmp_path / "a.dcm", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, os.urandom(200_000))
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(100.0)
+        try:
+            started = flush.start_fsync(fd, pool)
+            _busy(0.5)
+            ended = started.done()
+        finally:
+            sys.setswitchinterval(interval)
+        assert ended
+        started.result()
+    finally:
+        os.close(fd)
+
+
+def test_the_thread_fallback_waits_for_this_thread(tmp_path, pool, monkeypatch):
+    """The contrast to the test above: on a Python thread the same fsync cannot even start."""
+    monkeypatch.setattr(flush, "_aio_library", lambda: None)
+    fd = os.open(tmp_path / "a.dcm", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 1000)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(100.0)
+        try:
+            started = flush.start_fsync(fd, pool)
+            _busy(0.5)
+            ended = started.done()
+        finally:
+            sys.setswitchinterval(interval)
+        assert not ended
+        started.result()
+        assert started.done()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("aio", [True, False], ids=["aio", "thread"])
+def test_a_failed_fsync_raises_its_error_when_waited_for(pool, monkeypatch, aio):
+    """fsync(2) of a pipe fails with EINVAL; result() raises it, wait() and done() do not."""
+    if aio and flush._aio_library() is None:
+        pytest.skip("POSIX AIO of glibc on 64-bit Linux only")
+    if not aio:
+        monkeypatch.setattr(flush, "_aio_library", lambda: None)
+    read_end, write_end = os.pipe()
+    try:
+        started = flush.start_fsync(write_end, pool)
+        started.wait()
+        assert started.done()
+        with pytest.raises(OSError) as raised:
+            started.result()
+        assert raised.value.errno == 22  # EINVAL
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@glibc
+def test_a_forked_child_uses_threads(tmp_path):
+    """glibc's AIO threads do not survive fork(2): a forked child falls back to Python threads."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running the parent's cleanup
+        os.write(write_end, b"none" if flush._aio_library() is None else b"aio")
+        os._exit(0)
+    os.close(write_end)
+    try:
+        assert os.read(read_end, 16) == b"none"
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert flush._aio_library() is not None  # the parent keeps it
