@@ -36,7 +36,7 @@ from dicom_ai.cache.db import Counter, IdentityConflict, Instance, Patient, Seri
 from dicom_ai.cache.identity import PatientIdentity
 from dicom_ai.cache.states import SeriesState
 from dicom_ai.cache.store import TMP_PREFIX, FileStore, Pending, Staged, check_uid, same_dataset
-from dicom_ai.dicom.header import instance_facts, int_value
+from dicom_ai.dicom.header import instance_facts, int_value, text_value
 from dicom_ai.lifetime import this_host
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,7 @@ class InstanceMeta:
 
 
 def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
-    value = ds.get(keyword, "")
-    return str(value if value is not None else "")[:limit]
+    return text_value(ds, keyword)[:limit]
 
 
 def instance_meta(ds: pydicom.Dataset, transfer_syntax: str, association: str = "") -> InstanceMeta:

@@ -33,6 +33,7 @@ from dicom_ai.cache.index import InstanceMeta, count, instance_meta, mark_aborte
 from dicom_ai.cache.store import FileStore, InvalidUID, Pending
 from dicom_ai.config import Settings
 from dicom_ai.dicom.encoding import PREAMBLE, file_meta_bytes
+from dicom_ai.dicom.header import text_value
 from dicom_ai.dicom.status import DimseStatus
 from dicom_ai.receive.transport import (
     AssociationGate,
@@ -278,8 +279,8 @@ class StorageSCP:
             0xA900 (PS3.4 B.2.3) if the data set's SOP Class or Instance UID differs from the
             request's, or a Study, Series or SOP Instance UID is not a valid UID (PS3.5 9.1).
         """
-        sop_class = str(ds.get("SOPClassUID", "") or "").strip()
-        sop_inst = str(ds.get("SOPInstanceUID", "") or "").strip()
+        sop_class = text_value(ds, "SOPClassUID").strip()
+        sop_inst = text_value(ds, "SOPInstanceUID").strip()
         if sop_class != str(rq.AffectedSOPClassUID) or sop_inst != str(rq.AffectedSOPInstanceUID):
             raise Refusal(
                 DimseStatus.DATASET_MISMATCH,
