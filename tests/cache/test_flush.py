@@ -28,13 +28,13 @@ def _busy(seconds: float) -> None:
         pass
 
 
-@glibc
-def test_the_fsync_runs_while_this_thread_holds_the_interpreter_lock(tmp_path, pool, monkeypatch):
-    """With a switch interval of 100 s no Python thread could run during the busy loop; the
-    fsync has ended by its end all the same, because a C thread of glibc ran it."""
-    fd = os.open(tmp_path / "a.dcm", os.O_WRONLY | os.O_CREAT, 0o600)
+def _ended_under_the_lock(path, pool, data: bytes) -> bool:
+    """Start the fsync of a file holding ``data``, hold the interpreter lock 0.5 s with a
+    100 s switch interval (no Python thread can run meanwhile), and say whether it has ended;
+    then wait for it, which must succeed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        os.write(fd, os.urandom(200_000))
+        os.write(fd, data)
         interval = sys.getswitchinterval()
         sys.setswitchinterval(100.0)
         try:
@@ -43,31 +43,23 @@ def test_the_fsync_runs_while_this_thread_holds_the_interpreter_lock(tmp_path, p
             ended = started.done()
         finally:
             sys.setswitchinterval(interval)
-        assert ended
         started.result()
+        assert started.done()
+        return ended
     finally:
         os.close(fd)
+
+
+@glibc
+def test_the_fsync_runs_while_this_thread_holds_the_interpreter_lock(tmp_path, pool):
+    """The fsync has ended by the end of the busy loop, because a C thread of glibc ran it."""
+    assert _ended_under_the_lock(tmp_path / "a.dcm", pool, os.urandom(200_000))
 
 
 def test_the_thread_fallback_waits_for_this_thread(tmp_path, pool, monkeypatch):
     """The contrast to the test above: on a Python thread the same fsync cannot even start."""
     monkeypatch.setattr(flush, "_aio_library", lambda: None)
-    fd = os.open(tmp_path / "a.dcm", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, b"x" * 1000)
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(100.0)
-        try:
-            started = flush.start_fsync(fd, pool)
-            _busy(0.5)
-            ended = started.done()
-        finally:
-            sys.setswitchinterval(interval)
-        assert not ended
-        started.result()
-        assert started.done()
-    finally:
-        os.close(fd)
+    assert not _ended_under_the_lock(tmp_path / "a.dcm", pool, b"x" * 1000)
 
 
 @pytest.mark.parametrize("aio", [True, False], ids=["aio", "thread"])
