@@ -24,6 +24,7 @@ LOCALIZER_TYPES = ("LOCALIZER", "SCOUT", "SCANOGRAM")
 #: VRs :func:`text_value` reads from the encoded bytes: their single values all decode to the
 #: bytes' ASCII text less trailing spaces and NULs (PS3.5 6.2: the padding of an odd-length value)
 _PLAIN_VRS = frozenset({"AE", "CS", "DA", "LO", "PN", "SH", "UI"})
+_IS_VR, _DS_VR = frozenset({"IS"}), frozenset({"DS"})  # the number VRs read the same way
 #: Specific Character Set (0008,0005) values whose repertoire holds ASCII unchanged (PS3.3
 #: C.12.1.1.2; the default repertoire, Latin-1, UTF-8); an absent or empty one is the default
 _ASCII_SUPERSETS = frozenset({b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 192"})
@@ -32,8 +33,6 @@ _SPECIFIC_CHARACTER_SET = 0x00080005
 _IS = re.compile(r" *[+-]?[0-9]+ *")
 _DS = re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")
 
-
-_IS_VR, _DS_VR = frozenset({"IS"}), frozenset({"DS"})
 
 
 @cache
