@@ -34,6 +34,7 @@ from sqlalchemy.orm import sessionmaker
 
 from dicom_ai.cache.db import Counter, IdentityConflict, Instance, Patient, Series, Study, utcnow
 from dicom_ai.cache.identity import PatientIdentity
+from dicom_ai.cache.prepared import Prepared
 from dicom_ai.cache.states import SeriesState
 from dicom_ai.cache.store import TMP_PREFIX, FileStore, Pending, Staged, check_uid, same_dataset
 from dicom_ai.dicom.header import instance_facts, int_value, text_value
@@ -156,18 +157,18 @@ _PATIENT_COLUMNS = (
     Patient.birth_date,
     Patient.sex,
 )
-_SERIES_ROW = (
+_SERIES_ROW = Prepared(
     select(Series.id, Series.state, Study.study_instance_uid, *_PATIENT_COLUMNS)
     .join_from(Series, Study, Series.study_fk == Study.id)
     .join_from(Study, Patient, Study.patient_fk == Patient.id)
     .where(Series.series_instance_uid == bindparam("series_uid"))
 )
-_STUDY_ROW = (
+_STUDY_ROW = Prepared(
     select(Study.id, *_PATIENT_COLUMNS)
     .join_from(Study, Patient, Study.patient_fk == Patient.id)
     .where(Study.study_instance_uid == bindparam("study_uid"))
 )
-_INSTANCE_ROW = (
+_INSTANCE_ROW = Prepared(
     select(Instance.path, Series.series_instance_uid, Study.study_instance_uid)
     .join_from(Instance, Series, Instance.series_fk == Series.id)
     .join_from(Series, Study, Series.study_fk == Study.id)
@@ -178,7 +179,7 @@ _PATIENTS_KEYED = select(*_PATIENT_COLUMNS).where(
     Patient.issuer_of_patient_id == bindparam("issuer"),
     Patient.patient_name == bindparam("name"),
 ).order_by(Patient.id)
-_COMPLETE_PATIENT = (
+_COMPLETE_PATIENT = Prepared(
     update(Patient)
     .where(Patient.id == bindparam("patient_pk"))
     .values(birth_date=bindparam("birth_date"), sex=bindparam("sex"))
@@ -209,7 +210,7 @@ def _examine(conn: Any, meta: InstanceMeta, identity: PatientIdentity) -> _Found
     the patient ``identity`` is compared with; then where the SOP Instance UID is stored."""
     params = {"series_uid": meta.series_uid, "study_uid": meta.study_uid, "uid": meta.sop_instance_uid}
     found = _Found()
-    row = conn.execute(_SERIES_ROW, params).first()
+    row = _SERIES_ROW.first(conn, params)
     if row is not None:
         if row.study_instance_uid != meta.study_uid:
             found.conflict = Conflict(
@@ -217,7 +218,7 @@ def _examine(conn: Any, meta: InstanceMeta, identity: PatientIdentity) -> _Found
             return found
         found.series_id, found.series_state = row.id, row.state
     else:
-        row = conn.execute(_STUDY_ROW, params).first()
+        row = _STUDY_ROW.first(conn, params)
         if row is not None:
             found.study_id = row.id
     if row is not None:
@@ -228,7 +229,7 @@ def _examine(conn: Any, meta: InstanceMeta, identity: PatientIdentity) -> _Found
                 "patient", f"{', '.join(differing)} {'differs' if len(differing) == 1 else 'differ'}"
                 " from the patient stored for the study")
             return found
-    inst = conn.execute(_INSTANCE_ROW, params).first()
+    inst = _INSTANCE_ROW.first(conn, params)
     if inst is not None:
         if inst.series_instance_uid != meta.series_uid:
             moved = inst.study_instance_uid != meta.study_uid
@@ -310,18 +311,18 @@ _INSTANCE_VALUES: dict[str, Any] = {
         "slice_thickness": "slice_thickness",
     }.items()
 }
-_UPDATE_INSTANCE = (
+_UPDATE_INSTANCE = Prepared(
     update(Instance).where(Instance.sop_instance_uid == bindparam("uid")).values(**_INSTANCE_VALUES)
 )
-_INSERT_INSTANCE = cast(Table, Instance.__table__).insert().values(
-    sop_instance_uid=bindparam("uid"), **_INSTANCE_VALUES
+_INSERT_INSTANCE = Prepared(
+    cast(Table, Instance.__table__).insert().values(sop_instance_uid=bindparam("uid"), **_INSTANCE_VALUES)
 )
-_REOPEN_SERIES = (
+_REOPEN_SERIES = Prepared(
     update(Series)
     .where(Series.id == bindparam("series_id"), Series.state != SeriesState.RECEIVING)
     .values(state=SeriesState.RECEIVING, completion_signal=None, released_association=None, released_at=None)
 )
-_TOUCH_SERIES = (
+_TOUCH_SERIES = Prepared(
     update(Series)
     .where(Series.id == bindparam("series_id"))
     .values(
@@ -422,17 +423,17 @@ def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dic
                     found.series_id = _create_series(conn, meta, identity, found, calling_ae)
                 if found.stored is not None and found.stored.completed_by(identity) != found.stored:
                     done = found.stored.completed_by(identity)
-                    conn.execute(_COMPLETE_PATIENT, {"patient_pk": found.patient_pk,
+                    _COMPLETE_PATIENT.execute(conn, {"patient_pk": found.patient_pk,
                                                      "birth_date": done.birth_date, "sex": done.sex})
                 params["series_id"] = found.series_id
                 if new:
-                    conn.execute(_INSERT_INSTANCE, params)
+                    _INSERT_INSTANCE.execute(conn, params)
                 else:
-                    conn.execute(_UPDATE_INSTANCE, params)
+                    _UPDATE_INSTANCE.execute(conn, params)
                 # a late or replaced instance re-opens its series
                 if (new or staged is not None) and found.series_state != SeriesState.RECEIVING:
-                    conn.execute(_REOPEN_SERIES, params)
-                conn.execute(_TOUCH_SERIES, params)
+                    _REOPEN_SERIES.execute(conn, params)
+                _TOUCH_SERIES.execute(conn, params)
                 if staged is not None:
                     staged.place()
         except BaseException as exc:
@@ -648,11 +649,11 @@ def _index_orphan(sessions: sessionmaker, store: FileStore, relpath: str) -> boo
 # -- counters, releases ---------------------------------------------------------------------------
 
 
-_COUNT = update(Counter).where(Counter.name == bindparam("counter")).values(value=Counter.value + 1)
+_COUNT = Prepared(update(Counter).where(Counter.name == bindparam("counter")).values(value=Counter.value + 1))
 
 
 def _count(conn: Any, name: str) -> None:
-    if conn.execute(_COUNT, {"counter": name}).rowcount == 0:
+    if _COUNT.execute(conn, {"counter": name}) == 0:
         conn.execute(cast(Table, Counter.__table__).insert().values(name=name, value=1))
 
 
