@@ -424,7 +424,7 @@ def _index_once(engine: Engine, meta: InstanceMeta, calling_ae: str, params: dic
                 if found.stored is not None and found.stored.completed_by(identity) != found.stored:
                     done = found.stored.completed_by(identity)
                     _COMPLETE_PATIENT.execute(conn, {"patient_pk": found.patient_pk,
-                                                     "birth_date": done.birth_date, "sex": done.sex})
+                                                      "birth_date": done.birth_date, "sex": done.sex})
                 params["series_id"] = found.series_id
                 if new:
                     _INSERT_INSTANCE.execute(conn, params)

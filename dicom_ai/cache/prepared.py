@@ -123,12 +123,3 @@ class Prepared:
         finally:
             cursor.close()
         return None if row is None else compiled.row(*row)
-
-    def all(self, conn: Connection, values: dict[str, Any]) -> list[Any]:
-        """Run a SELECT; all its rows, as :meth:`first` gives one."""
-        compiled, cursor = self._run(conn, values)
-        try:
-            rows = cursor.fetchall()
-        finally:
-            cursor.close()
-        return [compiled.row(*row) for row in rows]
