@@ -3,6 +3,7 @@ where glibc's POSIX AIO is there, on a thread otherwise; failures reach the wait
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import time
@@ -17,29 +18,35 @@ glibc = pytest.mark.skipif(flush._aio_library() is None, reason="POSIX AIO of gl
 
 @pytest.fixture
 def pool():
+    """A pool whose threads are running and idle (a first submit would start one, and wait for
+    it with the interpreter lock let go)."""
     with ThreadPoolExecutor(2) as executor:
+        for ran in [executor.submit(time.sleep, 0.01) for _ in range(2)]:
+            ran.result()
         yield executor
 
 
-def _busy(seconds: float) -> None:
-    """Run Python code that never lets go of the interpreter lock for ``seconds``."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+def _hold_the_lock(seconds: float) -> None:
+    """Sleep ``seconds`` in a C call that keeps the interpreter lock (a ``ctypes.PyDLL``
+    function): no Python thread runs meanwhile, and, unlike Python code, the call cannot be
+    asked to let go of the lock."""
+    ctypes.PyDLL(None).usleep(int(seconds * 1e6))
 
 
 def _ended_under_the_lock(path, pool, data: bytes) -> bool:
-    """Start the fsync of a file holding ``data``, hold the interpreter lock 0.5 s with a
-    100 s switch interval (no Python thread can run meanwhile), and say whether it has ended;
-    then wait for it, which must succeed."""
+    """Start the fsync of a file holding ``data``, hold the interpreter lock 0.5 s (no Python
+    thread can run meanwhile), and say whether it has ended; then wait for it, which must
+    succeed. The switch interval is 100 s from a sleep before the start on, so no thread that
+    was already waiting for the lock can take it between the start and the hold."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.write(fd, data)
         interval = sys.getswitchinterval()
         sys.setswitchinterval(100.0)
         try:
+            time.sleep(0.05)
             started = flush.start_fsync(fd, pool)
-            _busy(0.5)
+            _hold_the_lock(0.5)
             ended = started.done()
         finally:
             sys.setswitchinterval(interval)
