@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from functools import cache
 from typing import Any, Protocol
 
 #: ``sizeof(struct aiocb)`` in glibc on 64-bit Linux (x86-64 and AArch64 alike)
@@ -29,7 +30,20 @@ _AIOCB_SIZE = 168
 #: 8-byte ``sigev_value`` and the 4-byte ``sigev_signo``)
 _SIGEV_NOTIFY_OFFSET = 44
 _SIGEV_NONE = 1  # no signal and no thread when the request completes
+_SONAMES = {"c": "libc.so.6", "rt": "librt.so.1"}  # glibc's, where find_library finds nothing
 _libc: list[Any] = []  # [the C library with aio_* bound] once looked up; [None] if not usable
+
+
+@cache
+def _c_library(name: str) -> Any:
+    """The C library ``name`` (``"c"``, ``"rt"``), loaded once, with ``errno`` kept.
+
+    Raises
+    ------
+    OSError
+        If it cannot be loaded.
+    """
+    return ctypes.CDLL(ctypes.util.find_library(name) or _SONAMES[name], use_errno=True)
 
 
 def _aio_library() -> Any | None:
@@ -40,7 +54,7 @@ def _aio_library() -> Any | None:
         if sys.platform == "linux" and platform.libc_ver()[0] == "glibc" and ctypes.sizeof(ctypes.c_void_p) == 8:
             for name in ("c", "rt"):  # glibc 2.34 moved the aio functions from librt into libc
                 try:
-                    lib = ctypes.CDLL(ctypes.util.find_library(name) or f"lib{name}.so.1", use_errno=True)
+                    lib = _c_library(name)
                     calls = (lib.aio_fsync, lib.aio_error, lib.aio_return, lib.aio_suspend)
                 except (OSError, AttributeError):
                     continue
@@ -113,8 +127,7 @@ def _sync_file_range() -> Callable[[int], None]:
     """``fd -> None`` starting the writeback of a file's dirty pages without waiting for it:
     Linux ``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``; elsewhere it does nothing."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.sync_file_range
+        call = _c_library("c").sync_file_range
     except (OSError, AttributeError):
         return lambda fd: None
     call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)

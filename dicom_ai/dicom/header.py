@@ -34,7 +34,6 @@ _IS = re.compile(r" *[+-]?[0-9]+ *")
 _DS = re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")
 
 
-
 @cache
 def _tag(keyword: str) -> int | None:
     tag = tag_for_keyword(keyword)
